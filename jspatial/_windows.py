@@ -1,0 +1,112 @@
+"""Window geometry shared by convolution and pooling: where each kernel tap reads.
+
+For output cell ``(oy, ox)`` and kernel tap ``(i, j)`` a sliding-window op reads
+the padded input at row ``oy * stride + i * dilation``. Writing that row as
+``stride * q + p`` with ``p = (i * dilation) % stride`` and
+``q = oy + (i * dilation) // stride`` turns the strided read into a *contiguous*
+block of the "phase" ``p``. So the padded input is reshaped once to
+``(N, Hq, stride_h, Wq, stride_w, C)`` and every tap becomes one
+``lax.dynamic_slice`` of shape ``(N, H_out, 1, W_out, 1, C)``: no strided gathers,
+and the same slice, run backwards, is a ``dynamic_update_slice`` that scatters a
+gradient into place. Stride 1 is simply the case ``stride_h = stride_w = 1``.
+
+Everything here works on channels-last arrays (``NHWC``) so that a window
+flattened to ``(N * H_out * W_out, C)`` is a matrix whose rows are pixels.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+from jax import lax
+
+from jspatial._args import Padding2d, Pair
+
+
+class Geometry(NamedTuple):
+    """Static description of one sliding-window op on an ``(H, W)`` input."""
+
+    in_hw: Pair
+    out_hw: Pair
+    kernel: Pair
+    stride: Pair
+    dilation: Pair
+    padding: Padding2d
+
+    @property
+    def taps(self) -> int:
+        return self.kernel[0] * self.kernel[1]
+
+    def _extent(self, axis: int) -> int:
+        # Rows of the padded input that some window actually reads.
+        return (
+            (self.out_hw[axis] - 1) * self.stride[axis]
+            + (self.kernel[axis] - 1) * self.dilation[axis]
+            + 1
+        )
+
+    def _phased(self, axis: int) -> int:
+        return -(-self._extent(axis) // self.stride[axis])
+
+    def _pad_config(self, axis: int) -> tuple[int, int, int]:
+        # lax.pad with a negative amount crops: rows no window reads are dropped and
+        # extra rows (ceil_mode, rounding up to a multiple of the stride) are added.
+        lo = self.padding[axis][0]
+        hi = self._phased(axis) * self.stride[axis] - lo - self.in_hw[axis]
+        return (lo, hi, 0)
+
+    def tap_start(self, t):
+        """``dynamic_slice`` start indices of tap ``t`` (row-major over the kernel)."""
+        i, j = t // self.kernel[1], t % self.kernel[1]
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        zero = jnp.zeros_like(t)
+        return (zero, (i * dh) // sh, (i * dh) % sh, (j * dw) // sw, (j * dw) % sw, zero)
+
+
+def to_phases(x, geom: Geometry, fill):
+    """Pad ``(N, H, W, C)`` with ``fill`` and split it into stride phases."""
+    n, _, _, c = x.shape
+    config = [(0, 0, 0), geom._pad_config(0), geom._pad_config(1), (0, 0, 0)]
+    xp = lax.pad(x, jnp.asarray(fill, x.dtype), config)
+    return xp.reshape(n, geom._phased(0), geom.stride[0], geom._phased(1), geom.stride[1], c)
+
+
+def from_phases(xph, geom: Geometry):
+    """Inverse of ``to_phases`` for gradients: merge phases and strip the padding."""
+    n, hq, sh, wq, sw, c = xph.shape
+    config = [(0, 0, 0)] + [(-lo, -hi, 0) for lo, hi, _ in map(geom._pad_config, (0, 1))]
+    return lax.pad(
+        xph.reshape(n, hq * sh, wq * sw, c), jnp.zeros((), xph.dtype), config + [(0, 0, 0)]
+    )
+
+
+def window(xph, t, geom: Geometry):
+    """The ``(N, H_out, W_out, C)`` block that kernel tap ``t`` multiplies."""
+    n, _, _, _, _, c = xph.shape
+    ho, wo = geom.out_hw
+    block = lax.dynamic_slice(xph, geom.tap_start(t), (n, ho, 1, wo, 1, c))
+    return block.reshape(n, ho, wo, c)
+
+
+def add_to_window(buf, t, value, geom: Geometry):
+    """``buf[window t] += value``: the transpose of ``window``, used by every backward pass."""
+    n, ho, wo, c = value.shape
+    start = geom.tap_start(t)
+    block = lax.dynamic_slice(buf, start, (n, ho, 1, wo, 1, c))
+    return lax.dynamic_update_slice(
+        buf, block + value.reshape(block.shape).astype(buf.dtype), start
+    )
+
+
+def accum_dtype(dtype):
+    """Accumulate in float32 (float64 stays float64), whatever the storage dtype."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def nchw_to_nhwc(x):
+    return jnp.transpose(x, (0, 2, 3, 1))
+
+
+def nhwc_to_nchw(x):
+    return jnp.transpose(x, (0, 3, 1, 2))

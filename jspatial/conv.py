@@ -1,0 +1,174 @@
+"""2-D convolution (cross-correlation) as a loop over kernel taps.
+
+A 3x3 convolution is nine matrix products. For tap ``(i, j)`` take the block of
+the (padded) input that this tap sees for every output pixel, flatten it to a
+matrix ``(N * H_out * W_out, C_in)`` and multiply by the tap's weights
+``(C_in, C_out)``; the output is the sum over taps::
+
+    y = 0
+    for t in range(kh * kw):                       # lax.fori_loop
+        y += window(x, t) @ w[t]                   # (N*Ho*Wo, C_in) @ (C_in, C_out)
+
+Cost: ``N * C_out * H_out * W_out * C_in/groups * kh * kw`` multiply-accumulates
+(``jspatial.conv2d_macs``). The backward pass is the same loop run in reverse:
+each tap's window gives that tap's weight gradient, ``window(x, t).T @ g``, and
+the input gradient is scattered back through the same window, ``g @ w[t].T``.
+Only ``x`` and ``w`` are kept for it; autodiff of the loop would instead save
+one window copy per tap (``kh * kw`` copies of the input).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jspatial import _args
+from jspatial import _windows as win
+from jspatial.shapes import conv_output_size
+
+# Taps per loop iteration: lets XLA overlap consecutive matrix products.
+UNROLL = 1
+
+
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation with PyTorch's ``torch.nn.functional.conv2d`` semantics.
+
+    Args:
+        x: input ``(N, C_in, H, W)``, a floating dtype.
+        weight: ``(C_out, C_in // groups, kh, kw)`` (OIHW).
+        bias: optional ``(C_out,)``.
+        stride: int or ``(sh, sw)``.
+        padding: int, ``(ph, pw)``, ``((top, bottom), (left, right))``, ``'valid'``
+            or ``'same'`` (stride 1 only).
+        dilation: int or ``(dh, dw)``.
+        groups: split channels into this many independent convolutions
+            (``groups == C_in`` is a depthwise convolution).
+
+    Returns:
+        ``(N, C_out, H_out, W_out)`` in the dtype of ``x`` (accumulated in float32),
+        with ``H_out = floor((H + pads - dilation * (kh - 1) - 1) / stride) + 1``.
+
+    Example:
+        >>> import jax.numpy as jnp, jspatial as js
+        >>> x = jnp.ones((2, 3, 32, 32)); w = jnp.ones((64, 3, 3, 3))
+        >>> js.conv2d(x, w, padding=1).shape
+        (2, 64, 32, 32)
+    """
+    return conv2d_checked(x, weight, bias, stride, padding, dilation, groups, op="conv2d")
+
+
+def conv2d_checked(x, weight, bias, stride, padding, dilation, groups, *, op):
+    """``conv2d`` with errors attributed to ``op`` (the layer uses ``"Conv2d"``)."""
+    geom, groups = conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
+    y = _conv_nhwc(win.nchw_to_nhwc(x), weight.astype(x.dtype), geom, groups)
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
+    return win.nhwc_to_nchw(y.astype(x.dtype))
+
+
+def conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
+    """Validate ``conv2d`` arguments and return the window geometry and ``groups``."""
+    _args.check_input(x, op)
+    w_shape = tuple(getattr(weight, "shape", ()))
+    if len(w_shape) != 4:
+        raise ValueError(
+            f"{op} expected 4D weight (out_channels, in_channels // groups, kh, kw), "
+            f"got {len(w_shape)}D: {w_shape}"
+        )
+    if not jnp.issubdtype(jnp.result_type(weight), jnp.floating):
+        raise TypeError(f"{op} expected a floating-point weight, got {jnp.result_type(weight)}")
+    n, c_in, h, w = x.shape
+    c_out, c_per_group, kh, kw = w_shape
+    groups = _args.check_groups(c_in, c_out, groups, op)
+    if c_per_group * groups != c_in:
+        raise ValueError(
+            f"{op} expected {c_per_group * groups} input channels, got {c_in} "
+            f"(weight {w_shape}, groups={groups}, input {tuple(x.shape)})"
+        )
+    if bias is not None and tuple(bias.shape) != (c_out,):
+        raise ValueError(f"{op} expected bias of shape ({c_out},), got {tuple(bias.shape)}")
+    kernel = (kh, kw)
+    strides = _args.pair(stride, op, "stride")
+    dil = _args.pair(dilation, op, "dilation")
+    pads = _args.conv_padding(padding, kernel, strides, dil, op)
+    padded = (h + sum(pads[0]), w + sum(pads[1]))
+    _args.check_fits((h, w), padded, kernel, dil, op)
+    out_hw = tuple(
+        conv_output_size(size, k, s, p, d)
+        for size, k, s, p, d in zip((h, w), kernel, strides, pads, dil)
+    )
+    return win.Geometry((h, w), out_hw, kernel, strides, dil, pads), groups
+
+
+def _weight_taps(weight, groups):
+    """OIHW -> ``(taps, groups, C_in/groups, C_out/groups)``: one matrix per tap and group."""
+    c_out, cg, kh, kw = weight.shape
+    w = weight.reshape(groups, c_out // groups, cg, kh, kw)
+    return jnp.transpose(w, (3, 4, 0, 2, 1)).reshape(kh * kw, groups, cg, c_out // groups)
+
+
+def _weight_from_taps(w_taps, kernel):
+    t, groups, cg, og = w_taps.shape
+    w = w_taps.reshape(kernel[0], kernel[1], groups, cg, og)
+    return jnp.transpose(w, (2, 4, 3, 0, 1)).reshape(groups * og, cg, *kernel)
+
+
+def _tap_product(xw, wt):
+    """``(M, G, Cg) x (G, Cg, Og) -> (M, G, Og)`` summed over ``Cg``, in float32."""
+    acc = win.accum_dtype(xw.dtype)
+    if wt.shape[0] == 1:  # ordinary convolution: one plain matrix product
+        return jnp.dot(xw[:, 0], wt[0], preferred_element_type=acc)[:, None]
+    if wt.shape[1] == 1:  # depthwise: a broadcast multiply, no contraction needed
+        return xw.astype(acc) * wt[:, 0].astype(acc)
+    return jnp.einsum("mgc,gco->mgo", xw, wt, preferred_element_type=acc)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_nhwc(x, weight, geom, groups):
+    return _conv_fwd(x, weight, geom, groups)[0]
+
+
+def _conv_fwd(x, weight, geom, groups):
+    n, c = x.shape[0], x.shape[-1]
+    (ho, wo), m = geom.out_hw, x.shape[0] * geom.out_hw[0] * geom.out_hw[1]
+    w_taps = _weight_taps(weight, groups)
+    xph = win.to_phases(x, geom, 0)
+
+    def tap(t, acc):
+        xw = win.window(xph, t, geom).reshape(m, groups, c // groups)
+        return acc + _tap_product(xw, w_taps[t])
+
+    out = jnp.zeros((m, groups, w_taps.shape[-1]), win.accum_dtype(x.dtype))
+    out = lax.fori_loop(0, geom.taps, tap, out, unroll=UNROLL)
+    return out.reshape(n, ho, wo, -1), (x, weight)
+
+
+def _conv_bwd(geom, groups, residuals, g):
+    x, weight = residuals
+    n, c = x.shape[0], x.shape[-1]
+    m = n * geom.out_hw[0] * geom.out_hw[1]
+    w_taps = _weight_taps(weight, groups)
+    xph = win.to_phases(x, geom, 0)
+    gm = g.reshape(m, groups, -1).astype(x.dtype)
+    acc = win.accum_dtype(x.dtype)
+
+    def tap(t, carry):
+        dxph, dw = carry
+        xw = win.window(xph, t, geom).reshape(m, groups, c // groups)
+        # Weight gradient of this tap: its window transposed times the output gradient.
+        dw_t = jnp.einsum("mgc,mgo->gco", xw, gm, preferred_element_type=acc)
+        # Input gradient: the output gradient sent back through the same window.
+        dx_t = jnp.einsum("mgo,gco->mgc", gm, w_taps[t], preferred_element_type=acc)
+        dxph = win.add_to_window(dxph, t, dx_t.reshape(n, *geom.out_hw, c), geom)
+        return dxph, lax.dynamic_update_index_in_dim(dw, dw_t.astype(acc), t, 0)
+
+    carry = (jnp.zeros(xph.shape, acc), jnp.zeros(w_taps.shape, acc))
+    dxph, dw = lax.fori_loop(0, geom.taps, tap, carry, unroll=UNROLL)
+    dx = win.from_phases(dxph, geom).astype(x.dtype)
+    return dx, _weight_from_taps(dw, geom.kernel).astype(weight.dtype)
+
+
+_conv_nhwc.defvjp(_conv_fwd, _conv_bwd)

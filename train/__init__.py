@@ -1,0 +1,1 @@
+"""Training utilities for jspatial (data loading, training loops)."""
