@@ -25,15 +25,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jspatial import _args
+from jspatial import _args, winograd
 from jspatial import _windows as win
 from jspatial.shapes import conv_output_size
 
 # Taps per loop iteration: lets XLA overlap consecutive matrix products.
 UNROLL = 1
+# algorithm='auto' uses Winograd where it measured faster (bench/RESULTS.md): wide layers
+# whose output is large enough that the 2x2 output tiles waste little on the edges.
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_SIZE = 6
 
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, algorithm="auto"):
     """2-D cross-correlation with PyTorch's ``torch.nn.functional.conv2d`` semantics.
 
     Args:
@@ -46,6 +50,9 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1):
         dilation: int or ``(dh, dw)``.
         groups: split channels into this many independent convolutions
             (``groups == C_in`` is a depthwise convolution).
+        algorithm: ``'direct'`` (the tap loop), ``'winograd'`` (F(2x2, 3x3), for
+            ungrouped 3x3 stride-1 convolutions; see ``jspatial.winograd``) or
+            ``'auto'``, which picks Winograd where it measured faster.
 
     Returns:
         ``(N, C_out, H_out, W_out)`` in the dtype of ``x`` (accumulated in float32),
@@ -57,13 +64,16 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1):
         >>> js.conv2d(x, w, padding=1).shape
         (2, 64, 32, 32)
     """
-    return conv2d_checked(x, weight, bias, stride, padding, dilation, groups, op="conv2d")
+    return conv2d_checked(
+        x, weight, bias, stride, padding, dilation, groups, op="conv2d", algorithm=algorithm
+    )
 
 
-def conv2d_checked(x, weight, bias, stride, padding, dilation, groups, *, op):
+def conv2d_checked(x, weight, bias, stride, padding, dilation, groups, *, op, algorithm="auto"):
     """``conv2d`` with errors attributed to ``op`` (the layer uses ``"Conv2d"``)."""
     geom, groups = conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
-    y = _conv_nhwc(win.nchw_to_nhwc(x), weight.astype(x.dtype), geom, groups)
+    kernel = _pick_algorithm(algorithm, geom, groups, x.shape[1], weight.shape[0], op)
+    y = kernel(win.nchw_to_nhwc(x), weight.astype(x.dtype), geom, groups)
     if bias is not None:
         y = y + bias.astype(y.dtype)
     return win.nhwc_to_nchw(y.astype(x.dtype))
@@ -103,6 +113,29 @@ def conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
     return win.Geometry((h, w), out_hw, kernel, strides, dil, pads), groups
 
 
+def _pick_algorithm(algorithm, geom, groups, c_in, c_out, op):
+    if algorithm not in ("auto", "direct", "winograd"):
+        raise ValueError(
+            f"{op} algorithm must be 'auto', 'direct' or 'winograd', got {algorithm!r}"
+        )
+    fits = winograd.supports(geom, groups)
+    if algorithm == "winograd" and not fits:
+        raise ValueError(
+            f"{op} algorithm='winograd' needs an ungrouped 3x3 kernel with stride 1 and "
+            f"dilation 1, got kernel {geom.kernel}, stride {geom.stride}, "
+            f"dilation {geom.dilation}, groups {groups}"
+        )
+    use_winograd = algorithm == "winograd" or (
+        algorithm == "auto"
+        and fits
+        and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
+        and min(geom.out_hw) >= WINOGRAD_MIN_SIZE
+    )
+    if use_winograd:
+        return lambda x, w, geom, groups: winograd.conv3x3_nhwc(x, w, geom)
+    return _conv_nhwc
+
+
 def _weight_taps(weight, groups):
     """OIHW -> ``(taps, groups, C_in/groups, C_out/groups)``: one matrix per tap and group."""
     c_out, cg, kh, kw = weight.shape
@@ -124,6 +157,24 @@ def _tap_product(xw, wt):
     if wt.shape[1] == 1:  # depthwise: a broadcast multiply, no contraction needed
         return xw.astype(acc) * wt[:, 0].astype(acc)
     return jnp.einsum("mgc,gco->mgo", xw, wt, preferred_element_type=acc)
+
+
+def _tap_weight_grad(xw, g):
+    """``(M, G, Cg), (M, G, Og) -> (G, Cg, Og)``: window transposed times output gradient."""
+    acc = win.accum_dtype(xw.dtype)
+    if xw.shape[1] == 1:
+        return jnp.dot(xw[:, 0].T, g[:, 0], preferred_element_type=acc)[None]
+    return jnp.einsum("mgc,mgo->gco", xw, g, preferred_element_type=acc)
+
+
+def _tap_input_grad(g, wt):
+    """``(M, G, Og), (G, Cg, Og) -> (M, G, Cg)``: output gradient times the tap's weights."""
+    acc = win.accum_dtype(g.dtype)
+    if wt.shape[0] == 1:
+        return jnp.dot(g[:, 0], wt[0].T, preferred_element_type=acc)[:, None]
+    if wt.shape[1] == 1:  # depthwise
+        return jnp.sum(g.astype(acc) * wt[:, 0].astype(acc), axis=-1, keepdims=True)
+    return jnp.einsum("mgo,gco->mgc", g, wt, preferred_element_type=acc)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -159,9 +210,9 @@ def _conv_bwd(geom, groups, residuals, g):
         dxph, dw = carry
         xw = win.window(xph, t, geom).reshape(m, groups, c // groups)
         # Weight gradient of this tap: its window transposed times the output gradient.
-        dw_t = jnp.einsum("mgc,mgo->gco", xw, gm, preferred_element_type=acc)
+        dw_t = _tap_weight_grad(xw, gm)
         # Input gradient: the output gradient sent back through the same window.
-        dx_t = jnp.einsum("mgo,gco->mgc", gm, w_taps[t], preferred_element_type=acc)
+        dx_t = _tap_input_grad(gm, w_taps[t])
         dxph = win.add_to_window(dxph, t, dx_t.reshape(n, *geom.out_hw, c), geom)
         return dxph, lax.dynamic_update_index_in_dim(dw, dw_t.astype(acc), t, 0)
 

@@ -1,0 +1,291 @@
+"""Op benchmarks: jspatial's loops against XLA's own primitives and PyTorch CPU.
+
+For every shape, forward and forward+backward are timed for three implementations
+interleaved in one run (ours, XLA, PyTorch), keeping the minimum of the repeats
+so that noise from a shared machine inflates nothing. Reported: milliseconds,
+the ratio of ours to XLA and to PyTorch, GFLOP/s for convolutions, and the
+compiled backward's peak temporary memory (``memory_analysis()``).
+
+    python -m bench.ops                 # both suites, writes bench/out/ops.md
+    python -m bench.ops --suite core --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+import jspatial as js
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    op: str  # conv | maxpool | bn
+    shape: tuple  # input (N, C, H, W)
+    out_channels: int = 0
+    kernel: int = 3
+    padding: int = 1
+
+
+def _suites(batch_core: int = 128, batch_model: int = 512) -> dict[str, list[Case]]:
+    b = batch_core
+    core = [
+        Case("conv 3->64 @32", "conv", (b, 3, 32, 32), 64),
+        Case("conv 64->64 @32", "conv", (b, 64, 32, 32), 64),
+        Case("conv 64->128 @16", "conv", (b, 64, 16, 16), 128),
+        Case("conv 128->128 @16", "conv", (b, 128, 16, 16), 128),
+        Case("conv 128->256 @8", "conv", (b, 128, 8, 8), 256),
+        Case("conv 256->256 @8", "conv", (b, 256, 8, 8), 256),
+        Case("maxpool 2x2 64ch @32", "maxpool", (b, 64, 32, 32), kernel=2, padding=0),
+        Case("batchnorm 256ch @8", "bn", (b, 256, 8, 8)),
+    ]
+    m = batch_model
+    model = [
+        Case("conv 24->64 @31", "conv", (m, 24, 31, 31), 64),
+        Case("conv 64->64 @15", "conv", (m, 64, 15, 15), 64),
+        Case("conv 64->256 @15", "conv", (m, 64, 15, 15), 256),
+        Case("conv 256->256 @7", "conv", (m, 256, 7, 7), 256),
+        Case("maxpool 2x2 64ch @31", "maxpool", (m, 64, 31, 31), kernel=2, padding=0),
+    ]
+    return {"core": core, "model": model}
+
+
+# ----------------------------------------------------------------------------- JAX
+
+
+def _jax_fns(case: Case, impl: str):
+    """(forward, forward+backward) jitted functions of ``(x, w)`` for one implementation."""
+    k, p = case.kernel, case.padding
+    if case.op == "conv":
+        if impl == "ours":
+            f = lambda x, w: js.conv2d(x, w, padding=p)  # noqa: E731
+        else:
+            f = lambda x, w: lax.conv_general_dilated(  # noqa: E731
+                x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=("NCHW", "OIHW", "NCHW")
+            )
+    elif case.op == "maxpool":
+        if impl == "ours":
+            f = lambda x, w: js.max_pool2d(x, k)  # noqa: E731
+        else:
+            f = lambda x, w: lax.reduce_window(  # noqa: E731
+                x, -jnp.inf, lax.max, (1, 1, k, k), (1, 1, k, k), "VALID"
+            )
+    else:
+        c = case.shape[1]
+        stats = (jnp.zeros(c), jnp.ones(c))
+        if impl == "ours":
+            f = lambda x, w: js.batch_norm(x, w, w, *stats, training=True)[0]  # noqa: E731
+        else:
+            f = lambda x, w: _xla_batch_norm(x, w, w)  # noqa: E731
+
+    def loss(x, w):
+        return jnp.vdot(f(x, w), jnp.ones_like(f(x, w)) * 0.001)
+
+    return jax.jit(f), jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
+def _xla_batch_norm(x, w, b):
+    mean = jnp.mean(x, axis=(0, 2, 3), keepdims=True)
+    var = jnp.var(x, axis=(0, 2, 3), keepdims=True)
+    y = (x - mean) * lax.rsqrt(var + 1e-5)
+    return y * w[None, :, None, None] + b[None, :, None, None]
+
+
+def _inputs(case: Case):
+    key = jax.random.key(0)
+    x = jax.random.normal(key, case.shape, jnp.float32)
+    if case.op == "conv":
+        w = jax.random.normal(key, (case.out_channels, case.shape[1], case.kernel, case.kernel))
+        return x, w * 0.05
+    return x, jnp.ones((case.shape[1],), jnp.float32)
+
+
+def _peak_bytes(fn, *args) -> int:
+    analysis = fn.lower(*args).compile().memory_analysis()
+    return int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes)
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+
+def _torch_fns(case: Case):
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(case.shape).contiguous(memory_format=torch.channels_last)
+    k, p = case.kernel, case.padding
+    if case.op == "conv":
+        w = (torch.randn(case.out_channels, case.shape[1], k, k) * 0.05).contiguous(
+            memory_format=torch.channels_last
+        )
+        f = lambda x, w: F.conv2d(x, w, padding=p)  # noqa: E731
+    elif case.op == "maxpool":
+        w = torch.ones(case.shape[1])
+        f = lambda x, w: F.max_pool2d(x, k)  # noqa: E731
+    else:
+        w = torch.ones(case.shape[1])
+        stats = (torch.zeros(case.shape[1]), torch.ones(case.shape[1]))
+        f = lambda x, w: F.batch_norm(x, *stats, w, w, training=True)  # noqa: E731
+
+    def forward():
+        with torch.no_grad():
+            f(x, w)
+
+    xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
+
+    def forward_backward():
+        y = f(xg, wg)
+        y.backward(torch.full_like(y, 0.001))
+        xg.grad = wg.grad = None
+
+    return forward, forward_backward
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _time(fn, repeats_done: list[float]) -> None:
+    start = time.perf_counter()
+    out = fn()
+    if out is not None:
+        jax.block_until_ready(out)
+    repeats_done.append(time.perf_counter() - start)
+
+
+def run_case(case: Case, repeats: int, with_torch: bool) -> dict:
+    x, w = _inputs(case)
+    timers: dict[str, tuple] = {}
+    for impl in ("ours", "xla"):
+        fwd, fwd_bwd = _jax_fns(case, impl)
+        jax.block_until_ready(fwd(x, w))
+        jax.block_until_ready(fwd_bwd(x, w))
+        timers[impl] = (
+            lambda f=fwd: f(x, w),
+            lambda f=fwd_bwd: f(x, w),
+            _peak_bytes(fwd_bwd, x, w),
+        )
+    if with_torch:
+        tf, tfb = _torch_fns(case)
+        tf(), tfb()
+        timers["torch"] = (tf, tfb, None)
+    samples = {(impl, mode): [] for impl in timers for mode in (0, 1)}
+    for _ in range(repeats):  # interleaved: every implementation sees the same noise
+        for impl, fns in timers.items():
+            for mode in (0, 1):
+                _time(fns[mode], samples[(impl, mode)])
+    result = {"case": case, "mem": {i: timers[i][2] for i in timers}}
+    for (impl, mode), ts in samples.items():
+        result[(impl, mode)] = min(ts) * 1e3
+    return result
+
+
+def _gflops(case: Case, ms: float, passes: int) -> str:
+    if case.op != "conv":
+        return ""
+    macs = js.conv2d_macs(case.shape, case.out_channels, case.kernel, padding=case.padding)
+    return f"{2 * macs * passes / (ms * 1e-3) / 1e9:.0f}"
+
+
+def format_table(results: list[dict], with_torch: bool) -> str:
+    head = "| shape | fwd ours ms | fwd XLA ms | fwd ours/XLA |"
+    head += " fwd ours/torch |" if with_torch else ""
+    head += " f+b ours ms | f+b XLA ms | f+b ours/XLA |"
+    head += " f+b torch ms | f+b ours/torch |" if with_torch else ""
+    head += " ours GFLOP/s f+b | bwd peak MB ours / XLA |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        c = r["case"]
+        row = [c.name, f"{r[('ours', 0)]:.1f}", f"{r[('xla', 0)]:.1f}"]
+        row.append(f"{r[('ours', 0)] / r[('xla', 0)]:.2f}")
+        if with_torch:
+            row.append(f"{r[('ours', 0)] / r[('torch', 0)]:.2f}")
+        row += [f"{r[('ours', 1)]:.1f}", f"{r[('xla', 1)]:.1f}"]
+        row.append(f"**{r[('ours', 1)] / r[('xla', 1)]:.2f}**")
+        if with_torch:
+            row += [f"{r[('torch', 1)]:.1f}", f"{r[('ours', 1)] / r[('torch', 1)]:.2f}"]
+        row.append(_gflops(c, r[("ours", 1)], 3))
+        row.append(f"{r['mem']['ours'] / 2**20:.0f} / {r['mem']['xla'] / 2**20:.0f}")
+        lines.append("| " + " | ".join(row) + " |")
+    ratios = [r[("ours", 1)] / r[("xla", 1)] for r in results]
+    geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
+    lines.append("")
+    lines.append(
+        f"Geometric mean of the forward+backward ratio ours/XLA: **{geo:.2f}** "
+        f"(max {max(ratios):.2f})."
+    )
+    if with_torch:
+        tr = [r[("ours", 1)] / r[("torch", 1)] for r in results]
+        lines.append(
+            f"Geometric mean ours/PyTorch (forward+backward): "
+            f"{math.exp(sum(map(math.log, tr)) / len(tr)):.2f}."
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = jax.devices()[0]
+    return (
+        f"{cpu}, {os.cpu_count()} cores, JAX {jax.__version__} on {dev.platform} "
+        f"({dev.device_kind}), Python {platform.python_version()}"
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=["core", "model", "all"], default="all")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=128, help="batch of the core suite")
+    parser.add_argument("--model-batch", type=int, default=512, help="batch of the model suite")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--only", default="", help="run only cases whose name contains this")
+    parser.add_argument("--out", default="bench/out/ops.md")
+    args = parser.parse_args(argv)
+
+    with_torch = not args.no_torch
+    if with_torch:
+        try:
+            import torch
+
+            torch.set_num_threads(os.cpu_count() or 1)
+        except ImportError:
+            with_torch = False
+    suites = _suites(args.batch, args.model_batch)
+    names = ["core", "model"] if args.suite == "all" else [args.suite]
+    report = [f"# Op benchmarks, {time.strftime('%Y-%m-%d')}", "", f"Machine: {machine()}", ""]
+    for name in names:
+        results = []
+        for case in suites[name]:
+            if args.only and args.only not in case.name:
+                continue
+            results.append(run_case(case, args.repeats, with_torch))
+            print(f"  {case.name}: ours {results[-1][('ours', 1)]:.1f} ms f+b", flush=True)
+        batch = args.batch if name == "core" else args.model_batch
+        report += [f"## {name} suite (float32, batch {batch}, min of {args.repeats})", ""]
+        report += [format_table(results, with_torch), ""]
+    text = "\n".join(report)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
