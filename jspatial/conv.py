@@ -72,8 +72,18 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, a
 def conv2d_checked(x, weight, bias, stride, padding, dilation, groups, *, op, algorithm="auto"):
     """``conv2d`` with errors attributed to ``op`` (the layer uses ``"Conv2d"``)."""
     geom, groups = conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
-    kernel = _pick_algorithm(algorithm, geom, groups, x.shape[1], weight.shape[0], op)
-    y = kernel(win.nchw_to_nhwc(x), weight.astype(x.dtype), geom, groups)
+    use_winograd = use_winograd_for(algorithm, geom, groups, x.shape[1], weight.shape[0], op)
+    return _conv2d(x, weight, bias, geom, groups, use_winograd)
+
+
+# Compiled once per shape and configuration, so eager calls do not re-trace the loops.
+@partial(jax.jit, static_argnums=(3, 4, 5))
+def _conv2d(x, weight, bias, geom, groups, use_winograd):
+    x_nhwc, w = win.nchw_to_nhwc(x), weight.astype(x.dtype)
+    if use_winograd:
+        y = winograd.conv3x3_nhwc(x_nhwc, w, geom)
+    else:
+        y = _conv_nhwc(x_nhwc, w, geom, groups)
     if bias is not None:
         y = y + bias.astype(y.dtype)
     return win.nhwc_to_nchw(y.astype(x.dtype))
@@ -113,7 +123,8 @@ def conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
     return win.Geometry((h, w), out_hw, kernel, strides, dil, pads), groups
 
 
-def _pick_algorithm(algorithm, geom, groups, c_in, c_out, op):
+def use_winograd_for(algorithm, geom, groups, c_in, c_out, op) -> bool:
+    """Resolve ``algorithm`` for one convolution; rejects Winograd where it does not apply."""
     if algorithm not in ("auto", "direct", "winograd"):
         raise ValueError(
             f"{op} algorithm must be 'auto', 'direct' or 'winograd', got {algorithm!r}"
@@ -125,15 +136,12 @@ def _pick_algorithm(algorithm, geom, groups, c_in, c_out, op):
             f"dilation 1, got kernel {geom.kernel}, stride {geom.stride}, "
             f"dilation {geom.dilation}, groups {groups}"
         )
-    use_winograd = algorithm == "winograd" or (
+    return algorithm == "winograd" or (
         algorithm == "auto"
         and fits
         and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
         and min(geom.out_hw) >= WINOGRAD_MIN_SIZE
     )
-    if use_winograd:
-        return lambda x, w, geom, groups: winograd.conv3x3_nhwc(x, w, geom)
-    return _conv_nhwc
 
 
 def _weight_taps(weight, groups):

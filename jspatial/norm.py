@@ -61,6 +61,17 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum
 def batch_norm_checked(x, weight, bias, running_mean, running_var, training, momentum, eps, *, op):
     """``batch_norm`` with errors attributed to ``op`` (the layer uses ``"BatchNorm2d"``)."""
     _check(x, weight, bias, running_mean, running_var, training, momentum, eps, op)
+    y, new_mean, new_var = _batch_norm(
+        x, weight, bias, running_mean, running_var, training, momentum, eps
+    )
+    if not training:  # the very same arrays come back: evaluation changes nothing
+        return y, running_mean, running_var
+    return y, new_mean, new_var
+
+
+# Compiled once per shape and configuration, so eager calls do not re-trace the loop.
+@partial(jax.jit, static_argnums=(5, 6, 7))
+def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
     c = x.shape[1]
     acc = win.accum_dtype(x.dtype)
     w = jnp.ones((c,), acc) if weight is None else weight.astype(acc)

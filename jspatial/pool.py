@@ -27,6 +27,9 @@ from jspatial import _args
 from jspatial import _windows as win
 from jspatial.shapes import conv_output_size
 
+# Windows with at most this many taps have their loop unrolled (see _unroll).
+UNROLL_TAPS = 16
+
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, *, dilation=1, ceil_mode=False):
     """2-D max pooling with PyTorch's ``torch.nn.functional.max_pool2d`` semantics.
@@ -58,7 +61,18 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, *, dilation=1, ceil_mode=
 def max_pool2d_checked(x, kernel_size, stride, padding, dilation, ceil_mode, *, op):
     """``max_pool2d`` with errors attributed to ``op`` (the layer uses ``"MaxPool2d"``)."""
     geom = pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
+    return _max_pool2d(x, geom)
+
+
+# Compiled once per shape and configuration, so eager calls do not re-trace the loops.
+@partial(jax.jit, static_argnums=(1,))
+def _max_pool2d(x, geom):
     return win.nhwc_to_nchw(_max_pool_nhwc(win.nchw_to_nhwc(x), geom))
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _avg_pool2d(x, geom, divisor):
+    return win.nhwc_to_nchw(_avg_pool_nhwc(win.nchw_to_nhwc(x), geom, divisor))
 
 
 def avg_pool2d(
@@ -109,8 +123,7 @@ def avg_pool2d_checked(
             raise TypeError(f"{op} divisor_override must be a number, got {divisor_override!r}")
         if divisor_override == 0:
             raise ValueError(f"{op} divisor_override must be non-zero, got {divisor_override}")
-    scale = _avg_scale(geom, count_include_pad, divisor_override)
-    return win.nhwc_to_nchw(_avg_pool_nhwc(win.nchw_to_nhwc(x), geom, scale))
+    return _avg_pool2d(x, geom, (bool(count_include_pad), divisor_override))
 
 
 def global_avg_pool2d(x):
@@ -141,6 +154,22 @@ def pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op):
     return win.Geometry(hw, out_hw, kernel, strides, dil, ((pads[0],) * 2, (pads[1],) * 2))
 
 
+def _unroll(geom):
+    # Unrolling a small window's loop lets XLA fuse all its taps into one pass over
+    # memory instead of one pass per tap; large windows keep a rolled loop.
+    return min(geom.taps, UNROLL_TAPS)
+
+
+def _has_padding(geom):
+    """Whether any window reads cells outside the input (explicit or ceil_mode padding)."""
+    return any(
+        geom.padding[a][0] > 0
+        or (geom.out_hw[a] - 1) * geom.stride[a] + (geom.kernel[a] - 1) * geom.dilation[a]
+        >= geom.in_hw[a] + geom.padding[a][0]
+        for a in range(2)
+    )
+
+
 # ---------------------------------------------------------------------------- max
 
 
@@ -154,6 +183,7 @@ def _max_fwd(x, geom):
     xph = win.to_phases(x, geom, -jnp.inf)
     # Which cells are real input (not padding); broadcast over batch and channels.
     real = win.to_phases(jnp.ones((1, *geom.in_hw, 1), jnp.bool_), geom, False)
+    padded = _has_padding(geom)
 
     def tap(t, carry):
         best, arg = carry
@@ -161,13 +191,14 @@ def _max_fwd(x, geom):
         # PyTorch's rule: a strictly larger value or a NaN takes over, and the first
         # real cell of the window is the winner until then.
         take = (xw > best) | jnp.isnan(xw) | (arg < 0)
-        take = take & win.window(real, t, geom)
+        if padded:
+            take = take & win.window(real, t, geom)
         return jnp.where(take, xw, best), jnp.where(take, t, arg).astype(arg.dtype)
 
     shape = (n, *geom.out_hw, c)
     arg_dtype = jnp.int8 if geom.taps < 127 else jnp.int32
     init = (jnp.full(shape, -jnp.inf, x.dtype), jnp.full(shape, -1, arg_dtype))
-    best, arg = lax.fori_loop(0, geom.taps, tap, init)
+    best, arg = lax.fori_loop(0, geom.taps, tap, init, unroll=_unroll(geom))
     return best, arg
 
 
@@ -179,7 +210,7 @@ def _max_bwd(geom, arg, g):
     def tap(t, dxph):
         return win.add_to_window(dxph, t, jnp.where(arg == t, g, 0), geom)
 
-    dxph = lax.fori_loop(0, geom.taps, tap, jnp.zeros(hq_shape, acc))
+    dxph = lax.fori_loop(0, geom.taps, tap, jnp.zeros(hq_shape, acc), unroll=_unroll(geom))
     return (win.from_phases(dxph, geom).astype(g.dtype),)
 
 
@@ -189,10 +220,14 @@ _max_pool_nhwc.defvjp(_max_fwd, _max_bwd)
 # ---------------------------------------------------------------------------- average
 
 
-def _avg_scale(geom, count_include_pad, divisor_override):
-    """``1 / divisor`` per output cell, ``(1, H_out, W_out, 1)``, computed once at trace time."""
+def _avg_scale(geom, divisor, dtype):
+    """``1 / divisor`` per output cell, ``(1, H_out, W_out, 1)``, built once at trace time.
+
+    ``divisor`` is ``(count_include_pad, divisor_override)``.
+    """
+    count_include_pad, divisor_override = divisor
     if divisor_override is not None:
-        return np.full((1, *geom.out_hw, 1), 1.0 / divisor_override, np.float32)
+        return jnp.full((1, *geom.out_hw, 1), 1.0 / divisor_override, dtype)
     counts = []
     for axis in range(2):
         size, k, s = geom.in_hw[axis], geom.kernel[axis], geom.stride[axis]
@@ -202,11 +237,11 @@ def _avg_scale(geom, count_include_pad, divisor_override):
         if not count_include_pad:
             start, end = np.maximum(start, 0), np.minimum(end, size)
         counts.append(end - start)
-    return (1.0 / np.outer(counts[0], counts[1]))[None, :, :, None].astype(np.float32)
+    return jnp.asarray((1.0 / np.outer(counts[0], counts[1]))[None, :, :, None], dtype)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _avg_pool_nhwc(x, geom, scale):
+def _avg_pool_nhwc(x, geom, divisor):
     n, c = x.shape[0], x.shape[-1]
     xph = win.to_phases(x, geom, 0)
     acc = win.accum_dtype(x.dtype)
@@ -214,25 +249,28 @@ def _avg_pool_nhwc(x, geom, scale):
     def tap(t, total):
         return total + win.window(xph, t, geom).astype(acc)
 
-    total = lax.fori_loop(0, geom.taps, tap, jnp.zeros((n, *geom.out_hw, c), acc))
+    scale = _avg_scale(geom, divisor, acc)
+    total = lax.fori_loop(
+        0, geom.taps, tap, jnp.zeros((n, *geom.out_hw, c), acc), unroll=_unroll(geom)
+    )
     return (total * scale).astype(x.dtype)
 
 
-def _avg_fwd(x, geom, scale):
+def _avg_fwd(x, geom, divisor):
     # Averaging is linear: the backward needs only the input's shape and dtype.
-    return _avg_pool_nhwc(x, geom, scale), jnp.zeros((0,), x.dtype)
+    return _avg_pool_nhwc(x, geom, divisor), jnp.zeros((0,), x.dtype)
 
 
-def _avg_bwd(geom, scale, token, g):
+def _avg_bwd(geom, divisor, token, g):
     n, c = g.shape[0], g.shape[-1]
     acc = win.accum_dtype(g.dtype)
-    gs = g.astype(acc) * scale
+    gs = g.astype(acc) * _avg_scale(geom, divisor, acc)
     hq_shape = win.to_phases(jnp.zeros((n, *geom.in_hw, c), acc), geom, 0).shape
 
     def tap(t, dxph):
         return win.add_to_window(dxph, t, gs, geom)
 
-    dxph = lax.fori_loop(0, geom.taps, tap, jnp.zeros(hq_shape, acc))
+    dxph = lax.fori_loop(0, geom.taps, tap, jnp.zeros(hq_shape, acc), unroll=_unroll(geom))
     return (win.from_phases(dxph, geom).astype(token.dtype),)
 
 

@@ -1,0 +1,175 @@
+"""MaxPool2d, AvgPool2d, GlobalAvgPool2d and Flatten: shapes, errors, repr, PyTorch equivalence."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jspatial.layers import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
+from tests.layers.helpers import assert_close, output_spec, random_input
+
+# ---------------------------------------------------------------- shapes and values
+
+
+@pytest.mark.parametrize(
+    ("make", "out_shape"),
+    [
+        (lambda: MaxPool2d(2), (2, 3, 6, 5)),
+        (lambda: MaxPool2d(3, stride=2, padding=1), (2, 3, 6, 6)),
+        (lambda: MaxPool2d(2, ceil_mode=True), (2, 3, 6, 6)),
+        (lambda: MaxPool2d(3, stride=1, dilation=2), (2, 3, 8, 7)),
+        (lambda: AvgPool2d(2), (2, 3, 6, 5)),
+        (lambda: AvgPool2d((3, 1), stride=(1, 2), padding=(1, 0)), (2, 3, 12, 6)),
+        (lambda: GlobalAvgPool2d(), (2, 3)),
+        (lambda: Flatten(), (2, 3 * 12 * 11)),
+        (lambda: Flatten(2), (2, 3, 12 * 11)),
+        (lambda: Flatten(0, 1), (6, 12, 11)),
+    ],
+)
+def test_output_shape(make, out_shape):
+    assert output_spec(make, (2, 3, 12, 11)).shape == out_shape
+
+
+def test_stride_defaults_to_the_kernel_and_attributes_are_normalised():
+    pool = MaxPool2d((3, 2))
+    assert (pool.kernel_size, pool.stride, pool.padding, pool.dilation) == (
+        (3, 2), (3, 2), (0, 0), (1, 1)
+    )  # fmt: skip
+    assert pool.ceil_mode is False
+    avg = AvgPool2d(3, 1, 1, count_include_pad=False, divisor_override=4)
+    assert (avg.kernel_size, avg.stride, avg.padding) == ((3, 3), (1, 1), (1, 1))
+    assert avg.count_include_pad is False and avg.divisor_override == 4
+
+
+def test_forward_and_parameter_free_values():
+    x = random_input((2, 3, 9, 8))
+    pool = MaxPool2d(3, stride=2, padding=1)  # values: checked against PyTorch below
+    np.testing.assert_array_equal(pool.forward(x), pool(x))
+    np.testing.assert_allclose(GlobalAvgPool2d()(x), x.mean(axis=(2, 3)), atol=1e-6)
+    np.testing.assert_array_equal(Flatten()(x), x.reshape(2, -1))
+    np.testing.assert_array_equal(Flatten().forward(x), x.reshape(2, -1))
+
+
+def test_no_parameters():
+    for layer in (MaxPool2d(2), AvgPool2d(2), GlobalAvgPool2d(), Flatten()):
+        assert layer.parameters() == []
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: MaxPool2d(0), ValueError, r"^MaxPool2d kernel_size must be positive, got 0$"),
+        (lambda: MaxPool2d(2, stride=(1, 2, 3)), ValueError,
+         r"^MaxPool2d stride must be an int or a pair \(h, w\), got 3 values"),
+        (lambda: MaxPool2d(3, padding=2), ValueError,
+         r"^MaxPool2d padding must be at most half the kernel size, got padding=\(2, 2\) "
+         r"for kernel_size=\(3, 3\)$"),
+        (lambda: MaxPool2d(2, dilation=0), ValueError, r"^MaxPool2d dilation must be positive"),
+        (lambda: MaxPool2d(2, ceil_mode="yes"), TypeError,
+         r"^MaxPool2d ceil_mode must be a bool, got 'yes'$"),
+        (lambda: AvgPool2d(2.5), TypeError, r"^AvgPool2d kernel_size must be an int or a pair"),
+        (lambda: AvgPool2d(2, padding=-1), ValueError, r"^AvgPool2d padding must be >= 0"),
+        (lambda: AvgPool2d(2, count_include_pad=1), TypeError,
+         r"^AvgPool2d count_include_pad must be a bool, got 1$"),
+        (lambda: AvgPool2d(2, divisor_override=0), ValueError,
+         r"^AvgPool2d divisor_override must be non-zero, got 0$"),
+        (lambda: AvgPool2d(2, divisor_override="4"), TypeError,
+         r"^AvgPool2d divisor_override must be a number, got '4'$"),
+        (lambda: Flatten(1.0), TypeError, r"^Flatten start_dim must be an int, got 1.0$"),
+    ],
+)  # fmt: skip
+def test_constructor_errors(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+@pytest.mark.parametrize(
+    ("layer", "name"),
+    [
+        (MaxPool2d(2), "MaxPool2d"),
+        (AvgPool2d(2), "AvgPool2d"),
+        (GlobalAvgPool2d(), "GlobalAvgPool2d"),
+    ],
+)
+def test_input_errors_name_the_layer(layer, name):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name} expected 4D input \(batch, channels, height, width\), "
+        r"got 3D: \(3, 8, 8\)$",
+    ):
+        layer(jnp.ones((3, 8, 8)))
+    with pytest.raises(TypeError, match=rf"^{name} expected floating-point input"):
+        layer(jnp.ones((1, 3, 8, 8), jnp.int32))
+
+
+def test_kernel_larger_than_input():
+    with pytest.raises(ValueError, match=r"^MaxPool2d kernel \(5, 5\) does not fit the padded"):
+        MaxPool2d(5)(jnp.ones((1, 1, 3, 3)))
+
+
+def test_flatten_dims_out_of_range():
+    with pytest.raises(
+        ValueError, match=r"^Flatten cannot flatten dims 1..-1 of a 1D input \(4,\)$"
+    ):
+        Flatten()(jnp.ones((4,)))
+    with pytest.raises(ValueError, match=r"^Flatten cannot flatten dims 2..1 of a 4D input"):
+        Flatten(2, 1)(jnp.ones((1, 2, 3, 4)))
+
+
+# ---------------------------------------------------------------- repr
+
+
+@pytest.mark.parametrize(
+    ("layer", "text"),
+    [
+        (MaxPool2d(2), "MaxPool2d(kernel_size=(2, 2), stride=(2, 2))"),
+        (MaxPool2d(3, 2, 1, dilation=2, ceil_mode=True),
+         "MaxPool2d(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(2, 2), "
+         "ceil_mode=True)"),
+        (AvgPool2d((2, 3)), "AvgPool2d(kernel_size=(2, 3), stride=(2, 3))"),
+        (AvgPool2d(3, 1, 1, count_include_pad=False, divisor_override=2),
+         "AvgPool2d(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), count_include_pad=False, "
+         "divisor_override=2)"),
+        (GlobalAvgPool2d(), "GlobalAvgPool2d()"),
+        (Flatten(), "Flatten(start_dim=1, end_dim=-1)"),
+    ],
+)  # fmt: skip
+def test_repr(layer, text):
+    assert repr(layer) == text
+
+
+# ---------------------------------------------------------------- PyTorch
+
+
+@pytest.mark.parametrize(
+    ("kind", "config"),
+    [
+        ("max", {"kernel_size": 3, "stride": 2, "padding": 1}),
+        ("max", {"kernel_size": (2, 3), "stride": 1, "dilation": (2, 1), "ceil_mode": True}),
+        ("avg", {"kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False}),
+        ("avg", {"kernel_size": (3, 2), "stride": (2, 1), "padding": (1, 0), "ceil_mode": True}),
+        ("avg", {"kernel_size": 2, "divisor_override": 3}),
+    ],
+)
+def test_matches_torch(kind, config):
+    torch = pytest.importorskip("torch")
+    torch_cls, ours = (
+        (torch.nn.MaxPool2d, MaxPool2d) if kind == "max" else (torch.nn.AvgPool2d, AvgPool2d)
+    )
+    x = np.array(random_input((2, 3, 9, 8)))  # writable, for torch.from_numpy
+    expected = torch_cls(**config)(torch.from_numpy(x)).numpy()
+    assert_close(ours(**config)(jnp.asarray(x)), expected)
+
+
+def test_global_avg_pool_and_flatten_match_torch():
+    torch = pytest.importorskip("torch")
+    x = np.array(random_input((2, 3, 9, 8)))  # writable, for torch.from_numpy
+    gap = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    assert_close(GlobalAvgPool2d()(jnp.asarray(x)), gap(torch.from_numpy(x)).numpy())
+    np.testing.assert_array_equal(
+        Flatten(1, 2)(jnp.asarray(x)), torch.nn.Flatten(1, 2)(torch.from_numpy(x)).numpy()
+    )

@@ -1,0 +1,119 @@
+"""Winograd F(2x2, 3x3) against the direct tap loop and XLA's convolution."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import jax.test_util
+import numpy as np
+import pytest
+from jax import lax
+
+import jspatial as js
+from jspatial import conv as conv_module
+from tests.tolerances import assert_close
+
+
+def _xla(x, w, padding):
+    return lax.conv_general_dilated(
+        x, w, (1, 1), padding, dimension_numbers=("NCHW", "OIHW", "NCHW"), precision="highest"
+    )
+
+
+@pytest.mark.parametrize(
+    "shape, out_channels, padding",
+    [
+        ((2, 3, 7, 9), 4, ((1, 1), (1, 1))),  # odd sizes: the last 2x2 tile is half outside
+        ((2, 5, 8, 8), 6, ((0, 0), (0, 0))),
+        ((1, 4, 5, 6), 4, ((1, 0), (2, 1))),  # asymmetric padding
+        ((3, 8, 4, 4), 8, ((1, 1), (1, 1))),
+        ((1, 2, 3, 3), 3, ((0, 0), (0, 0))),  # a single output pixel
+    ],
+)
+def test_winograd_matches_direct_and_xla(shape, out_channels, padding):
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, (out_channels, shape[1], 3, 3))
+
+    def wino(x, w):
+        return js.conv2d(x, w, padding=padding, algorithm="winograd")
+
+    def direct(x, w):
+        return js.conv2d(x, w, padding=padding, algorithm="direct")
+
+    y, vjp = jax.vjp(wino, x, w)
+    y_direct, vjp_direct = jax.vjp(direct, x, w)
+    g = jax.random.normal(kg, y.shape)
+    # The transforms add up to 4 terms of each sign: a few ulps more than the direct loop.
+    assert_close(y, _xla(x, w, padding), scale=5)
+    assert_close(y, y_direct, scale=5)
+    for got, want in zip(vjp(g), vjp_direct(g)):
+        assert_close(got, want, scale=5)
+
+
+def test_winograd_check_grads_float64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 5, 6)))
+        w = jnp.asarray(np.random.default_rng(1).standard_normal((4, 3, 3, 3)))
+        assert x.dtype == jnp.float64
+        jax.test_util.check_grads(
+            lambda x, w: jnp.sin(js.conv2d(x, w, padding=1, algorithm="winograd")),
+            (x, w),
+            order=1,
+            modes=("rev",),
+        )
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def test_winograd_bfloat16_keeps_dtype():
+    x = jax.random.normal(jax.random.key(0), (2, 4, 6, 6))
+    w = jax.random.normal(jax.random.key(1), (4, 4, 3, 3)) * 0.3
+    y = js.conv2d(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), padding=1, algorithm="winograd")
+    assert y.dtype == jnp.bfloat16
+    ref = js.conv2d(x, w, padding=1)
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"stride": 2}, {"dilation": 2}, {"groups": 2}],
+)
+def test_winograd_rejects_unsupported_configurations(kwargs):
+    x = jnp.ones((1, 4, 8, 8))
+    w = jnp.ones((4, 4 // kwargs.get("groups", 1), 3, 3))
+    with pytest.raises(ValueError, match="algorithm='winograd' needs"):
+        js.conv2d(x, w, padding=1, algorithm="winograd", **kwargs)
+
+
+def test_unknown_algorithm_is_rejected():
+    with pytest.raises(ValueError, match="algorithm must be"):
+        js.conv2d(jnp.ones((1, 1, 4, 4)), jnp.ones((1, 1, 3, 3)), algorithm="fft")
+
+
+def test_auto_picks_winograd_only_for_wide_layers():
+    wide = conv_module.WINOGRAD_MIN_CHANNELS
+    size = conv_module.WINOGRAD_MIN_SIZE
+
+    def picks(c_in, c_out, hw, **kwargs):
+        x, w = jnp.ones((1, c_in, hw, hw)), jnp.ones((c_out, c_in, 3, 3))
+        geom, groups = conv_module.conv_geometry(
+            x, w, None, kwargs.get("stride", 1), 1, 1, 1, "conv2d"
+        )
+        return conv_module.use_winograd_for("auto", geom, groups, c_in, c_out, "conv2d")
+
+    assert picks(wide, wide, size)
+    assert not picks(3, wide, size)  # narrow input: the transforms cost more than they save
+    assert not picks(wide, wide, size - 1)  # small maps waste too much on edge tiles
+    assert not picks(wide, wide, 2 * size, stride=2)
+
+
+def test_winograd_uses_a_loop_and_no_convolution_primitive():
+    x, w = jnp.ones((1, 4, 6, 6)), jnp.ones((4, 4, 3, 3))
+    text = str(
+        jax.make_jaxpr(jax.grad(lambda x, w: js.conv2d(x, w, algorithm="winograd").sum()))(x, w)
+    )
+    assert "scan" in text or "while" in text  # fori_loop with static bounds traces to a scan
+    assert "conv_general_dilated" not in text
