@@ -16,11 +16,6 @@ from jspatial.layers.module import Module, positive_int
 
 _OP = "Conv2d"
 
-# Jitted with the hyper-parameters static: called eagerly (a notebook, a test),
-# the core's ``fori_loop`` would otherwise be re-traced and re-compiled on every
-# call, because its loop body is a fresh closure each time. Inside ``nnx.jit``
-# this inner jit is simply inlined.
-_conv2d = jax.jit(conv2d_checked, static_argnums=(3, 4, 5, 6), static_argnames=("op",))
 
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
@@ -62,6 +57,7 @@ class Conv2d(Module):
             computes in the input's dtype. Sums are always accumulated in float32.
         param_dtype: dtype the parameters are stored in.
         kernel_init: ``kernel_init(key, shape, dtype)`` for ``weight``; default He normal.
+        algorithm: ``'auto'``, ``'direct'`` or ``'winograd'``, as in ``jspatial.conv2d``.
         rngs: ``nnx.Rngs`` supplying the ``params`` key.
 
     Example:
@@ -89,6 +85,7 @@ class Conv2d(Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         kernel_init: Initializer | None = None,
+        algorithm: str = "auto",
         rngs: nnx.Rngs,
     ):
         self.in_channels = positive_int(in_channels, _OP, "in_channels")
@@ -106,6 +103,11 @@ class Conv2d(Module):
             raise TypeError(
                 f"{_OP} rngs must be an nnx.Rngs (e.g. rngs=nnx.Rngs(0)), got {type(rngs).__name__}"
             )
+        if algorithm not in ("auto", "direct", "winograd"):
+            raise ValueError(
+                f"{_OP} algorithm must be 'auto', 'direct' or 'winograd', got {algorithm!r}"
+            )
+        self.algorithm = algorithm
         self.dtype = dtype
         self.param_dtype = param_dtype
 
@@ -132,9 +134,10 @@ class Conv2d(Module):
             x = x.astype(self.dtype)
             weight = weight.astype(self.dtype)
             bias = None if bias is None else bias.astype(self.dtype)
-        return _conv2d(
-            x, weight, bias, self.stride, self.padding, self.dilation, self.groups, op=_OP
-        )
+        return conv2d_checked(
+            x, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+            op=_OP, algorithm=self.algorithm,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         parts = [

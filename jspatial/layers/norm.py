@@ -15,10 +15,6 @@ from jspatial.norm import batch_norm_checked
 
 _OP = "BatchNorm2d"
 
-# Jitted with the mode and hyper-parameters static, so that eager calls hit the
-# compilation cache instead of re-compiling the core's loop (see ``layers/conv.py``).
-_batch_norm = jax.jit(batch_norm_checked, static_argnums=(5, 6, 7), static_argnames=("op",))
-
 
 class BatchNorm2d(Module):
     """Batch normalisation over ``(N, H, W)`` per channel, ``torch.nn.BatchNorm2d``'s way.
@@ -145,7 +141,7 @@ class BatchNorm2d(Module):
         bias = None if self.bias is None else self.bias[...]
         mean = self.running_mean[...] if tracking else None
         var = self.running_var[...] if tracking else None
-        y, new_mean, new_var = _batch_norm(
+        y, new_mean, new_var = batch_norm_checked(
             x, weight, bias, mean, var, training, self.momentum, self.eps, op=_OP
         )
         if training and tracking:

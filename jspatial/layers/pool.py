@@ -22,14 +22,6 @@ from jspatial.pool import (
     pool_geometry,
 )
 
-# Jitted with the hyper-parameters static, so that eager calls hit the compilation
-# cache instead of re-compiling the core's loop each time (see ``layers/conv.py``).
-_max_pool2d = jax.jit(max_pool2d_checked, static_argnums=(1, 2, 3, 4, 5), static_argnames=("op",))
-_avg_pool2d = jax.jit(
-    avg_pool2d_checked, static_argnums=(1, 2, 3, 4, 5, 6), static_argnames=("op",)
-)
-_global_avg_pool2d = jax.jit(global_avg_pool2d)
-
 
 def _check_bool(value: Any, op: str, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
@@ -90,7 +82,7 @@ class MaxPool2d(Module):
         # Validated outside the jit, so errors carry no note about JAX's frames.
         pool_geometry(x, self.kernel_size, self.stride, self.padding, self.dilation,
                       self.ceil_mode, type(self).__name__)  # fmt: skip
-        return _max_pool2d(
+        return max_pool2d_checked(
             x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
             op=type(self).__name__,
         )  # fmt: skip
@@ -162,7 +154,7 @@ class AvgPool2d(Module):
         # Validated outside the jit, so errors carry no note about JAX's frames.
         pool_geometry(x, self.kernel_size, self.stride, self.padding, 1, self.ceil_mode,
                       type(self).__name__)  # fmt: skip
-        return _avg_pool2d(
+        return avg_pool2d_checked(
             x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
             self.count_include_pad, self.divisor_override, op=type(self).__name__,
         )  # fmt: skip
@@ -196,7 +188,7 @@ class GlobalAvgPool2d(Module):
         """``(N, C, H, W) -> (N, C)``."""
         # Checked here so the message names the layer, not ``global_avg_pool2d``.
         _args.check_input(x, type(self).__name__)
-        return _global_avg_pool2d(x)
+        return global_avg_pool2d(x)
 
     _one_line_repr = True  # no hyper-parameters: ``GlobalAvgPool2d()``
 
