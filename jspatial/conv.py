@@ -35,6 +35,9 @@ UNROLL = 1
 # whose output is large enough that the 2x2 output tiles waste little on the edges.
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_SIZE = 6
+# ... and im2col (all taps in one product) when C_in * kh * kw is at most this: a layer with
+# few input channels makes thin per-tap products, and its im2col matrix stays small.
+IM2COL_MAX_DEPTH = 32
 
 
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, algorithm="auto"):
@@ -51,8 +54,9 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, a
         groups: split channels into this many independent convolutions
             (``groups == C_in`` is a depthwise convolution).
         algorithm: ``'direct'`` (the tap loop), ``'winograd'`` (F(2x2, 3x3), for
-            ungrouped 3x3 stride-1 convolutions; see ``jspatial.winograd``) or
-            ``'auto'``, which picks Winograd where it measured faster.
+            ungrouped 3x3 stride-1 convolutions; see ``jspatial.winograd``),
+            ``'im2col'`` (the taps copied into one matrix, one product; ungrouped) or
+            ``'auto'``, which picks by layer shape where each measured fastest.
 
     Returns:
         ``(N, C_out, H_out, W_out)`` in the dtype of ``x`` (accumulated in float32),
@@ -72,16 +76,18 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, a
 def conv2d_checked(x, weight, bias, stride, padding, dilation, groups, *, op, algorithm="auto"):
     """``conv2d`` with errors attributed to ``op`` (the layer uses ``"Conv2d"``)."""
     geom, groups = conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
-    use_winograd = use_winograd_for(algorithm, geom, groups, x.shape[1], weight.shape[0], op)
-    return _conv2d(x, weight, bias, geom, groups, use_winograd)
+    method = choose_method(algorithm, geom, groups, x.shape[1], weight.shape[0], op)
+    return _conv2d(x, weight, bias, geom, groups, method)
 
 
 # Compiled once per shape and configuration, so eager calls do not re-trace the loops.
 @partial(jax.jit, static_argnums=(3, 4, 5))
-def _conv2d(x, weight, bias, geom, groups, use_winograd):
+def _conv2d(x, weight, bias, geom, groups, method):
     x_nhwc, w = win.nchw_to_nhwc(x), weight.astype(x.dtype)
-    if use_winograd:
+    if method == "winograd":
         y = winograd.conv3x3_nhwc(x_nhwc, w, geom)
+    elif method == "im2col":
+        y = _conv_im2col_nhwc(x_nhwc, w, geom)
     else:
         y = _conv_nhwc(x_nhwc, w, geom, groups)
     if bias is not None:
@@ -123,25 +129,32 @@ def conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
     return win.Geometry((h, w), out_hw, kernel, strides, dil, pads), groups
 
 
-def use_winograd_for(algorithm, geom, groups, c_in, c_out, op) -> bool:
-    """Resolve ``algorithm`` for one convolution; rejects Winograd where it does not apply."""
-    if algorithm not in ("auto", "direct", "winograd"):
-        raise ValueError(
-            f"{op} algorithm must be 'auto', 'direct' or 'winograd', got {algorithm!r}"
-        )
-    fits = winograd.supports(geom, groups)
-    if algorithm == "winograd" and not fits:
+ALGORITHMS = ("auto", "direct", "winograd", "im2col")
+
+
+def choose_method(algorithm, geom, groups, c_in, c_out, op) -> str:
+    """Resolve ``algorithm`` for one convolution; rejects a method that does not apply."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"{op} algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "winograd" and not winograd.supports(geom, groups):
         raise ValueError(
             f"{op} algorithm='winograd' needs an ungrouped 3x3 kernel with stride 1 and "
             f"dilation 1, got kernel {geom.kernel}, stride {geom.stride}, "
             f"dilation {geom.dilation}, groups {groups}"
         )
-    return algorithm == "winograd" or (
-        algorithm == "auto"
-        and fits
+    if algorithm == "im2col" and groups != 1:
+        raise ValueError(f"{op} algorithm='im2col' needs groups=1, got groups={groups}")
+    if algorithm != "auto":
+        return algorithm
+    if (
+        winograd.supports(geom, groups)
         and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
         and min(geom.out_hw) >= WINOGRAD_MIN_SIZE
-    )
+    ):
+        return "winograd"
+    if groups == 1 and c_in * geom.taps <= IM2COL_MAX_DEPTH:
+        return "im2col"
+    return "direct"
 
 
 def _weight_taps(weight, groups):
@@ -231,3 +244,60 @@ def _conv_bwd(geom, groups, residuals, g):
 
 
 _conv_nhwc.defvjp(_conv_fwd, _conv_bwd)
+
+
+# ---------------------------------------------------------------------------- im2col
+#
+# For a layer with few input channels (the first layer: C_in = 3) each per-tap product
+# has a depth of 3, which no matrix unit likes. The same loop over taps can instead copy
+# each window into its own column block of one matrix (the classic im2col), and a single
+# product of depth C_in * kh * kw does the whole convolution.
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_im2col_nhwc(x, weight, geom):
+    return _im2col_fwd(x, weight, geom)[0]
+
+
+def _im2col(x, geom):
+    """``(N, H, W, C)`` -> ``(N * H_out * W_out, taps, C)``, one window per tap."""
+    n, c = x.shape[0], x.shape[-1]
+    m = n * geom.out_hw[0] * geom.out_hw[1]
+    xph = win.to_phases(x, geom, 0)
+
+    def tap(t, cols):
+        block = win.window(xph, t, geom).reshape(m, 1, c)
+        return lax.dynamic_update_slice_in_dim(cols, block, t, axis=1)
+
+    return lax.fori_loop(0, geom.taps, tap, jnp.zeros((m, geom.taps, c), x.dtype))
+
+
+def _im2col_fwd(x, weight, geom):
+    n, c = x.shape[0], x.shape[-1]
+    cols = _im2col(x, geom).reshape(-1, geom.taps * c)
+    w = _weight_taps(weight, 1).reshape(geom.taps * c, -1)
+    y = jnp.dot(cols, w, preferred_element_type=win.accum_dtype(x.dtype))
+    return y.reshape(n, *geom.out_hw, -1), (x, weight)
+
+
+def _im2col_bwd(geom, residuals, g):
+    x, weight = residuals
+    n, c = x.shape[0], x.shape[-1]
+    acc = win.accum_dtype(x.dtype)
+    cols = _im2col(x, geom).reshape(-1, geom.taps * c)
+    w = _weight_taps(weight, 1).reshape(geom.taps * c, -1)
+    gm = g.reshape(cols.shape[0], -1).astype(x.dtype)
+    dw = jnp.dot(cols.T, gm, preferred_element_type=acc).reshape(geom.taps, 1, c, -1)
+    dcols = jnp.dot(gm, w.T, preferred_element_type=acc).reshape(n, *geom.out_hw, geom.taps, c)
+
+    def tap(t, dxph):  # each column block goes back through its window
+        block = lax.dynamic_index_in_dim(dcols, t, axis=3, keepdims=False)
+        return win.add_to_window(dxph, t, block, geom)
+
+    dxph = win.to_phases(jnp.zeros(x.shape, acc), geom, 0)
+    dxph = lax.fori_loop(0, geom.taps, tap, dxph)
+    dx = win.from_phases(dxph, geom).astype(x.dtype)
+    return dx, _weight_from_taps(dw, geom.kernel).astype(weight.dtype)
+
+
+_conv_im2col_nhwc.defvjp(_im2col_fwd, _im2col_bwd)

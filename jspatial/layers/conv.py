@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jspatial import _args
-from jspatial.conv import conv2d_checked, conv_geometry
+from jspatial.conv import ALGORITHMS, conv2d_checked, conv_geometry
 from jspatial.layers.module import Module, positive_int
 
 _OP = "Conv2d"
@@ -57,7 +57,8 @@ class Conv2d(Module):
             computes in the input's dtype. Sums are always accumulated in float32.
         param_dtype: dtype the parameters are stored in.
         kernel_init: ``kernel_init(key, shape, dtype)`` for ``weight``; default He normal.
-        algorithm: ``'auto'``, ``'direct'`` or ``'winograd'``, as in ``jspatial.conv2d``.
+        algorithm: ``'auto'``, ``'direct'``, ``'winograd'`` or ``'im2col'``, as in
+            ``jspatial.conv2d``.
         rngs: ``nnx.Rngs`` supplying the ``params`` key.
 
     Example:
@@ -103,10 +104,8 @@ class Conv2d(Module):
             raise TypeError(
                 f"{_OP} rngs must be an nnx.Rngs (e.g. rngs=nnx.Rngs(0)), got {type(rngs).__name__}"
             )
-        if algorithm not in ("auto", "direct", "winograd"):
-            raise ValueError(
-                f"{_OP} algorithm must be 'auto', 'direct' or 'winograd', got {algorithm!r}"
-            )
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"{_OP} algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         self.algorithm = algorithm
         self.dtype = dtype
         self.param_dtype = param_dtype

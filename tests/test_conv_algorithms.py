@@ -1,4 +1,5 @@
-"""Winograd F(2x2, 3x3) against the direct tap loop and XLA's convolution."""
+"""The alternative convolution algorithms (Winograd F(2x2, 3x3), im2col) against the
+direct tap loop and XLA's convolution."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def test_winograd_rejects_unsupported_configurations(kwargs):
 
 
 def test_unknown_algorithm_is_rejected():
-    with pytest.raises(ValueError, match="algorithm must be"):
+    with pytest.raises(ValueError, match="algorithm must be one of"):
         js.conv2d(jnp.ones((1, 1, 4, 4)), jnp.ones((1, 1, 3, 3)), algorithm="fft")
 
 
@@ -102,7 +103,7 @@ def test_auto_picks_winograd_only_for_wide_layers():
         geom, groups = conv_module.conv_geometry(
             x, w, None, kwargs.get("stride", 1), 1, 1, 1, "conv2d"
         )
-        return conv_module.use_winograd_for("auto", geom, groups, c_in, c_out, "conv2d")
+        return conv_module.choose_method("auto", geom, groups, c_in, c_out, "conv2d") == "winograd"
 
     assert picks(wide, wide, size)
     assert not picks(3, wide, size)  # narrow input: the transforms cost more than they save
@@ -117,3 +118,43 @@ def test_winograd_uses_a_loop_and_no_convolution_primitive():
     )
     assert "scan" in text or "while" in text  # fori_loop with static bounds traces to a scan
     assert "conv_general_dilated" not in text
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding, dilation",
+    [
+        ((2, 3, 7, 9), (3, 2), (1, 1), ((1, 1), (0, 2)), (1, 1)),
+        ((2, 3, 11, 10), (3, 3), (2, 3), ((1, 0), (2, 1)), (2, 1)),
+        ((2, 3, 8, 8), (2, 2), (4, 4), ((1, 1), (1, 1)), (1, 1)),  # stride > kernel
+    ],
+)
+def test_im2col_matches_xla(shape, kernel, stride, padding, dilation):
+    kx, kw, kg = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, (5, shape[1], *kernel))
+
+    def ours(x, w):
+        return js.conv2d(
+            x, w, stride=stride, padding=padding, dilation=dilation, algorithm="im2col"
+        )
+
+    def xla(x, w):
+        return lax.conv_general_dilated(
+            x, w, stride, padding, rhs_dilation=dilation,
+            dimension_numbers=("NCHW", "OIHW", "NCHW"), precision="highest",
+        )  # fmt: skip
+
+    y, vjp = jax.vjp(ours, x, w)
+    y_ref, vjp_ref = jax.vjp(xla, x, w)
+    g = jax.random.normal(kg, y.shape)
+    assert_close(y, y_ref)
+    for got, want in zip(vjp(g), vjp_ref(g)):
+        assert_close(got, want)
+
+
+def test_auto_picks_im2col_for_the_first_layer():
+    x, w = jnp.ones((1, 3, 8, 8)), jnp.ones((16, 3, 3, 3))
+    geom, groups = conv_module.conv_geometry(x, w, None, 1, 1, 1, 1, "conv2d")
+    assert conv_module.choose_method("auto", geom, groups, 3, 16, "conv2d") == "im2col"
+    with pytest.raises(ValueError, match="algorithm='im2col' needs groups=1"):
+        js.conv2d(jnp.ones((1, 4, 8, 8)), jnp.ones((4, 2, 3, 3)), groups=2, algorithm="im2col")
