@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test train bench lint format install clean
+.PHONY: test train bench lint format install clean notebook
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(STAMP) lint
 
 train: $(STAMP)
 	$(PY) -m train.cifar10 $(ARGS)
+
+notebook: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[train,notebook]'
+	$(PY) -m jupyter notebook notebooks/spatial_operations.ipynb
 
 bench: $(STAMP)
 	$(PY) -m bench.ops

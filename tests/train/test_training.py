@@ -1,0 +1,315 @@
+"""Tests for the training job: optimiser, train step, lookahead, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import torch
+from flax import nnx
+
+from jspatial.layers import BatchNorm2d
+from tests.train.conftest import start_cli, write_tiny_cifar
+from train import augment, cifar10, models
+from train.data import DATA_DIR_ENV, default_data_dir
+
+# ---------------------------------------------------------------------------- optimiser
+
+
+def test_lr_schedule_is_airbench_triangle():
+    m = cifar10.lr_multiplier(100)
+    np.testing.assert_allclose([m(0), m(23), m(100)], [0.2, 1.0, 0.07], rtol=1e-6)
+    np.testing.assert_allclose(m(11.5), 0.6, rtol=1e-6)
+    assert float(m(60)) == pytest.approx(1.0 + (0.07 - 1.0) * (60 - 23) / 77, rel=1e-6)
+
+
+def test_sgd_matches_airbench_torch_param_groups():
+    """Our single SGD with pre-scaled BN-bias gradients == airbench's two torch param groups."""
+    cfg = dict(cifar10.AIRBENCH94, lr=11.5, momentum=0.85, weight_decay=0.0153, bias_scaler=64.0)
+    batch, steps = 1024, 5
+
+    class Tiny(nnx.Module):
+        def __init__(self):
+            self.conv = nnx.Param(jnp.linspace(-1, 1, 12).reshape(3, 4))
+            self.norm1 = BatchNorm2d(4)
+            self.norm1.weight = models.Frozen(self.norm1.weight[...])
+            self.norm1.bias[...] = jnp.linspace(0.5, -0.5, 4)
+
+    model = Tiny()
+    assert models.bn_bias_paths(model) == {("norm1", "bias")}
+    optimizer, schedule = cifar10.make_optimizer(model, cfg, steps, batch)
+    rng = np.random.default_rng(0)
+    grads_seq = [(rng.normal(size=(3, 4)), rng.normal(size=4)) for _ in range(steps)]
+
+    kilostep = 1024 * (1 + 1 / (1 - cfg["momentum"]))
+    lr, wd = cfg["lr"] / kilostep, cfg["weight_decay"] * batch / kilostep
+    lr_b = lr * cfg["bias_scaler"]
+    w = torch.tensor(np.asarray(model.conv[...]), dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(np.asarray(model.norm1.bias[...]), dtype=torch.float64, requires_grad=True)
+    torch_opt = torch.optim.SGD(
+        [dict(params=[b], lr=lr_b, weight_decay=wd / lr_b),
+         dict(params=[w], lr=lr, weight_decay=wd / lr)],
+        momentum=cfg["momentum"], nesterov=True,
+    )  # fmt: skip
+    mult = cifar10.lr_multiplier(steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(torch_opt, lambda i: float(mult(i)))
+    for gw, gb in grads_seq:
+        holder = nnx.clone(model)  # a separate module to carry the gradients
+        holder.conv[...] = jnp.asarray(gw, jnp.float32)
+        holder.norm1.bias[...] = jnp.asarray(gb, jnp.float32)
+        optimizer.update(model, nnx.state(holder, nnx.Param))
+        w.grad, b.grad = torch.tensor(gw), torch.tensor(gb)
+        torch_opt.step()
+        sched.step()
+    np.testing.assert_allclose(model.conv[...], w.detach().numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model.norm1.bias[...], b.detach().numpy(), rtol=1e-5, atol=1e-7)
+    assert float(schedule(0)) == pytest.approx(0.2 * lr)
+
+
+# ---------------------------------------------------------------------------- train step
+
+BATCH = 32
+
+
+@pytest.fixture(scope="module")
+def airbench_setup():
+    """A narrow airbench94 (same layers, fewer channels), a batch of data and a train step."""
+    base = models.Airbench94(widths=(16, 32, 32), rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (BATCH, 3, 32, 32), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, BATCH).astype(np.int32))
+    models.init_whitening(base, augment.normalize(images))
+    cfg = dict(cifar10.AIRBENCH94, batch_size=BATCH)
+    train = (images, labels, augment.base_flips(jax.random.key(1, impl="rbg"), BATCH))
+    step_fn = cifar10.make_train_step(cfg, BATCH)
+
+    tx = cifar10.make_optimizer(base, cfg, 20, BATCH)[0].tx  # one tx: one compiled step
+
+    def fresh():
+        graphdef, state = nnx.split(base)
+        model = nnx.merge(graphdef, jax.tree.map(jnp.copy, state))  # own buffers: donated
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    def step(model, optimizer, train_whiten_bias=True):
+        metrics = {"loss": jnp.zeros(()), "correct": jnp.zeros((), jnp.int32)}
+        perm = jnp.arange(BATCH, dtype=jnp.int32)
+        key = jax.random.key(2, impl="rbg")
+        _, loss = step_fn(model, optimizer, metrics, train, perm, key, 0, 0, train_whiten_bias)
+        return float(loss)
+
+    return fresh, step
+
+
+def snapshot(model, variable_type):
+    return {
+        jax.tree_util.keystr(path): np.array(x)
+        for path, x in jax.tree_util.tree_leaves_with_path(
+            nnx.to_pure_dict(nnx.state(model, variable_type))
+        )
+    }
+
+
+def test_one_step_moves_every_trainable_parameter_and_no_frozen_one(airbench_setup):
+    fresh, step = airbench_setup
+    model, optimizer = fresh()
+    params, frozen, stats = (snapshot(model, t) for t in (nnx.Param, models.Frozen, nnx.BatchStat))
+    assert len(frozen) == 7 and len(params) == 1 + 1 + 3 * (2 + 2)  # whiten bias, head, groups
+    step(model, optimizer)
+    for name, before in params.items():
+        assert not np.array_equal(snapshot(model, nnx.Param)[name], before), f"{name} did not move"
+    for name, before in frozen.items():
+        np.testing.assert_array_equal(snapshot(model, models.Frozen)[name], before, err_msg=name)
+    for name, before in stats.items():
+        assert not np.array_equal(snapshot(model, nnx.BatchStat)[name], before), name
+
+    # After whiten_bias_epochs the whitening bias is frozen too; everything else still moves.
+    params = snapshot(model, nnx.Param)
+    step(model, optimizer, train_whiten_bias=False)
+    after = snapshot(model, nnx.Param)
+    for name, before in params.items():
+        moved = not np.array_equal(after[name], before)
+        assert moved == (name != "['whiten']['bias']"), name
+
+
+def test_steps_on_a_fixed_batch_lower_the_loss(airbench_setup):
+    fresh, step = airbench_setup
+    model, optimizer = fresh()
+    losses = [step(model, optimizer) for _ in range(8)]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.95 * losses[0], losses
+
+
+def test_lookahead_averages_and_copies_back():
+    model = models.build_model("simple_cnn")
+    cfg = dict(cifar10.RECIPES["simple_cnn"], ema=0.9)
+    start = snapshot(model, nnx.Param)
+    # Before start_epochs, or off the every-5-steps grid: nothing happens.
+    assert cifar10.maybe_lookahead(model, None, cfg, 2, 5, 10) is None
+    assert cifar10.maybe_lookahead(model, None, cfg, 3, 6, 10) is None
+    ema = cifar10.maybe_lookahead(model, None, cfg, 3, 5, 10)  # starts the average
+    np.testing.assert_array_equal(ema["conv1"]["weight"], start["['conv1']['weight']"])
+    model.conv1.weight[...] = model.conv1.weight[...] + 1.0
+    ema = cifar10.maybe_lookahead(model, ema, cfg, 3, 10, 10)  # decay 0.9**5 * 1**3
+    decay = 0.9**5
+    expected = start["['conv1']['weight']"] + (1 - decay) * 1.0
+    np.testing.assert_allclose(ema["conv1"]["weight"], expected, atol=1e-6)
+    np.testing.assert_allclose(model.conv1.weight[...], expected, atol=1e-6)  # copied back
+    assert cifar10.maybe_lookahead(model, ema, dict(cfg, ema=0.0), 3, 10, 10) is ema
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cifar10.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ["--data-dir", "--model", "--epochs", "--batch-size", "--lr", "--seed",
+                 "--out-dir", "--resume", "--train-limit", "--test-limit", "--no-tta",
+                 "--optimizer", "--ema", "--no-plots"]:  # fmt: skip
+        assert flag in out
+    assert "airbench94" in out and "resnet18" in out and "simple_cnn" in out
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_tiny_cifar(tmp_path_factory.mktemp("cifar"), n_train=640, n_test=100)
+
+
+def tiny_args(data_dir, out_dir, *extra):
+    return [
+        "--data-dir", str(data_dir), "--out-dir", str(out_dir), "--model", "simple_cnn",
+        "--batch-size", "32", "--epochs", "3", "--test-limit", "100", "--seed", "7",
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def load_checkpoint(out_dir: Path, step: int) -> dict:
+    """The arrays of checkpoint ``step`` by path, read without a target structure."""
+    path = (out_dir / "checkpoints" / str(step) / "state").absolute()
+    with warnings.catch_warnings(), ocp.PyTreeCheckpointer() as checkpointer:
+        warnings.filterwarnings("ignore", "Sharding info not provided")
+        state = checkpointer.restore(path)
+    return {
+        jax.tree_util.keystr(p): np.asarray(x)
+        for p, x in jax.tree_util.tree_leaves_with_path(state)
+    }
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tiny_data, tmp_path, cli_env, capsys):
+    ref_dir, run_dir = tmp_path / "reference", tmp_path / "resumed"
+    reference = start_cli(tiny_args(tiny_data, ref_dir), cli_env)
+    victim = start_cli(tiny_args(tiny_data, run_dir), cli_env)  # runs alongside: 2 cores
+    first = run_dir / "checkpoints" / "1"
+    deadline = time.monotonic() + 240
+    while not first.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.exists(), finish(victim)
+    os.kill(victim.pid, signal.SIGKILL)
+    code, _, _ = finish(victim)
+    assert code == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run_dir / "summary.json").exists()
+
+    resumed = start_cli(tiny_args(tiny_data, run_dir, "--resume"), cli_env)
+    code, out, err = finish(resumed)
+    assert code == 0, err
+    assert "resumed from" in err
+    code, ref_out, err = finish(reference)
+    assert code == 0, err
+
+    # Same final parameters, optimiser state and lookahead state, bit for bit.
+    ref_state, state = load_checkpoint(ref_dir, 3), load_checkpoint(run_dir, 3)
+    assert ref_state.keys() == state.keys() and len(state) > 10
+    for name in ref_state:
+        np.testing.assert_array_equal(state[name], ref_state[name], err_msg=name)
+    # Same metrics history (timings aside) and final accuracy.
+    strip = lambda path: [  # noqa: E731
+        {k: v for k, v in json.loads(line).items() if not k.endswith("_s")}
+        for line in path.read_text().splitlines()
+    ]
+    assert strip(run_dir / "metrics.jsonl") == strip(ref_dir / "metrics.jsonl")
+    ref_summary = json.loads((ref_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test_accuracy"] == ref_summary["test_accuracy"]
+
+    # The reference run's outputs.
+    assert sorted(p.name for p in (ref_dir / "checkpoints").iterdir()) == ["2", "3"]  # max 2
+    assert len(strip(ref_dir / "metrics.jsonl")) == 3
+    for key in ["test_accuracy", "test_accuracy_no_tta", "wall_time_s", "epochs", "model",
+                "seed", "batch_size", "train_images", "images_per_second"]:  # fmt: skip
+        assert key in ref_summary, key
+    assert ref_summary["model"] == "simple_cnn" and ref_summary["seed"] == 7
+    assert ref_summary["train_images"] == 640 and ref_summary["batch_size"] == 32
+    assert 0 <= ref_summary["test_accuracy"] <= 1 and ref_summary["tta"] is True
+    assert ref_summary["test_accuracy"] > 0.2  # the synthetic classes are learnable
+    for png in ["curves.png", "filters.png", "confusion.png"]:
+        assert (ref_dir / png).stat().st_size > 1000
+    assert "test accuracy" in ref_out.splitlines()[-1]
+    assert "train_loss" in ref_out and "test_acc" in ref_out
+
+    # Resuming with different settings is refused, naming what changed.
+    assert cifar10.main(tiny_args(tiny_data, run_dir, "--resume", "--lr", "1.0")) == 2
+    assert "lr: 4.0 -> 1.0" in capsys.readouterr().err
+
+
+def test_refuses_to_overwrite_and_checks_resume_settings(tiny_data, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    (out_dir / "checkpoints" / "1").mkdir(parents=True)
+    assert cifar10.main(tiny_args(tiny_data, out_dir)) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_message_and_exit_code(tiny_data, tmp_path, cli_env):
+    out_dir = tmp_path / "nan"
+    proc = start_cli(tiny_args(tiny_data, out_dir, "--lr", "1e30", "--no-plots"), cli_env)
+    code, out, err = finish(proc)
+    assert code == cifar10.NAN_EXIT_CODE, (out, err)
+    assert "non-finite loss" in err and "epoch 1, step" in err and "--lr" in err
+    assert not list((out_dir / "checkpoints").glob("[0-9]*"))  # no checkpoint with NaNs
+    assert not (out_dir / "summary.json").exists()
+
+
+def real_data_dir():
+    path = os.environ.get(DATA_DIR_ENV)
+    if not path:
+        return None
+    root = Path(path)
+    return root if (root / "cifar-10-batches-bin").is_dir() or root.name.endswith("bin") else None
+
+
+@pytest.mark.skipif(
+    real_data_dir() is None,
+    reason=f"real CIFAR-10 not found: set {DATA_DIR_ENV} to the folder holding "
+    f"cifar-10-batches-bin/ (default location {default_data_dir()} is not used by tests)",
+)
+def test_smoke_run_on_real_data(tmp_path, cli_env):
+    args = [
+        "--data-dir", str(real_data_dir()), "--out-dir", str(tmp_path / "smoke"),
+        "--train-limit", "2000", "--test-limit", "1000", "--epochs", "1", "--no-tta",
+        "--model", "airbench94", "--no-plots", "--no-progress",
+    ]  # fmt: skip
+    code, out, err = finish(start_cli(args, cli_env), timeout=600)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "smoke" / "summary.json").read_text())
+    assert summary["train_images"] == 2000 and summary["test_images"] == 1000
+    assert 0.0 <= summary["test_accuracy"] <= 1.0  # one step from scratch: about chance
+    assert math.isfinite(
+        json.loads((tmp_path / "smoke" / "metrics.jsonl").read_text())["train_loss"]
+    )
+    assert "test accuracy" in out

@@ -1,0 +1,89 @@
+"""Training checkpoints with orbax-checkpoint: arrays plus a JSON record, written atomically.
+
+A checkpoint is one numbered step directory ``<out_dir>/checkpoints/<epoch>/`` holding two
+items:
+
+- ``state``: the pytree of arrays, ``{"model": ..., "optimizer": ..., "ema": ...}``
+  (pure nested dicts of ``nnx.state``; PRNG keys are stored as their ``uint32`` key data);
+- ``meta``: a JSON dict with the position in training (epoch, global step), the per-epoch
+  metrics so far, elapsed time and the settings the run was started with.
+
+Orbax's ``CheckpointManager`` writes each checkpoint into a temporary
+``<epoch>.orbax-checkpoint-tmp-*`` directory and renames it into place once every file is
+written (``AtomicRenameTemporaryPath``, its default on local file systems), so a process
+killed mid-save leaves either the previous checkpoints or a leftover temporary directory,
+which the next manager deletes (``cleanup_tmp_directories=True``); never a half-written
+step. Only the newest ``max_to_keep`` checkpoints are kept. Saving is synchronous:
+when :meth:`Checkpointer.save` returns the checkpoint is on disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+
+class Checkpointer:
+    """Saves and restores ``(model, optimizer, ema, meta)`` under ``directory``."""
+
+    def __init__(self, directory: str | Path, max_to_keep: int = 2):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """The number of the newest complete checkpoint, or ``None``."""
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, *, model, optimizer, ema: Any, meta: dict) -> None:
+        """Writes checkpoint ``step`` (the number of completed epochs) and waits for it."""
+        state = {
+            "model": nnx.to_pure_dict(nnx.state(model)),
+            "optimizer": nnx.to_pure_dict(nnx.state(optimizer)),
+        }
+        if ema is not None:
+            state["ema"] = ema
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self.manager.save(step, args=args, force=True)
+        self.manager.wait_until_finished()
+
+    def read_meta(self, step: int) -> dict:
+        """The JSON record of checkpoint ``step`` alone (no arrays are read)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def restore(self, step: int, *, model, optimizer, ema: Any) -> tuple[Any, dict]:
+        """Loads checkpoint ``step`` into ``model`` and ``optimizer`` (in place).
+
+        ``ema`` is a pytree of the same structure as the one saved (its values are ignored),
+        or ``None`` if none was saved; returns ``(restored_ema, meta)``.
+        """
+        model_state, opt_state = nnx.state(model), nnx.state(optimizer)
+        target = {"model": nnx.to_pure_dict(model_state), "optimizer": nnx.to_pure_dict(opt_state)}
+        if ema is not None:
+            target["ema"] = ema
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+        )
+        restored = self.manager.restore(step, args=args)
+        nnx.replace_by_pure_dict(model_state, restored["state"]["model"])
+        nnx.update(model, model_state)
+        nnx.replace_by_pure_dict(opt_state, restored["state"]["optimizer"])
+        nnx.update(optimizer, opt_state)
+        return restored["state"].get("ema"), dict(restored["meta"])
+
+    def close(self) -> None:
+        self.manager.close()
