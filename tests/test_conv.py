@@ -250,16 +250,6 @@ def test_low_precision_dtypes(dtype):
         assert_close(g, g32, dtype, scale=2)
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", previous)
-
-
 def test_check_grads_float64(x64):
     case = Case((2, 4, 5, 6), (4, 2, 2, 3), stride=2, padding=((0, 2), (1, 0)), groups=2)
     x, w, b, _ = (jnp.asarray(a, jnp.float64) for a in make_data(case))

@@ -52,21 +52,16 @@ def test_winograd_matches_direct_and_xla(shape, out_channels, padding):
         assert_close(got, want, scale=5)
 
 
-def test_winograd_check_grads_float64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 5, 6)))
-        w = jnp.asarray(np.random.default_rng(1).standard_normal((4, 3, 3, 3)))
-        assert x.dtype == jnp.float64
-        jax.test_util.check_grads(
-            lambda x, w: jnp.sin(js.conv2d(x, w, padding=1, algorithm="winograd")),
-            (x, w),
-            order=1,
-            modes=("rev",),
-        )
-    finally:
-        jax.config.update("jax_enable_x64", previous)
+def test_winograd_check_grads_float64(x64):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 5, 6)))
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((4, 3, 3, 3)))
+    assert x.dtype == jnp.float64
+    jax.test_util.check_grads(
+        lambda x, w: jnp.sin(js.conv2d(x, w, padding=1, algorithm="winograd")),
+        (x, w),
+        order=1,
+        modes=("rev",),
+    )
 
 
 def test_winograd_bfloat16_keeps_dtype():

@@ -258,16 +258,6 @@ def test_low_precision_dtypes(dtype):
         assert_close(g, g32, dtype, scale=4)
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", previous)
-
-
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_check_grads_float64(x64, training):
     x, params, _ = make_data((3, 2, 3, 4), dtype=np.float64)

@@ -336,16 +336,6 @@ def test_low_precision_dtypes(name, dtype):
     assert_close(dx, dx32, dtype)
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", previous)
-
-
 X64_CASES = {
     "max": Case("max", (2, 2, 5, 6), 3, 2, 1, dilation=(1, 2), ceil_mode=True),
     "avg": Case("avg", (2, 2, 5, 6), 3, 2, 1, ceil_mode=True, count_include_pad=False),
