@@ -38,6 +38,11 @@ class Geometry(NamedTuple):
     def taps(self) -> int:
         return self.kernel[0] * self.kernel[1]
 
+    @property
+    def taps_overlap(self) -> bool:
+        """Whether two taps can read the same input cell (windows overlap, or taps coincide)."""
+        return any((self.kernel[a] - 1) * self.dilation[a] + 1 > self.stride[a] for a in range(2))
+
     def _extent(self, axis: int) -> int:
         # Rows of the padded input that some window actually reads.
         return (
@@ -90,13 +95,18 @@ def window(xph, t, geom: Geometry):
 
 
 def add_to_window(buf, t, value, geom: Geometry):
-    """``buf[window t] += value``: the transpose of ``window``, used by every backward pass."""
+    """``buf[window t] += value``: the transpose of ``window``, used by every backward pass.
+
+    ``buf`` must start as zeros. When windows do not overlap (a 2x2 pool with stride 2),
+    every cell is written by exactly one tap, so the add is a plain write.
+    """
     n, ho, wo, c = value.shape
     start = geom.tap_start(t)
-    block = lax.dynamic_slice(buf, start, (n, ho, 1, wo, 1, c))
-    return lax.dynamic_update_slice(
-        buf, block + value.reshape(block.shape).astype(buf.dtype), start
-    )
+    value = value.reshape(n, ho, 1, wo, 1, c).astype(buf.dtype)
+    if not geom.taps_overlap:
+        return lax.dynamic_update_slice(buf, value, start)
+    block = lax.dynamic_slice(buf, start, value.shape)
+    return lax.dynamic_update_slice(buf, block + value, start)
 
 
 def accum_dtype(dtype):
