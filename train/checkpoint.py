@@ -15,6 +15,13 @@ killed mid-save leaves either the previous checkpoints or a leftover temporary d
 which the next manager deletes (``cleanup_tmp_directories=True``); never a half-written
 step. Only the newest ``max_to_keep`` checkpoints are kept. Saving is synchronous:
 when :meth:`Checkpointer.save` returns the checkpoint is on disk.
+
+Several processes (``jax.distributed``, see ``train/distributed.py``) use the same calls:
+every process calls ``save`` and ``restore`` with its global arrays (replicated over the
+device mesh), orbax synchronises them and the primary host (process 0) writes the
+replicated arrays and the JSON record; the directory must be on a file system all hosts
+share. ``restore`` places every array with the sharding the model has now, so a run may
+resume on another number of devices.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
     python -m train.cifar10 --model resnet18 --epochs 20
     python -m train.cifar10 --train-limit 2000 --test-limit 1000 --epochs 1 --no-tta  # smoke run
     python -m train.cifar10 --resume                          # continue the run in --out-dir
+    python -m train.cifar10 --devices 8 --batch-size 1024     # data parallel over 8 GPUs
+    python -m train.cifar10 --dtype bfloat16                  # bfloat16 compute, float32 weights
 
 The default recipe is Keller Jordan's airbench94 (github.com/KellerJordan/cifar10-airbench)
 translated to JAX: a frozen data-whitening first layer, Nesterov SGD with airbench's
@@ -17,6 +19,13 @@ Everything written goes to ``--out-dir`` (default ``runs/<model>-seed<seed>``):
 ``summary.json`` and, unless ``--no-plots``, ``curves.png``, ``filters.png`` and
 ``confusion.png``. Runs are deterministic for a given ``--seed``, including across a
 ``--resume`` from any checkpoint.
+
+Scaling out (``train/distributed.py``): each global batch is split over a 1-D device mesh
+(``--devices``, default all local devices) and ``jit`` compiles the SPMD program; BatchNorm
+statistics are those of the global batch, so N devices train as one device would. Several
+hosts join with ``--coordinator HOST:PORT --num-processes N --process-id I`` (or
+``--distributed auto`` on SLURM / Cloud TPU); process 0 writes the logs, metrics, plots and
+summary, and all processes write the checkpoints together (orbax).
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from train import augment, data, models
+from train import augment, data, distributed, models
 from train.checkpoint import Checkpointer
 
 # ---------------------------------------------------------------------------- Hyper-parameters
@@ -81,6 +90,9 @@ WHITEN_IMAGES = 5000  # training images used to initialise the whitening layer
 EVAL_BATCH = 2000
 NAN_EXIT_CODE = 3
 KEY_IMPL = "rbg"  # XLA's RngBitGenerator: compiles much faster on CPU than threefry
+# --dtype: the compute dtype of the layers. Parameters, optimiser state, BatchNorm statistics
+# and the loss (from the logits) stay float32 either way.
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 # ---------------------------------------------------------------------------- Command line
@@ -143,13 +155,52 @@ def parse_args(argv=None):
     p.add_argument("--no-tta", action="store_true", help="no test-time augmentation")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    scale = p.add_argument_group("scaling out (see README, 'Scaling out')")
+    scale.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="devices per process to split each batch over (default: all local devices); "
+        "the batch size must divide by the total number of devices",
+    )
+    scale.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="float32",
+        help="compute dtype; bfloat16 keeps float32 parameters, optimiser state, BatchNorm "
+        "statistics and loss",
+    )
+    scale.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        default=None,
+        help="multi-host: address of process 0 (with --num-processes and --process-id)",
+    )
+    scale.add_argument("--num-processes", type=int, default=None, help="multi-host: process count")
+    scale.add_argument("--process-id", type=int, default=None, help="multi-host: this process")
+    scale.add_argument(
+        "--distributed",
+        choices=("auto",),
+        default=None,
+        help="'auto': jax.distributed.initialize() with the settings JAX detects on SLURM, "
+        "Open MPI or Cloud TPU (off by default: one process)",
+    )
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "train_limit", "test_limit"):
+    for name in ("epochs", "batch_size", "train_limit", "test_limit", "devices", "num_processes"):
         value = getattr(args, name)
         if value is not None and not value > 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite exclude each other")
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if any(v is not None for v in explicit):
+        if any(v is None for v in explicit):
+            p.error("--coordinator, --num-processes and --process-id go together")
+        if args.distributed:
+            p.error("--distributed auto excludes --coordinator/--num-processes/--process-id")
+        if not 0 <= args.process_id < args.num_processes:
+            p.error(f"--process-id must be in [0, {args.num_processes}), got {args.process_id}")
     return args
 
 
@@ -166,6 +217,7 @@ def make_config(args) -> dict:
             cfg[name] = getattr(args, name)
     del cfg["adamw_lr"], cfg["adamw_weight_decay"]
     cfg["train_limit"], cfg["test_limit"] = args.train_limit, args.test_limit
+    cfg["dtype"] = args.dtype
     return cfg
 
 
@@ -226,10 +278,15 @@ def make_train_step(cfg, batch_size):
         """One SGD step on batch ``step`` of the epoch's permutation ``perm``.
 
         ``train`` is ``(uint8 images, labels, base_flips)`` for the whole training set.
-        Returns the updated running ``metrics`` and this batch's summed loss.
+        ``perm`` holds the epoch's image indices, ``(steps, batch_size)`` (or flat); with
+        several devices its batch axis is split over them, and so, by jit's sharding
+        propagation, is everything computed per image: each device gathers and augments
+        its own rows, and the sums over the batch (loss, gradients, BatchNorm statistics)
+        become all-reduces. Returns the updated running ``metrics`` and this batch's
+        summed loss.
         """
         images, labels, base_flips = train
-        idx = jax.lax.dynamic_slice_in_dim(perm, step * batch_size, batch_size)
+        idx = jax.lax.dynamic_index_in_dim(perm.reshape(-1, batch_size), step, keepdims=False)
         y = labels[idx]
         flips = augment.epoch_flips(base_flips[idx], epoch)
         if not AUGMENT["flip"]:
@@ -238,7 +295,7 @@ def make_train_step(cfg, batch_size):
         targets = optax.smooth_labels(jax.nn.one_hot(y, 10), cfg["label_smoothing"])
 
         def loss_fn(model):
-            logits = model(x)
+            logits = model(x).astype(jnp.float32)  # the loss in float32 whatever --dtype
             return optax.softmax_cross_entropy(logits, targets).sum(), logits
 
         (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -268,32 +325,39 @@ def lookahead_step(model, ema, decay):
 
 
 @nnx.jit(static_argnames=("tta",))
-def eval_logits(model, images, tta):
-    """Logits of uint8 test images: ``(plain, tta)``; with ``tta`` the 6 views are
-    run one after another by ``lax.map`` (one traced forward pass) and weighted."""
+def eval_predictions(model, images, tta):
+    """Predicted classes of uint8 test images: ``(plain, tta)``; with ``tta`` the 6 views
+    are run one after another by ``lax.map`` (one traced forward pass) and weighted."""
     x = augment.normalize(images)
     if not tta:
         logits = model(x)
-        return logits, logits
+        return logits.argmax(-1), logits.argmax(-1)
     weights, views = zip(*augment.tta_views(x))
     graphdef, state = nnx.split(model)
     outs = jax.lax.map(lambda v: nnx.merge(graphdef, state)(v), jnp.stack(views))
-    return outs[0], jnp.tensordot(jnp.asarray(weights), outs, axes=1)
+    weighted = jnp.tensordot(jnp.asarray(weights), outs.astype(jnp.float32), axes=1)
+    return outs[0].argmax(-1), weighted.argmax(-1)
 
 
-def evaluate(model, images, labels, tta):
-    """Test accuracy ``(plain, tta)`` and the predictions used for the confusion matrix."""
+def evaluate(model, images, labels, tta, mesh=None):
+    """Test accuracy ``(plain, tta)`` and the predictions used for the confusion matrix.
+
+    ``images`` are host uint8 arrays; with a ``mesh`` each batch is split over its devices.
+    """
     model.eval()
     n = len(images)
-    batch = min(EVAL_BATCH, n)
+    n_devices = 1 if mesh is None else mesh.size
+    batch = -(-min(EVAL_BATCH, n) // n_devices) * n_devices  # divisible by the devices
     plain, augmented = [], []
     for start in range(0, n, batch):
-        chunk = images[start : start + batch]
+        chunk = np.asarray(images[start : start + batch])
         if len(chunk) < batch:  # pad the last batch: one compiled shape for all batches
-            chunk = jnp.concatenate([chunk, images[: batch - len(chunk)]])
-        p, t = eval_logits(model, chunk, tta=tta)
-        plain.append(np.asarray(p.argmax(-1)))
-        augmented.append(np.asarray(t.argmax(-1)))
+            chunk = np.concatenate([chunk, np.take(images, np.arange(batch - len(chunk)) % n, 0)])
+        if mesh is not None:
+            chunk = distributed.put(chunk, distributed.batch_sharding(mesh, chunk.ndim))
+        p, t = eval_predictions(model, chunk, tta=tta)
+        plain.append(distributed.to_host(p))
+        augmented.append(distributed.to_host(t))
     model.train()
     plain, augmented = np.concatenate(plain)[:n], np.concatenate(augmented)[:n]
     labels = np.asarray(labels)
@@ -307,6 +371,8 @@ WIDTH = 10
 
 
 def print_row(cells, head=False):
+    if not distributed.is_main():  # one log for a run of several processes
+        return
     line = "|" + "|".join(f" {str(c).rjust(WIDTH)} " for c in cells) + "|"
     rule = "-" * len(line)
     print("\n".join([rule, line, rule] if head else [line]), flush=True)
@@ -319,6 +385,12 @@ def log_epoch(r):
     ])  # fmt: skip
 
 
+def note(message):
+    """A note or error on stderr, from process 0 only."""
+    if distributed.is_main():
+        print(message, file=sys.stderr, flush=True)
+
+
 class NonFiniteLoss(RuntimeError):
     pass
 
@@ -329,49 +401,77 @@ class NonFiniteLoss(RuntimeError):
 def main(argv=None) -> int:
     start_time = time.perf_counter()
     args = parse_args(argv)
+    # Before anything touches a device: join the other processes of a multi-host run.
+    distributed.initialize(
+        args.coordinator, args.num_processes, args.process_id, auto=args.distributed == "auto"
+    )
+    if args.coordinator is None and not args.distributed and (hint := distributed.cluster_hint()):
+        note(hint)
     cfg = make_config(args)
     out_dir = Path(args.out_dir or f"runs/{cfg['model']}-seed{cfg['seed']}")
     ckpt_dir = out_dir / "checkpoints"
     earlier = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
-    if earlier and not args.resume:
-        if not args.overwrite:
-            print(
-                f"error: {ckpt_dir} holds checkpoints of an earlier run; pass --resume to "
-                "continue it, --overwrite to start afresh, or another --out-dir",
-                file=sys.stderr,
-            )
-            return 2
-        shutil.rmtree(ckpt_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if earlier and not args.resume and not args.overwrite:
+        note(
+            f"error: {ckpt_dir} holds checkpoints of an earlier run; pass --resume to "
+            "continue it, --overwrite to start afresh, or another --out-dir"
+        )
+        return 2
+
+    # ---- Devices ----
+    # One "data" axis over the devices of every process: batches are split along it,
+    # everything else (data set, parameters, optimiser state) is replicated on it.
+    try:
+        mesh = distributed.make_mesh(args.devices)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n_devices, replicated = mesh.size, distributed.replicated(mesh)
 
     # ---- Data ----
-    cifar = data.load_cifar10(args.data_dir)
+    # Every process reads the whole data set; each device gathers its own rows of a batch.
+    # Process 0 goes first, so that a download happens once (on a shared file system).
+    cifar = data.load_cifar10(args.data_dir) if distributed.is_main() else None
+    distributed.barrier("data")
+    cifar = cifar or data.load_cifar10(args.data_dir)
     train_np = (cifar.train_images[: args.train_limit], cifar.train_labels[: args.train_limit])
-    test_np = (cifar.test_images[: args.test_limit], cifar.test_labels[: args.test_limit])
+    test_images = cifar.test_images[: args.test_limit]  # stays on the host: fed per batch
+    test_labels = cifar.test_labels[: args.test_limit]
     n_train = len(train_np[0])
     batch_size = min(cfg["batch_size"], n_train)
     if batch_size < cfg["batch_size"]:
-        print(
-            f"note: batch size {cfg['batch_size']} > {n_train} training images; using {batch_size}",
-            file=sys.stderr,
+        note(
+            f"note: batch size {cfg['batch_size']} > {n_train} training images; using {batch_size}"
         )
+    if batch_size % n_devices:
+        note(
+            f"error: the batch size ({batch_size}) must divide by the number of devices "
+            f"({n_devices}); pass a --batch-size that is a multiple of {n_devices} or other "
+            "--devices"
+        )
+        return 2
     steps_per_epoch = n_train // batch_size  # the last partial batch is dropped
     total_steps = math.ceil(steps_per_epoch * cfg["epochs"])
     n_epochs = math.ceil(total_steps / steps_per_epoch)
+    if earlier and not args.resume and distributed.is_main():  # --overwrite, once all is checked
+        shutil.rmtree(ckpt_dir)
+    distributed.barrier("out_dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     key = jax.random.key(cfg["seed"], impl=KEY_IMPL)
     aug_key, flip_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
     train = (
-        jnp.asarray(train_np[0]),  # uint8 NCHW, on the device for the whole run
-        jnp.asarray(train_np[1]),
-        augment.base_flips(flip_key, n_train),
+        distributed.put(train_np[0], replicated),  # uint8 NCHW, on the devices for the whole run
+        distributed.put(train_np[1], replicated),
+        distributed.put(augment.base_flips(flip_key, n_train), replicated),
     )
-    test_images, test_labels = jnp.asarray(test_np[0]), test_np[1]
 
     # ---- Model and optimiser ----
-    model = models.build_model(cfg["model"], seed=cfg["seed"])
-    models.init_whitening(model, augment.normalize(train[0][:WHITEN_IMAGES]))
+    model = models.build_model(cfg["model"], seed=cfg["seed"], dtype=DTYPES[cfg["dtype"]])
+    models.init_whitening(model, augment.normalize(jnp.asarray(train_np[0][:WHITEN_IMAGES])))
+    distributed.replicate(model, mesh, from_process_0=True)  # identical on every process
     optimizer, schedule = make_optimizer(model, cfg, total_steps, batch_size)
+    distributed.replicate(optimizer, mesh)
     train_step = make_train_step(cfg, batch_size)
     n_params = models.count_params(model)
 
@@ -381,19 +481,15 @@ def main(argv=None) -> int:
     if args.resume:
         latest = checkpointer.latest_step()
         if latest is None:
-            print(f"note: no checkpoint in {ckpt_dir}; starting from scratch", file=sys.stderr)
+            note(f"note: no checkpoint in {ckpt_dir}; starting from scratch")
         else:
             saved = checkpointer.read_meta(latest)
-            if diff := {
-                k: (saved["config"].get(k), v)
-                for k, v in cfg.items()
-                if saved["config"].get(k) != v
-            }:
+            saved_cfg = {"dtype": "float32", **saved["config"]}  # runs from before --dtype
+            if diff := {k: (saved_cfg.get(k), v) for k, v in cfg.items() if saved_cfg.get(k) != v}:
                 changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-                print(
+                note(
                     f"error: --resume with settings that differ from the checkpoint's "
-                    f"({changes}); rerun with the original flags",
-                    file=sys.stderr,
+                    f"({changes}); rerun with the original flags"
                 )
                 return 2
             template = nnx.to_pure_dict(nnx.state(model, LOOKAHEAD_VARS))
@@ -407,20 +503,23 @@ def main(argv=None) -> int:
             aug_key = jax.random.wrap_key_data(
                 jnp.asarray(meta["aug_key"], jnp.uint32), impl=KEY_IMPL
             )
-            print(
+            note(
                 f"resumed from {ckpt_dir / str(latest)} (epoch {epoch0}, step "
-                f"{meta['global_step']})",
-                file=sys.stderr,
+                f"{meta['global_step']})"
             )
-    with open(out_dir / "metrics.jsonl", "w") as f:  # rewritten: drops epochs past the checkpoint
-        f.writelines(json.dumps(h) + "\n" for h in history)
-
-    print(
-        f"{cfg['model']}: {n_params:,} parameters; {n_train} train / {len(test_labels)} test "
-        f"images; {total_steps} steps of {batch_size} ({cfg['epochs']} epochs); "
-        f"{cfg['optimizer']} lr {cfg['lr']}; seed {cfg['seed']}; out {out_dir}",
-        flush=True,
-    )
+    if distributed.is_main():
+        with open(out_dir / "metrics.jsonl", "w") as f:  # rewritten: drops epochs past the ckpt
+            f.writelines(json.dumps(h) + "\n" for h in history)
+        processes = jax.process_count()
+        on = f"{n_devices} {mesh.devices.flat[0].platform} device(s)"
+        on += f" in {processes} processes" if processes > 1 else ""
+        print(
+            f"{cfg['model']}: {n_params:,} parameters; {n_train} train / {len(test_labels)} test "
+            f"images; {total_steps} steps of {batch_size} ({cfg['epochs']} epochs); "
+            f"{cfg['optimizer']} lr {cfg['lr']}; {cfg['dtype']} on {on}; seed {cfg['seed']}; "
+            f"out {out_dir}",
+            flush=True,
+        )
     print_row(COLUMNS, head=True)
     for record in history:
         log_epoch(record)
@@ -431,9 +530,15 @@ def main(argv=None) -> int:
     for epoch in range(epoch0, n_epochs):
         steps = min(steps_per_epoch, total_steps - global_step)
         rng = np.random.default_rng([cfg["seed"], epoch])  # the data order of this epoch
-        perm = jnp.asarray(rng.permutation(n_train)[: steps * batch_size].astype(np.int32))
-        epoch_key = jax.random.fold_in(aug_key, epoch)
-        metrics = {"loss": jnp.zeros(()), "correct": jnp.zeros((), jnp.int32)}
+        order = rng.permutation(n_train)[: steps * batch_size].astype(np.int32)
+        # (steps, batch): the batch axis split over the devices, each device its own rows.
+        split_batches = distributed.batch_sharding(mesh, ndim=2, axis=1)
+        perm = distributed.put(order.reshape(steps, batch_size), split_batches)
+        epoch_key = distributed.put(jax.random.fold_in(aug_key, epoch), replicated)
+        metrics = {
+            "loss": distributed.put(np.zeros((), np.float32), replicated),
+            "correct": distributed.put(np.zeros((), np.int32), replicated),
+        }
         train_whiten_bias = epoch < cfg["whiten_bias_epochs"]
         bar = tqdm(
             total=steps * batch_size,
@@ -442,7 +547,7 @@ def main(argv=None) -> int:
             leave=False,
             desc=f"epoch {epoch + 1}/{n_epochs}",
             file=sys.stderr,
-            disable=args.no_progress,
+            disable=args.no_progress or not distributed.is_main(),
             mininterval=1.0,
         )
         t0 = time.perf_counter()
@@ -462,12 +567,12 @@ def main(argv=None) -> int:
                     show_progress(bar, check_loss(pending, epoch, global_step - 1, cfg), batch_size)
                 pending = loss
             show_progress(bar, check_loss(pending, epoch, global_step, cfg), batch_size)
-        except NonFiniteLoss as exc:
+        except NonFiniteLoss as exc:  # the loss is replicated: every process stops here
             bar.close()
-            print(f"error: {exc}", file=sys.stderr)
+            note(f"error: {exc}")
             last = checkpointer.latest_step()
             kept = f"epoch {last} in {ckpt_dir}" if last is not None else "none written yet"
-            print(f"last good checkpoint: {kept}", file=sys.stderr)
+            note(f"last good checkpoint: {kept}")
             return NAN_EXIT_CODE
         if ema is not None:  # airbench copies the average into the model after every epoch
             ema = lookahead_step(model, ema, 1.0)
@@ -475,17 +580,16 @@ def main(argv=None) -> int:
         epoch_s = time.perf_counter() - t0
         run_train_s += epoch_s
         if not all_finite(model):
-            print(
+            note(
                 f"error: the parameters became NaN/inf in epoch {epoch + 1}; lower --lr "
-                f"(now {cfg['lr']})",
-                file=sys.stderr,
+                f"(now {cfg['lr']})"
             )
             return NAN_EXIT_CODE
 
         # ---- Evaluation ----
         last_epoch = epoch == n_epochs - 1
         test_acc, tta_acc, predictions = evaluate(
-            model, test_images, test_labels, cfg["tta"] and last_epoch
+            model, test_images, test_labels, cfg["tta"] and last_epoch, mesh
         )
         n_seen = steps * batch_size
         record = {
@@ -504,6 +608,8 @@ def main(argv=None) -> int:
         log_epoch(record)
 
         # ---- Checkpoint ----
+        # Every process calls save; orbax coordinates them and the primary (process 0)
+        # writes the replicated arrays and the JSON record.
         meta = {
             "epoch": epoch + 1,
             "global_step": global_step,
@@ -515,13 +621,23 @@ def main(argv=None) -> int:
             "config": cfg,
         }
         checkpointer.save(epoch + 1, model=model, optimizer=optimizer, ema=ema, meta=meta)
-        with open(out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if distributed.is_main():
+            with open(out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
     checkpointer.close()
+    if jax.process_count() > 1:  # the replicas must agree: every process shows its copy's hash
+        print(
+            f"process {jax.process_index()}/{jax.process_count()}: parameter checksum "
+            f"{distributed.checksum(model)}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     # ---- Summary ----
     if epoch0 == n_epochs:  # resumed a finished run: evaluate again for the summary
-        _, tta_acc, predictions = evaluate(model, test_images, test_labels, cfg["tta"])
+        _, tta_acc, predictions = evaluate(model, test_images, test_labels, cfg["tta"], mesh)
+    if not distributed.is_main():
+        return 0
     if not args.no_plots:
         from train import plots
 
@@ -544,7 +660,7 @@ def main(argv=None) -> int:
         "wall_time_s": elapsed_before + time.perf_counter() - start_time,
         "train_time_s": sum(h["epoch_s"] for h in history),
         "first_step_s": first_step_s,  # compile + one step, in this process
-        "images_per_second": images_per_second,  # training only, after compilation
+        "images_per_second": images_per_second,  # training only, after compilation, all devices
         "epochs": cfg["epochs"],
         "steps": total_steps,
         "batch_size": batch_size,
@@ -553,6 +669,9 @@ def main(argv=None) -> int:
         "parameters": n_params,
         "optimizer": cfg["optimizer"],
         "lr": cfg["lr"],
+        "dtype": cfg["dtype"],
+        "devices": n_devices,
+        "processes": jax.process_count(),
         "config": cfg,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -7,7 +7,10 @@
 - ``vgg11``: VGG-11 with batch norm, CIFAR-sized (one linear layer on the 512-d feature).
 - ``simple_cnn``: two conv-relu-pool stages and a linear layer, 25,578 parameters.
 
-Every model maps float ``(N, 3, 32, 32)`` to logits ``(N, 10)``. Trainable arrays are
+Every model maps float ``(N, 3, 32, 32)`` to logits ``(N, 10)``. ``dtype`` (default ``None``:
+float32) is the compute dtype of every layer, e.g. ``jnp.bfloat16`` for mixed precision: the
+parameters and BatchNorm statistics stay float32 and are cast for the computation, BatchNorm
+statistics and all sums are accumulated in float32. Trainable arrays are
 ``nnx.Param``; arrays that must never be trained (airbench's whitening filters and its
 BatchNorm scales) are :class:`Frozen`, a separate variable type the optimiser never sees.
 """
@@ -64,27 +67,30 @@ def gelu(x):
 class ConvGroup(nnx.Module):
     """conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU (airbench's block)."""
 
-    def __init__(self, c_in, c_out, *, bn_momentum, bn_eps, rngs):
-        self.conv1 = _airbench_conv(c_in, c_out, rngs)
+    def __init__(self, c_in, c_out, *, bn_momentum, bn_eps, rngs, dtype=None):
+        self.conv1 = _airbench_conv(c_in, c_out, rngs, dtype)
         self.pool = MaxPool2d(2)
-        self.norm1 = _airbench_norm(c_out, bn_momentum, bn_eps)
-        self.conv2 = _airbench_conv(c_out, c_out, rngs)
-        self.norm2 = _airbench_norm(c_out, bn_momentum, bn_eps)
+        self.norm1 = _airbench_norm(c_out, bn_momentum, bn_eps, dtype)
+        self.conv2 = _airbench_conv(c_out, c_out, rngs, dtype)
+        self.norm2 = _airbench_norm(c_out, bn_momentum, bn_eps, dtype)
 
     def __call__(self, x):
         x = gelu(self.norm1(self.pool(self.conv1(x))))
         return gelu(self.norm2(self.conv2(x)))
 
 
-def _airbench_conv(c_in, c_out, rngs):
-    conv = Conv2d(c_in, c_out, 3, padding=1, bias=False, kernel_init=torch_default_oihw, rngs=rngs)
+def _airbench_conv(c_in, c_out, rngs, dtype=None):
+    conv = Conv2d(
+        c_in, c_out, 3, padding=1, bias=False, kernel_init=torch_default_oihw, dtype=dtype,
+        rngs=rngs,
+    )  # fmt: skip
     # An implicit residual: the first c_in filters start as the identity.
     conv.weight[...] = dirac_init(conv.weight[...], c_in)
     return conv
 
 
-def _airbench_norm(c, momentum, eps):
-    norm = BatchNorm2d(c, eps=eps, momentum=momentum)
+def _airbench_norm(c, momentum, eps, dtype=None):
+    norm = BatchNorm2d(c, eps=eps, momentum=momentum, dtype=dtype)
     norm.weight = Frozen(norm.weight[...])  # scale fixed at 1; only the bias (shift) trains
     return norm
 
@@ -106,26 +112,28 @@ class Airbench94(nnx.Module):
         bn_eps=1e-12,
         scaling_factor=1 / 9,
         rngs,
+        dtype=None,
     ):
         whiten_width = 2 * 3 * whiten_kernel**2
         self.whiten = Conv2d(
             3, whiten_width, whiten_kernel, padding=0, bias=True,
-            kernel_init=torch_default_oihw, rngs=rngs,
+            kernel_init=torch_default_oihw, dtype=dtype, rngs=rngs,
         )  # fmt: skip
         # Set from the data by ``init_whitening``, then never trained.
         self.whiten.weight = Frozen(self.whiten.weight[...])
         chans = (whiten_width, *widths)
         self.groups = nnx.List(
             [
-                ConvGroup(a, b, bn_momentum=bn_momentum, bn_eps=bn_eps, rngs=rngs)
+                ConvGroup(a, b, bn_momentum=bn_momentum, bn_eps=bn_eps, rngs=rngs, dtype=dtype)
                 for a, b in zip(chans[:-1], chans[1:])
             ]
         )
         self.pool = MaxPool2d(3)
         self.flatten = Flatten()
         self.head = nnx.Linear(
-            widths[-1], NUM_CLASSES, use_bias=False, kernel_init=torch_default_linear, rngs=rngs
-        )
+            widths[-1], NUM_CLASSES, use_bias=False, kernel_init=torch_default_linear,
+            dtype=dtype, rngs=rngs,
+        )  # fmt: skip
         self.scaling_factor = scaling_factor
 
     def __call__(self, x):
@@ -177,14 +185,15 @@ def init_whitening(model, images):
 class BasicBlock(nnx.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus a (1x1-conv-BN when the shape changes) shortcut."""
 
-    def __init__(self, c_in, c_out, stride, *, rngs):
-        self.conv1 = Conv2d(c_in, c_out, 3, stride, 1, bias=False, rngs=rngs)
-        self.bn1 = BatchNorm2d(c_out)
-        self.conv2 = Conv2d(c_out, c_out, 3, 1, 1, bias=False, rngs=rngs)
-        self.bn2 = BatchNorm2d(c_out)
+    def __init__(self, c_in, c_out, stride, *, rngs, dtype=None):
+        self.conv1 = Conv2d(c_in, c_out, 3, stride, 1, bias=False, dtype=dtype, rngs=rngs)
+        self.bn1 = BatchNorm2d(c_out, dtype=dtype)
+        self.conv2 = Conv2d(c_out, c_out, 3, 1, 1, bias=False, dtype=dtype, rngs=rngs)
+        self.bn2 = BatchNorm2d(c_out, dtype=dtype)
         if stride != 1 or c_in != c_out:
             self.shortcut = nnx.Sequential(
-                Conv2d(c_in, c_out, 1, stride, bias=False, rngs=rngs), BatchNorm2d(c_out)
+                Conv2d(c_in, c_out, 1, stride, bias=False, dtype=dtype, rngs=rngs),
+                BatchNorm2d(c_out, dtype=dtype),
             )
         else:
             self.shortcut = None
@@ -198,18 +207,20 @@ class BasicBlock(nnx.Module):
 class ResNet18(nnx.Module):
     """ResNet-18 for 32x32 inputs: 3x3 stem (64), stages [2, 2, 2, 2] of 64/128/256/512."""
 
-    def __init__(self, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), *, rngs):
-        self.stem = Conv2d(3, widths[0], 3, padding=1, bias=False, rngs=rngs)
-        self.bn = BatchNorm2d(widths[0])
+    def __init__(self, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), *, rngs, dtype=None):
+        self.stem = Conv2d(3, widths[0], 3, padding=1, bias=False, dtype=dtype, rngs=rngs)
+        self.bn = BatchNorm2d(widths[0], dtype=dtype)
         layers, c_in = [], widths[0]
         for i, (width, n) in enumerate(zip(widths, blocks)):
             for j in range(n):
                 stride = 2 if i > 0 and j == 0 else 1
-                layers.append(BasicBlock(c_in, width, stride, rngs=rngs))
+                layers.append(BasicBlock(c_in, width, stride, rngs=rngs, dtype=dtype))
                 c_in = width
         self.layers = nnx.List(layers)
         self.pool = GlobalAvgPool2d()
-        self.head = nnx.Linear(c_in, NUM_CLASSES, kernel_init=torch_default_linear, rngs=rngs)
+        self.head = nnx.Linear(
+            c_in, NUM_CLASSES, kernel_init=torch_default_linear, dtype=dtype, rngs=rngs
+        )
 
     def __call__(self, x):
         x = nnx.relu(self.bn(self.stem(x)))
@@ -230,21 +241,23 @@ VGG_CONFIGS = {
 class VGG(nnx.Module):
     """VGG with batch norm for CIFAR: conv3x3-BN-ReLU stages, 5 max-pools, one linear layer."""
 
-    def __init__(self, config="vgg11", *, rngs):
+    def __init__(self, config="vgg11", *, rngs, dtype=None):
         layers, c_in = [], 3
         for item in VGG_CONFIGS[config]:
             if item == "M":
                 layers.append(MaxPool2d(2))
             else:
                 layers += [
-                    Conv2d(c_in, item, 3, padding=1, bias=False, rngs=rngs),
-                    BatchNorm2d(item),
+                    Conv2d(c_in, item, 3, padding=1, bias=False, dtype=dtype, rngs=rngs),
+                    BatchNorm2d(item, dtype=dtype),
                 ]
                 layers.append(nnx.relu)
                 c_in = item
         self.features = nnx.Sequential(*layers)
         self.flatten = Flatten()
-        self.head = nnx.Linear(c_in, NUM_CLASSES, kernel_init=torch_default_linear, rngs=rngs)
+        self.head = nnx.Linear(
+            c_in, NUM_CLASSES, kernel_init=torch_default_linear, dtype=dtype, rngs=rngs
+        )
 
     def __call__(self, x):
         return self.head(self.flatten(self.features(x)))
@@ -256,12 +269,14 @@ class VGG(nnx.Module):
 class SimpleCNN(nnx.Module):
     """Conv(3->16)-ReLU-MaxPool2-Conv(16->32)-ReLU-MaxPool2-Flatten-Linear(2048->10)."""
 
-    def __init__(self, *, rngs):
-        self.conv1 = Conv2d(3, 16, 3, padding=1, rngs=rngs)
-        self.conv2 = Conv2d(16, 32, 3, padding=1, rngs=rngs)
+    def __init__(self, *, rngs, dtype=None):
+        self.conv1 = Conv2d(3, 16, 3, padding=1, dtype=dtype, rngs=rngs)
+        self.conv2 = Conv2d(16, 32, 3, padding=1, dtype=dtype, rngs=rngs)
         self.pool = MaxPool2d(2)
         self.flatten = Flatten()
-        self.head = nnx.Linear(32 * 8 * 8, NUM_CLASSES, kernel_init=torch_default_linear, rngs=rngs)
+        self.head = nnx.Linear(
+            32 * 8 * 8, NUM_CLASSES, kernel_init=torch_default_linear, dtype=dtype, rngs=rngs
+        )
 
     def __call__(self, x):
         x = self.pool(nnx.relu(self.conv1(x)))
@@ -275,14 +290,17 @@ class SimpleCNN(nnx.Module):
 MODELS: dict[str, Callable[..., nnx.Module]] = {
     "airbench94": Airbench94,
     "resnet18": ResNet18,
-    "vgg11": lambda *, rngs: VGG("vgg11", rngs=rngs),
-    "vgg13": lambda *, rngs: VGG("vgg13", rngs=rngs),
+    "vgg11": lambda *, rngs, dtype=None: VGG("vgg11", rngs=rngs, dtype=dtype),
+    "vgg13": lambda *, rngs, dtype=None: VGG("vgg13", rngs=rngs, dtype=dtype),
     "simple_cnn": SimpleCNN,
 }
 
 
-def build_model(name, seed=0):
+def build_model(name, seed=0, dtype=None):
     """A freshly initialised model by name (see ``MODELS``), parameters drawn from ``seed``.
+
+    ``dtype`` is the compute dtype (``None``: float32; ``jnp.bfloat16`` for mixed precision);
+    the parameters are float32 either way.
 
     The initial weights come from an ``rbg`` key (XLA's RngBitGenerator): on CPU its kernels
     compile about 5x faster than the default threefry ones, which matters when every
@@ -290,7 +308,7 @@ def build_model(name, seed=0):
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    return MODELS[name](rngs=nnx.Rngs(jax.random.key(seed, impl="rbg")))
+    return MODELS[name](rngs=nnx.Rngs(jax.random.key(seed, impl="rbg")), dtype=dtype)
 
 
 def count_params(model, variable_type=nnx.Param):
