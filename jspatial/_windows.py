@@ -120,3 +120,24 @@ def nchw_to_nhwc(x):
 
 def nhwc_to_nchw(x):
     return jnp.transpose(x, (0, 3, 1, 2))
+
+
+# Batch chunks are taken as strided rows (chunk i = rows i, i + k, i + 2k, ...), not as
+# contiguous blocks: when the batch is sharded over devices, every chunk then stays
+# spread evenly over all of them, and no device has to fetch another's rows.
+
+
+def batch_chunk(x, i, chunks: int):
+    """Rows ``i::chunks`` of ``x`` along the batch axis."""
+    n = x.shape[0]
+    return lax.dynamic_index_in_dim(
+        x.reshape(n // chunks, chunks, *x.shape[1:]), i, axis=1, keepdims=False
+    )
+
+
+def set_batch_chunk(x, i, value, chunks: int):
+    """``x`` with rows ``i::chunks`` replaced by ``value``."""
+    n = x.shape[0]
+    y = x.reshape(n // chunks, chunks, *x.shape[1:])
+    y = lax.dynamic_update_index_in_dim(y, value.astype(x.dtype), i, axis=1)
+    return y.reshape(x.shape)

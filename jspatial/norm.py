@@ -104,7 +104,7 @@ def batch_stats(x):
 
     def merge(i, carry):
         count, mean, m2 = carry
-        part = lax.dynamic_slice_in_dim(x, i * size, size, axis=0).astype(acc)
+        part = win.batch_chunk(x, i, chunks).astype(acc)
         part_mean = jnp.mean(part, axis=(0, 2, 3))
         part_m2 = jnp.sum(jnp.square(part - part_mean[None, :, None, None]), axis=(0, 2, 3))
         total = count + per_chunk

@@ -171,16 +171,17 @@ def _fwd(x, weight, geom):
     tg = _tile_geometry(geom)
     acc = win.accum_dtype(x.dtype)
     u = _weight_transform(weight).astype(x.dtype)
-    size = x.shape[0] // _batch_chunks(x.shape[0])
+    chunks = _batch_chunks(x.shape[0])
+    size = x.shape[0] // chunks
 
     def chunk(i, y):
-        xc = lax.dynamic_slice_in_dim(x, i * size, size)
+        xc = win.batch_chunk(x, i, chunks)
         v = _input_transform(xc.astype(acc), tg).astype(x.dtype)
         yc = _output_transform(_products(v, u, acc), size, geom, tg)
-        return lax.dynamic_update_slice_in_dim(y, yc, i * size, 0)
+        return win.set_batch_chunk(y, i, yc, chunks)
 
     y = jnp.zeros((x.shape[0], *geom.out_hw, weight.shape[0]), acc)
-    y = lax.fori_loop(0, x.shape[0] // size, chunk, y)
+    y = lax.fori_loop(0, chunks, chunk, y)
     return y, (x, weight)
 
 
@@ -189,12 +190,12 @@ def _bwd(geom, residuals, g):
     tg = _tile_geometry(geom)
     acc = win.accum_dtype(x.dtype)
     u = _weight_transform(weight).astype(x.dtype)
-    size = x.shape[0] // _batch_chunks(x.shape[0])
+    chunks = _batch_chunks(x.shape[0])
 
     def chunk(i, carry):
         dx, du = carry
-        xc = lax.dynamic_slice_in_dim(x, i * size, size)
-        gc = lax.dynamic_slice_in_dim(g, i * size, size)
+        xc = win.batch_chunk(x, i, chunks)
+        gc = win.batch_chunk(g, i, chunks)
         v = _input_transform(xc.astype(acc), tg).astype(x.dtype)
         dm = _output_transform_transpose(gc.astype(acc), geom, tg).astype(x.dtype)
 
@@ -206,10 +207,10 @@ def _bwd(geom, residuals, g):
 
         dv, du = lax.fori_loop(0, 16, tap, (jnp.zeros(v.shape, acc), du))
         dxc = _input_transform_transpose(dv, xc.shape, tg).astype(x.dtype)
-        return lax.dynamic_update_slice_in_dim(dx, dxc, i * size, 0), du
+        return win.set_batch_chunk(dx, i, dxc, chunks), du
 
     init = (jnp.zeros_like(x), jnp.zeros(u.shape, acc))
-    dx, du = lax.fori_loop(0, x.shape[0] // size, chunk, init)
+    dx, du = lax.fori_loop(0, chunks, chunk, init)
     dw = _weight_transform_transpose(du, weight.shape[0], weight.shape[1])
     return dx, dw.astype(weight.dtype)
 
