@@ -27,7 +27,7 @@ from jax import lax
 
 from jspatial import _args, winograd
 from jspatial import _windows as win
-from jspatial.shapes import conv_output_size
+from jspatial.shapes import output_hw
 
 # Taps per loop iteration: lets XLA overlap consecutive matrix products.
 UNROLL = 1
@@ -122,10 +122,7 @@ def conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
     pads = _args.conv_padding(padding, kernel, strides, dil, op)
     padded = (h + sum(pads[0]), w + sum(pads[1]))
     _args.check_fits((h, w), padded, kernel, dil, op)
-    out_hw = tuple(
-        conv_output_size(size, k, s, p, d)
-        for size, k, s, p, d in zip((h, w), kernel, strides, pads, dil)
-    )
+    out_hw = output_hw((h, w), kernel, strides, pads, dil)
     return win.Geometry((h, w), out_hw, kernel, strides, dil, pads), groups
 
 

@@ -25,7 +25,7 @@ from jax import lax
 
 from jspatial import _args
 from jspatial import _windows as win
-from jspatial.shapes import conv_output_size
+from jspatial.shapes import output_hw
 
 # Windows with at most this many taps have their loop unrolled (see _unroll).
 UNROLL_TAPS = 16
@@ -147,10 +147,7 @@ def pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op):
     hw = tuple(x.shape[2:])
     padded = (hw[0] + 2 * pads[0], hw[1] + 2 * pads[1])
     _args.check_fits(hw, padded, kernel, dil, op)
-    out_hw = tuple(
-        conv_output_size(size, k, s, p, d, bool(ceil_mode))
-        for size, k, s, p, d in zip(hw, kernel, strides, pads, dil)
-    )
+    out_hw = output_hw(hw, kernel, strides, pads, dil, bool(ceil_mode))
     return win.Geometry(hw, out_hw, kernel, strides, dil, ((pads[0],) * 2, (pads[1],) * 2))
 
 

@@ -71,6 +71,15 @@ def conv_output_size(
     return out
 
 
+def output_hw(hw, kernel, stride, padding, dilation, ceil_mode=False) -> tuple[int, int]:
+    """``(H_out, W_out)`` from canonical ``(h, w)`` pairs (``padding`` per axis: int or pair)."""
+    h, w = (
+        conv_output_size(*axis, ceil_mode=ceil_mode)
+        for axis in zip(hw, kernel, stride, padding, dilation)
+    )
+    return h, w
+
+
 def conv2d_output_shape(
     input_shape: Sequence[int],
     out_channels: int,
@@ -90,11 +99,7 @@ def conv2d_output_shape(
     strides = _args.pair(stride, name, "stride")
     dil = _args.pair(dilation, name, "dilation")
     pads = _args.conv_padding(padding, kernel, strides, dil, name)
-    ho, wo = (
-        conv_output_size(size, k, s, p, d)
-        for size, k, s, p, d in zip((h, w), kernel, strides, pads, dil)
-    )
-    return (n, out_channels, ho, wo)
+    return (n, out_channels, *output_hw((h, w), kernel, strides, pads, dil))
 
 
 def pool2d_output_shape(
@@ -113,11 +118,7 @@ def pool2d_output_shape(
     name = "pool2d_output_shape"
     n, c, h, w = _input_shape(input_shape, name)
     kernel, strides, pads, dil = _args.pool_params(kernel_size, stride, padding, dilation, name)
-    ho, wo = (
-        conv_output_size(size, k, s, p, d, ceil_mode)
-        for size, k, s, p, d in zip((h, w), kernel, strides, pads, dil)
-    )
-    return (n, c, ho, wo)
+    return (n, c, *output_hw((h, w), kernel, strides, pads, dil, ceil_mode))
 
 
 def conv2d_macs(
