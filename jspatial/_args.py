@@ -141,3 +141,35 @@ def check_groups(in_channels: int, out_channels: int, groups: Any, op: str) -> i
             f"out_channels={out_channels}"
         )
     return int(groups)
+
+
+def check_momentum(momentum: Any, op: str) -> float:
+    """Batch-norm ``momentum``: the weight of the new statistic, a number in ``[0, 1]``."""
+    if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, (int, float)):
+        raise TypeError(
+            f"{op} momentum must be a number in [0, 1], got {momentum!r} "
+            "(momentum=None, PyTorch's cumulative average, is not supported)"
+        )
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{op} momentum must be in [0, 1], got {momentum}")
+    return float(momentum)
+
+
+def check_eps(eps: Any, op: str) -> float:
+    """Batch-norm ``eps``: a positive number."""
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"{op} eps must be a positive number, got {eps!r}")
+    return float(eps)
+
+
+def check_divisor_override(divisor_override: Any, op: str) -> Any:
+    """Average-pool ``divisor_override``: ``None`` or a non-zero number."""
+    if divisor_override is None:
+        return None
+    if isinstance(divisor_override, (bool, np.bool_)) or not isinstance(
+        divisor_override, (int, float)
+    ):
+        raise TypeError(f"{op} divisor_override must be a number, got {divisor_override!r}")
+    if divisor_override == 0:
+        raise ValueError(f"{op} divisor_override must be non-zero, got {divisor_override}")
+    return divisor_override

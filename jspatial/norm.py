@@ -181,12 +181,8 @@ def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, 
                 f"{op} channel mismatch: expected {c} channels, got {name} of shape "
                 f"{tuple(jnp.shape(value))} for input {tuple(x.shape)}"
             )
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-        raise TypeError(f"{op} momentum must be a number in [0, 1], got {momentum!r}")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"{op} momentum must be in [0, 1], got {momentum}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"{op} eps must be a positive number, got {eps!r}")
+    _args.check_momentum(momentum, op)
+    _args.check_eps(eps, op)
     if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
         raise ValueError(
             f"{op} expected more than 1 value per channel when training, got input {tuple(x.shape)}"

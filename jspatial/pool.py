@@ -118,11 +118,7 @@ def avg_pool2d_checked(
 ):
     """``avg_pool2d`` with errors attributed to ``op`` (the layer uses ``"AvgPool2d"``)."""
     geom = pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode, op)
-    if divisor_override is not None:
-        if isinstance(divisor_override, bool) or not isinstance(divisor_override, (int, float)):
-            raise TypeError(f"{op} divisor_override must be a number, got {divisor_override!r}")
-        if divisor_override == 0:
-            raise ValueError(f"{op} divisor_override must be non-zero, got {divisor_override}")
+    _args.check_divisor_override(divisor_override, op)
     return _avg_pool2d(x, geom, (bool(count_include_pad), divisor_override))
 
 

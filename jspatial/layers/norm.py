@@ -74,21 +74,12 @@ class BatchNorm2d(Module):
     ):
         self.num_features = positive_int(num_features, _OP, "num_features")
         # The same rules (and words) as the functional ``batch_norm``, checked up front.
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"{_OP} eps must be a positive number, got {eps!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-            raise TypeError(
-                f"{_OP} momentum must be a number in [0, 1], got {momentum!r} "
-                "(momentum=None, PyTorch's cumulative average, is not supported)"
-            )
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{_OP} momentum must be in [0, 1], got {momentum}")
+        self.eps = _args.check_eps(eps, _OP)
+        self.momentum = _args.check_momentum(momentum, _OP)
         for name, value in (("affine", affine), ("track_running_stats", track_running_stats)):
             if not isinstance(value, bool):
                 raise TypeError(f"{_OP} {name} must be a bool, got {value!r}")
 
-        self.eps = float(eps)
-        self.momentum = float(momentum)
         self.affine = affine
         self.track_running_stats = track_running_stats
         self.dtype = dtype

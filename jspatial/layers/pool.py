@@ -141,13 +141,7 @@ class AvgPool2d(Module):
         )
         self.ceil_mode = _check_bool(ceil_mode, op, "ceil_mode")
         self.count_include_pad = _check_bool(count_include_pad, op, "count_include_pad")
-        if divisor_override is not None:
-            # Same rules and messages as ``avg_pool2d_checked``, applied up front.
-            if isinstance(divisor_override, bool) or not isinstance(divisor_override, (int, float)):
-                raise TypeError(f"{op} divisor_override must be a number, got {divisor_override!r}")
-            if divisor_override == 0:
-                raise ValueError(f"{op} divisor_override must be non-zero, got {divisor_override}")
-        self.divisor_override = divisor_override
+        self.divisor_override = _args.check_divisor_override(divisor_override, op)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
