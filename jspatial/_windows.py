@@ -141,3 +141,40 @@ def set_batch_chunk(x, i, value, chunks: int):
     y = x.reshape(n // chunks, chunks, *x.shape[1:])
     y = lax.dynamic_update_index_in_dim(y, value.astype(x.dtype), i, axis=1)
     return y.reshape(x.shape)
+
+
+# Batch chunks of convolutions: at most this many, each with at least this many rows
+# (pixels, or Winograd tiles) in its matrix products.
+MAX_CHUNKS = 8
+MIN_CHUNK_ROWS = 4096
+
+
+def batch_chunks(n: int, rows_per_image: int, min_rows=None, max_chunks=None) -> int:
+    """How many pieces to split a batch of ``n`` into: the most (up to ``max_chunks``,
+    default ``MAX_CHUNKS``) that divide ``n`` and still give every piece ``min_rows``
+    (default ``MIN_CHUNK_ROWS``) matrix rows."""
+    min_rows = MIN_CHUNK_ROWS if min_rows is None else min_rows
+    max_chunks = MAX_CHUNKS if max_chunks is None else max_chunks
+    return next(
+        k
+        for k in range(min(max_chunks, n), 0, -1)
+        if k == 1 or n % k == 0 and n // k * rows_per_image >= min_rows
+    )
+
+
+def over_batch_chunks(body, chunks: int, inputs, outputs, carry=()):
+    """``for i in range(chunks)``: run ``body`` on rows ``i::chunks`` of every input.
+
+    ``body(chunk_inputs, carry) -> (chunk_outputs, carry)``; each chunk output is written
+    into rows ``i::chunks`` of the matching full-size array in ``outputs`` (zeros to start).
+    A loop over batch chunks bounds an op's temporaries (windows, transformed tiles,
+    gradient buffers) to a chunk's worth, while each chunk's matrix products stay large.
+    """
+
+    def step(i, state):
+        outs, carry = state
+        results, carry = body([batch_chunk(a, i, chunks) for a in inputs], carry)
+        outs = tuple(set_batch_chunk(o, i, r, chunks) for o, r in zip(outs, results, strict=True))
+        return outs, carry
+
+    return lax.fori_loop(0, chunks, step, (tuple(outputs), carry))

@@ -15,6 +15,13 @@ each tap's window gives that tap's weight gradient, ``window(x, t).T @ g``, and
 the input gradient is scattered back through the same window, ``g @ w[t].T``.
 Only ``x`` and ``w`` are kept for it; autodiff of the loop would instead save
 one window copy per tap (``kh * kw`` copies of the input).
+
+Memory: both passes run the tap loop once per batch chunk (up to 8 chunks of at
+least 4096 output pixels, ``jspatial._windows.batch_chunks``), converting each
+chunk to channels-last on the way in and back on the way out. The padded
+windows, the float32 gradient buffer and the channels-last copies then exist for
+one chunk at a time, and the saved input is the caller's own NCHW array, so the
+backward pass needs less memory than XLA's convolution gradient.
 """
 
 from __future__ import annotations
@@ -83,16 +90,16 @@ def conv2d_checked(x, weight, bias, stride, padding, dilation, groups, *, op, al
 # Compiled once per shape and configuration, so eager calls do not re-trace the loops.
 @partial(jax.jit, static_argnums=(3, 4, 5))
 def _conv2d(x, weight, bias, geom, groups, method):
-    x_nhwc, w = win.nchw_to_nhwc(x), weight.astype(x.dtype)
+    w = weight.astype(x.dtype)
     if method == "winograd":
-        y = winograd.conv3x3_nhwc(x_nhwc, w, geom)
+        y = winograd.conv3x3(x, w, geom)
     elif method == "im2col":
-        y = _conv_im2col_nhwc(x_nhwc, w, geom)
+        y = win.nhwc_to_nchw(_conv_im2col_nhwc(win.nchw_to_nhwc(x), w, geom))
     else:
-        y = _conv_nhwc(x_nhwc, w, geom, groups)
+        y = _conv_direct(x, w, geom, groups)
     if bias is not None:
-        y = y + bias.astype(y.dtype)
-    return win.nhwc_to_nchw(y.astype(x.dtype))
+        y = y + bias.astype(y.dtype)[:, None, None]
+    return y.astype(x.dtype)
 
 
 def conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
@@ -196,51 +203,66 @@ def _tap_input_grad(g, wt):
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_nhwc(x, weight, geom, groups):
+def _conv_direct(x, weight, geom, groups):
     return _conv_fwd(x, weight, geom, groups)[0]
 
 
 def _conv_fwd(x, weight, geom, groups):
-    n, c = x.shape[0], x.shape[-1]
-    (ho, wo), m = geom.out_hw, x.shape[0] * geom.out_hw[0] * geom.out_hw[1]
+    n, c = x.shape[:2]
+    ho, wo = geom.out_hw
     w_taps = _weight_taps(weight, groups)
-    xph = win.to_phases(x, geom, 0)
+    acc = win.accum_dtype(x.dtype)
 
-    def tap(t, acc):
-        xw = win.window(xph, t, geom).reshape(m, groups, c // groups)
-        return acc + _tap_product(xw, w_taps[t])
+    def chunk(inputs, carry):
+        xph = win.to_phases(win.nchw_to_nhwc(inputs[0]), geom, 0)
+        m = xph.shape[0] * ho * wo
 
-    out = jnp.zeros((m, groups, w_taps.shape[-1]), win.accum_dtype(x.dtype))
-    out = lax.fori_loop(0, geom.taps, tap, out, unroll=UNROLL)
-    return out.reshape(n, ho, wo, -1), (x, weight)
+        def tap(t, out):
+            xw = win.window(xph, t, geom).reshape(m, groups, c // groups)
+            return out + _tap_product(xw, w_taps[t])
+
+        out = jnp.zeros((m, groups, w_taps.shape[-1]), acc)
+        out = lax.fori_loop(0, geom.taps, tap, out, unroll=UNROLL)
+        return (win.nhwc_to_nchw(out.reshape(-1, ho, wo, weight.shape[0])),), carry
+
+    y = jnp.zeros((n, weight.shape[0], ho, wo), acc)
+    (y,), _ = win.over_batch_chunks(chunk, win.batch_chunks(n, ho * wo), [x], [y])
+    return y, (x, weight)
 
 
 def _conv_bwd(geom, groups, residuals, g):
     x, weight = residuals
-    n, c = x.shape[0], x.shape[-1]
-    m = n * geom.out_hw[0] * geom.out_hw[1]
+    n, c = x.shape[:2]
+    ho, wo = geom.out_hw
     w_taps = _weight_taps(weight, groups)
-    xph = win.to_phases(x, geom, 0)
-    gm = g.reshape(m, groups, -1).astype(x.dtype)
     acc = win.accum_dtype(x.dtype)
 
-    def tap(t, carry):
-        dxph, dw = carry
-        xw = win.window(xph, t, geom).reshape(m, groups, c // groups)
-        # Weight gradient of this tap: its window transposed times the output gradient.
-        dw_t = _tap_weight_grad(xw, gm)
-        # Input gradient: the output gradient sent back through the same window.
-        dx_t = _tap_input_grad(gm, w_taps[t])
-        dxph = win.add_to_window(dxph, t, dx_t.reshape(n, *geom.out_hw, c), geom)
-        return dxph, lax.dynamic_update_index_in_dim(dw, dw_t.astype(acc), t, 0)
+    def chunk(inputs, dw):
+        xc, gc = inputs
+        xph = win.to_phases(win.nchw_to_nhwc(xc), geom, 0)
+        m = xc.shape[0] * ho * wo
+        gm = win.nchw_to_nhwc(gc).reshape(m, groups, -1).astype(x.dtype)
 
-    carry = (jnp.zeros(xph.shape, acc), jnp.zeros(w_taps.shape, acc))
-    dxph, dw = lax.fori_loop(0, geom.taps, tap, carry, unroll=UNROLL)
-    dx = win.from_phases(dxph, geom).astype(x.dtype)
+        def tap(t, carry):
+            dxph, dw = carry
+            xw = win.window(xph, t, geom).reshape(m, groups, c // groups)
+            # Weight gradient of this tap: its window transposed times the output gradient.
+            dw_t = _tap_weight_grad(xw, gm) + lax.dynamic_index_in_dim(dw, t, keepdims=False)
+            # Input gradient: the output gradient sent back through the same window.
+            dx_t = _tap_input_grad(gm, w_taps[t])
+            dxph = win.add_to_window(dxph, t, dx_t.reshape(-1, ho, wo, c), geom)
+            return dxph, lax.dynamic_update_index_in_dim(dw, dw_t, t, 0)
+
+        dxph, dw = lax.fori_loop(0, geom.taps, tap, (jnp.zeros(xph.shape, acc), dw), unroll=UNROLL)
+        return (win.nhwc_to_nchw(win.from_phases(dxph, geom)),), dw
+
+    chunks = win.batch_chunks(n, ho * wo)
+    dw = jnp.zeros(w_taps.shape, acc)
+    (dx,), dw = win.over_batch_chunks(chunk, chunks, [x, g], [jnp.zeros_like(x)], dw)
     return dx, _weight_from_taps(dw, geom.kernel).astype(weight.dtype)
 
 
-_conv_nhwc.defvjp(_conv_fwd, _conv_bwd)
+_conv_direct.defvjp(_conv_fwd, _conv_bwd)
 
 
 # ---------------------------------------------------------------------------- im2col

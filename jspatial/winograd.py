@@ -142,19 +142,26 @@ def _weight_transform_transpose(du, c_out, c_in):
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv3x3_nhwc(x, weight, geom):
-    """Winograd convolution of NHWC ``x`` with OIHW ``weight``; ``geom`` from ``conv_geometry``."""
+def conv3x3(x, weight, geom):
+    """Winograd convolution of NCHW ``x`` with OIHW ``weight``; ``geom`` from ``conv_geometry``.
+
+    Returns NCHW in the accumulation dtype. The batch is processed in chunks
+    (``jspatial._windows.batch_chunks``): the transformed tiles take four times the
+    memory of the input, and the products four times that of the output, so they are
+    only ever held for one chunk.
+    """
     return _fwd(x, weight, geom)[0]
 
 
-def _batch_chunks(n: int) -> int:
-    """How many pieces the batch is processed in.
+# A chunk's transformed tiles and products take 12 times its input's memory (V, M and,
+# backward, dV), so Winograd splits the batch finer than the direct loop: 16 chunks keep
+# them under one input's worth, and 128 tiles still make efficient matrix products.
+MAX_CHUNKS = 16
+MIN_CHUNK_TILES = 128
 
-    The transformed tiles take four times the memory of the input (and the products four
-    times that of the output); a loop over a few batch chunks keeps the peak near that of
-    a direct convolution while each chunk's products stay large matrices.
-    """
-    return next(k for k in (4, 2, 1) if n % k == 0 and n // k >= 8 or k == 1)
+
+def _chunks(n, tg):
+    return win.batch_chunks(n, tg.out_hw[0] * tg.out_hw[1], MIN_CHUNK_TILES, MAX_CHUNKS)
 
 
 def _products(v, u, acc):
@@ -171,17 +178,15 @@ def _fwd(x, weight, geom):
     tg = _tile_geometry(geom)
     acc = win.accum_dtype(x.dtype)
     u = _weight_transform(weight).astype(x.dtype)
-    chunks = _batch_chunks(x.shape[0])
-    size = x.shape[0] // chunks
 
-    def chunk(i, y):
-        xc = win.batch_chunk(x, i, chunks)
+    def chunk(inputs, carry):
+        xc = win.nchw_to_nhwc(inputs[0])
         v = _input_transform(xc.astype(acc), tg).astype(x.dtype)
-        yc = _output_transform(_products(v, u, acc), size, geom, tg)
-        return win.set_batch_chunk(y, i, yc, chunks)
+        yc = _output_transform(_products(v, u, acc), xc.shape[0], geom, tg)
+        return (win.nhwc_to_nchw(yc),), carry
 
-    y = jnp.zeros((x.shape[0], *geom.out_hw, weight.shape[0]), acc)
-    y = lax.fori_loop(0, chunks, chunk, y)
+    y = jnp.zeros((x.shape[0], weight.shape[0], *geom.out_hw), acc)
+    (y,), _ = win.over_batch_chunks(chunk, _chunks(x.shape[0], tg), [x], [y])
     return y, (x, weight)
 
 
@@ -190,12 +195,9 @@ def _bwd(geom, residuals, g):
     tg = _tile_geometry(geom)
     acc = win.accum_dtype(x.dtype)
     u = _weight_transform(weight).astype(x.dtype)
-    chunks = _batch_chunks(x.shape[0])
 
-    def chunk(i, carry):
-        dx, du = carry
-        xc = win.batch_chunk(x, i, chunks)
-        gc = win.batch_chunk(g, i, chunks)
+    def chunk(inputs, du):
+        xc, gc = (win.nchw_to_nhwc(a) for a in inputs)
         v = _input_transform(xc.astype(acc), tg).astype(x.dtype)
         dm = _output_transform_transpose(gc.astype(acc), geom, tg).astype(x.dtype)
 
@@ -206,13 +208,14 @@ def _bwd(geom, residuals, g):
             return lax.dynamic_update_index_in_dim(dv, dv_k, k, 0), du.at[k].add(du_k)
 
         dv, du = lax.fori_loop(0, 16, tap, (jnp.zeros(v.shape, acc), du))
-        dxc = _input_transform_transpose(dv, xc.shape, tg).astype(x.dtype)
-        return win.set_batch_chunk(dx, i, dxc, chunks), du
+        return (win.nhwc_to_nchw(_input_transform_transpose(dv, xc.shape, tg)),), du
 
-    init = (jnp.zeros_like(x), jnp.zeros(u.shape, acc))
-    dx, du = lax.fori_loop(0, chunks, chunk, init)
+    du = jnp.zeros(u.shape, acc)
+    (dx,), du = win.over_batch_chunks(
+        chunk, _chunks(x.shape[0], tg), [x, g], [jnp.zeros_like(x)], du
+    )
     dw = _weight_transform_transpose(du, weight.shape[0], weight.shape[1])
     return dx, dw.astype(weight.dtype)
 
 
-conv3x3_nhwc.defvjp(_fwd, _bwd)
+conv3x3.defvjp(_fwd, _bwd)

@@ -153,3 +153,49 @@ def test_auto_picks_im2col_for_the_first_layer():
     assert conv_module.choose_method("auto", geom, groups, 3, 16, "conv2d") == "im2col"
     with pytest.raises(ValueError, match="algorithm='im2col' needs groups=1"):
         js.conv2d(jnp.ones((1, 4, 8, 8)), jnp.ones((4, 2, 3, 3)), groups=2, algorithm="im2col")
+
+
+@pytest.mark.parametrize(
+    "algorithm, shape, out_channels, kwargs",
+    [
+        ("direct", (6, 4, 7, 9), 5, dict(padding=1)),
+        ("direct", (4, 4, 9, 8), 6, dict(stride=2, padding=(0, 1), groups=2)),
+        ("winograd", (6, 4, 7, 9), 5, dict(padding=1)),
+        ("winograd", (5, 3, 6, 6), 4, dict(padding=0)),
+    ],
+)
+def test_batch_chunks_give_the_unchunked_result(
+    monkeypatch, algorithm, shape, out_channels, kwargs
+):
+    """With tiny chunks allowed, the batch loop runs several chunks; values and gradients
+    must not change (chunks are strided rows, so a mix-up would show)."""
+    from jspatial import _windows as win
+    from jspatial import winograd
+
+    kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(kx, shape)
+    groups = kwargs.get("groups", 1)
+    w = jax.random.normal(kw, (out_channels, shape[1] // groups, 3, 3))
+
+    def f(x, w):
+        return js.conv2d(x, w, algorithm=algorithm, **kwargs)
+
+    y, vjp = jax.vjp(f, x, w)  # default chunking: one chunk at these sizes
+
+    def chunks():  # what each algorithm's batch loop uses (4 rows per image here or more)
+        wino = win.batch_chunks(shape[0], 4, winograd.MIN_CHUNK_TILES, winograd.MAX_CHUNKS)
+        return win.batch_chunks(shape[0], 4), wino
+
+    assert chunks() == (1, 1)
+    g = jax.random.normal(kg, y.shape)
+    want = (y, *vjp(g))
+
+    jax.clear_caches()  # the jitted op must be traced again with the new setting
+    monkeypatch.setattr(win, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(winograd, "MIN_CHUNK_TILES", 1)
+    assert chunks() == (shape[0], shape[0])  # one image per chunk
+    y, vjp = jax.vjp(f, x, w)
+    got = (y, *vjp(g))
+    jax.clear_caches()
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b, scale=2)
