@@ -20,8 +20,9 @@ Memory: both passes run the tap loop once per batch chunk (up to 8 chunks of at
 least 4096 output pixels, ``jspatial._windows.batch_chunks``), converting each
 chunk to channels-last on the way in and back on the way out. The padded
 windows, the float32 gradient buffer and the channels-last copies then exist for
-one chunk at a time, and the saved input is the caller's own NCHW array, so the
-backward pass needs less memory than XLA's convolution gradient.
+one chunk at a time, and the saved input is the caller's own NCHW array: the
+backward pass needs about as much memory as XLA's convolution gradient, or less
+(``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
