@@ -8,6 +8,7 @@ compiled backward's peak temporary memory (``memory_analysis()``).
 
     python -m bench.ops                 # both suites, writes bench/out/ops.md
     python -m bench.ops --suite core --repeats 7
+    python -m bench.ops --memory-only   # backward peak memory alone (compiles, runs nothing)
 """
 
 from __future__ import annotations
@@ -64,11 +65,15 @@ def _suites(batch_core: int = 128, batch_model: int = 512) -> dict[str, list[Cas
 
 
 def _jax_fns(case: Case, impl: str):
-    """(forward, forward+backward) jitted functions of ``(x, w)`` for one implementation."""
+    """(forward, forward+backward) jitted functions of ``(x, w)`` for one implementation.
+
+    ``impl``: ``"xla"``, ``"ours"`` (``algorithm='auto'``) or ``"direct"`` (the tap loop).
+    """
     k, p = case.kernel, case.padding
     if case.op == "conv":
-        if impl == "ours":
-            f = lambda x, w: js.conv2d(x, w, padding=p)  # noqa: E731
+        if impl in ("ours", "direct"):
+            algorithm = "auto" if impl == "ours" else "direct"
+            f = lambda x, w: js.conv2d(x, w, padding=p, algorithm=algorithm)  # noqa: E731
         else:
             f = lambda x, w: lax.conv_general_dilated(  # noqa: E731
                 x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=("NCHW", "OIHW", "NCHW")
@@ -233,6 +238,25 @@ def format_table(results: list[dict], with_torch: bool) -> str:
     return "\n".join(lines)
 
 
+def memory_table(cases: list[Case]) -> str:
+    """Backward peak memory (temporaries + outputs) of every implementation, in MiB."""
+    lines = [
+        "| shape | XLA | ours (auto) | ours/XLA | direct loop |",
+        "|---|---|---|---|---|",
+    ]
+    for case in cases:
+        x, w = _inputs(case)
+        impls = ("xla", "ours", "direct") if case.op == "conv" else ("xla", "ours")
+        mib = {i: _peak_bytes(_jax_fns(case, i)[1], x, w) / 2**20 for i in impls}
+        direct = f"{mib['direct']:.1f}" if "direct" in mib else ""
+        lines.append(
+            f"| {case.name}, b{case.shape[0]} | {mib['xla']:.1f} | {mib['ours']:.1f} | "
+            f"**{mib['ours'] / mib['xla']:.2f}** | {direct} |"
+        )
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -257,6 +281,9 @@ def main(argv=None) -> None:
     parser.add_argument("--model-batch", type=int, default=512, help="batch of the model suite")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--only", default="", help="run only cases whose name contains this")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="backward peak memory alone, no timing"
+    )
     parser.add_argument("--out", default="bench/out/ops.md")
     args = parser.parse_args(argv)
 
@@ -272,6 +299,11 @@ def main(argv=None) -> None:
     names = ["core", "model"] if args.suite == "all" else [args.suite]
     report = [f"# Op benchmarks, {time.strftime('%Y-%m-%d')}", "", f"Machine: {machine()}", ""]
     for name in names:
+        if args.memory_only:
+            cases = [c for c in suites[name] if args.only in c.name]
+            report += [f"## {name} suite: backward peak memory, MiB", ""]
+            report += [memory_table(cases), ""]
+            continue
         results = []
         for case in suites[name]:
             if args.only and args.only not in case.name:
