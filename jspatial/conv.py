@@ -95,7 +95,7 @@ def _conv2d(x, weight, bias, geom, groups, method):
     if method == "winograd":
         y = winograd.conv3x3(x, w, geom)
     elif method == "im2col":
-        y = win.nhwc_to_nchw(_conv_im2col_nhwc(win.nchw_to_nhwc(x), w, geom))
+        y = _conv_im2col(x, w, geom)
     else:
         y = _conv_direct(x, w, geom, groups)
     if bias is not None:
@@ -275,7 +275,7 @@ _conv_direct.defvjp(_conv_fwd, _conv_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_im2col_nhwc(x, weight, geom):
+def _conv_im2col(x, weight, geom):
     return _im2col_fwd(x, weight, geom)[0]
 
 
@@ -293,31 +293,53 @@ def _im2col(x, geom):
 
 
 def _im2col_fwd(x, weight, geom):
-    n, c = x.shape[0], x.shape[-1]
-    cols = _im2col(x, geom).reshape(-1, geom.taps * c)
+    # The columns hold every pixel kh * kw times: built one batch chunk at a time.
+    n, c = x.shape[:2]
     w = _weight_taps(weight, 1).reshape(geom.taps * c, -1)
-    y = jnp.dot(cols, w, preferred_element_type=win.accum_dtype(x.dtype))
-    return y.reshape(n, *geom.out_hw, -1), (x, weight)
+    acc = win.accum_dtype(x.dtype)
+
+    def chunk(inputs, carry):
+        cols = _im2col(win.nchw_to_nhwc(inputs[0]), geom).reshape(-1, geom.taps * c)
+        y = jnp.dot(cols, w, preferred_element_type=acc)
+        return (win.nhwc_to_nchw(y.reshape(-1, *geom.out_hw, w.shape[1])),), carry
+
+    y = jnp.zeros((n, w.shape[1], *geom.out_hw), acc)
+    (y,), _ = win.over_batch_chunks(chunk, _im2col_chunks(n, geom), [x], [y])
+    return y, (x, weight)
+
+
+def _im2col_chunks(n, geom):
+    return win.batch_chunks(n, geom.out_hw[0] * geom.out_hw[1])
 
 
 def _im2col_bwd(geom, residuals, g):
     x, weight = residuals
-    n, c = x.shape[0], x.shape[-1]
+    n, c = x.shape[:2]
     acc = win.accum_dtype(x.dtype)
-    cols = _im2col(x, geom).reshape(-1, geom.taps * c)
     w = _weight_taps(weight, 1).reshape(geom.taps * c, -1)
-    gm = g.reshape(cols.shape[0], -1).astype(x.dtype)
-    dw = jnp.dot(cols.T, gm, preferred_element_type=acc).reshape(geom.taps, 1, c, -1)
-    dcols = jnp.dot(gm, w.T, preferred_element_type=acc).reshape(n, *geom.out_hw, geom.taps, c)
 
-    def tap(t, dxph):  # each column block goes back through its window
-        block = lax.dynamic_index_in_dim(dcols, t, axis=3, keepdims=False)
-        return win.add_to_window(dxph, t, block, geom)
+    def chunk(inputs, dw):
+        xc, gc = (win.nchw_to_nhwc(a) for a in inputs)
+        cols = _im2col(xc, geom).reshape(-1, geom.taps * c)
+        gm = gc.reshape(cols.shape[0], -1).astype(x.dtype)
+        dw = dw + jnp.dot(cols.T, gm, preferred_element_type=acc)
+        dcols = jnp.dot(gm, w.T, preferred_element_type=acc)
+        dcols = dcols.reshape(xc.shape[0], *geom.out_hw, geom.taps, c)
 
-    dxph = win.to_phases(jnp.zeros(x.shape, acc), geom, 0)
-    dxph = lax.fori_loop(0, geom.taps, tap, dxph)
-    dx = win.from_phases(dxph, geom).astype(x.dtype)
-    return dx, _weight_from_taps(dw, geom.kernel).astype(weight.dtype)
+        def tap(t, dxph):  # each column block goes back through its window
+            block = lax.dynamic_index_in_dim(dcols, t, axis=3, keepdims=False)
+            return win.add_to_window(dxph, t, block, geom)
+
+        dxph = win.to_phases(jnp.zeros(xc.shape, acc), geom, 0)
+        dxph = lax.fori_loop(0, geom.taps, tap, dxph)
+        return (win.nhwc_to_nchw(win.from_phases(dxph, geom)),), dw
+
+    dw = jnp.zeros(w.shape, acc)
+    (dx,), dw = win.over_batch_chunks(
+        chunk, _im2col_chunks(n, geom), [x, g], [jnp.zeros_like(x)], dw
+    )
+    dw = _weight_from_taps(dw.reshape(geom.taps, 1, c, -1), geom.kernel)
+    return dx, dw.astype(weight.dtype)
 
 
-_conv_im2col_nhwc.defvjp(_im2col_fwd, _im2col_bwd)
+_conv_im2col.defvjp(_im2col_fwd, _im2col_bwd)

@@ -162,6 +162,8 @@ def test_auto_picks_im2col_for_the_first_layer():
         ("direct", (4, 4, 9, 8), 6, dict(stride=2, padding=(0, 1), groups=2)),
         ("winograd", (6, 4, 7, 9), 5, dict(padding=1)),
         ("winograd", (5, 3, 6, 6), 4, dict(padding=0)),
+        ("im2col", (6, 3, 7, 9), 5, dict(padding=1)),
+        ("im2col", (4, 2, 9, 8), 6, dict(stride=(2, 1), padding=(0, 1), dilation=2)),
     ],
 )
 def test_batch_chunks_give_the_unchunked_result(
