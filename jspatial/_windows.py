@@ -143,8 +143,8 @@ def set_batch_chunk(x, i, value, chunks: int):
     return y.reshape(x.shape)
 
 
-# Batch chunks of convolutions: at most this many, each with at least this many rows
-# (pixels, or Winograd tiles) in its matrix products.
+# Batch chunks of the direct and im2col convolutions: at most this many, each with at
+# least this many rows (output pixels) in its matrix products. Winograd sets its own.
 MAX_CHUNKS = 8
 MIN_CHUNK_ROWS = 4096
 
