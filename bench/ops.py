@@ -257,6 +257,13 @@ def memory_table(cases: list[Case]) -> str:
     return "\n".join(lines)
 
 
+def write_report(text: str, out: str) -> None:
+    """Print a benchmark's Markdown report and save it to ``out``."""
+    print(text)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text + "\n")
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -299,24 +306,19 @@ def main(argv=None) -> None:
     names = ["core", "model"] if args.suite == "all" else [args.suite]
     report = [f"# Op benchmarks, {time.strftime('%Y-%m-%d')}", "", f"Machine: {machine()}", ""]
     for name in names:
+        cases = [c for c in suites[name] if args.only in c.name]
         if args.memory_only:
-            cases = [c for c in suites[name] if args.only in c.name]
             report += [f"## {name} suite: backward peak memory, MiB", ""]
             report += [memory_table(cases), ""]
             continue
         results = []
-        for case in suites[name]:
-            if args.only and args.only not in case.name:
-                continue
+        for case in cases:
             results.append(run_case(case, args.repeats, with_torch))
             print(f"  {case.name}: ours {results[-1][('ours', 1)]:.1f} ms f+b", flush=True)
         batch = args.batch if name == "core" else args.model_batch
         report += [f"## {name} suite (float32, batch {batch}, min of {args.repeats})", ""]
         report += [format_table(results, with_torch), ""]
-    text = "\n".join(report)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    write_report("\n".join(report), args.out)
 
 
 if __name__ == "__main__":

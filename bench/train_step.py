@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from bench.ops import machine
+from bench.ops import machine, write_report
 
 WIDTHS = (64, 256, 256)
 
@@ -213,10 +213,7 @@ def main(argv=None) -> None:
             f"| {kind} | {best[kind]:.3f} | {args.batch / best[kind]:.0f} | {vs('flax')} | "
             f"{vs('torch')} | {compile_s[kind]:.1f} | {compile_s[kind] - best[kind]:.1f} | {mb} |"
         )
-    text = "\n".join(lines)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    write_report("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -203,6 +203,11 @@ def _tap_input_grad(g, wt):
     return jnp.einsum("mgo,gco->mgc", g, wt, preferred_element_type=acc)
 
 
+def _chunks(n, geom):
+    """Batch chunks of the direct and im2col loops (rows: the chunk's output pixels)."""
+    return win.batch_chunks(n, geom.out_hw[0] * geom.out_hw[1])
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_direct(x, weight, geom, groups):
     return _conv_fwd(x, weight, geom, groups)[0]
@@ -227,7 +232,7 @@ def _conv_fwd(x, weight, geom, groups):
         return (win.nhwc_to_nchw(out.reshape(-1, ho, wo, weight.shape[0])),), carry
 
     y = jnp.zeros((n, weight.shape[0], ho, wo), acc)
-    (y,), _ = win.over_batch_chunks(chunk, win.batch_chunks(n, ho * wo), [x], [y])
+    (y,), _ = win.over_batch_chunks(chunk, _chunks(n, geom), [x], [y])
     return y, (x, weight)
 
 
@@ -257,9 +262,8 @@ def _conv_bwd(geom, groups, residuals, g):
         dxph, dw = lax.fori_loop(0, geom.taps, tap, (jnp.zeros(xph.shape, acc), dw), unroll=UNROLL)
         return (win.nhwc_to_nchw(win.from_phases(dxph, geom)),), dw
 
-    chunks = win.batch_chunks(n, ho * wo)
     dw = jnp.zeros(w_taps.shape, acc)
-    (dx,), dw = win.over_batch_chunks(chunk, chunks, [x, g], [jnp.zeros_like(x)], dw)
+    (dx,), dw = win.over_batch_chunks(chunk, _chunks(n, geom), [x, g], [jnp.zeros_like(x)], dw)
     return dx, _weight_from_taps(dw, geom.kernel).astype(weight.dtype)
 
 
@@ -304,12 +308,8 @@ def _im2col_fwd(x, weight, geom):
         return (win.nhwc_to_nchw(y.reshape(-1, *geom.out_hw, w.shape[1])),), carry
 
     y = jnp.zeros((n, w.shape[1], *geom.out_hw), acc)
-    (y,), _ = win.over_batch_chunks(chunk, _im2col_chunks(n, geom), [x], [y])
+    (y,), _ = win.over_batch_chunks(chunk, _chunks(n, geom), [x], [y])
     return y, (x, weight)
-
-
-def _im2col_chunks(n, geom):
-    return win.batch_chunks(n, geom.out_hw[0] * geom.out_hw[1])
 
 
 def _im2col_bwd(geom, residuals, g):
@@ -335,9 +335,7 @@ def _im2col_bwd(geom, residuals, g):
         return (win.nhwc_to_nchw(win.from_phases(dxph, geom)),), dw
 
     dw = jnp.zeros(w.shape, acc)
-    (dx,), dw = win.over_batch_chunks(
-        chunk, _im2col_chunks(n, geom), [x, g], [jnp.zeros_like(x)], dw
-    )
+    (dx,), dw = win.over_batch_chunks(chunk, _chunks(n, geom), [x, g], [jnp.zeros_like(x)], dw)
     dw = _weight_from_taps(dw.reshape(geom.taps, 1, c, -1), geom.kernel)
     return dx, dw.astype(weight.dtype)
 
