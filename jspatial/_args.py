@@ -103,19 +103,80 @@ def pool_params(
     return kernel, strides, pads, dil
 
 
-def check_input(x: Any, op: str) -> None:
-    """Reject non-4D and non-floating input before any XLA error can surface."""
-    shape = tuple(getattr(x, "shape", ()))
+def _is_torch_tensor(value: Any) -> bool:
+    # Recognised by its type's module, so that jspatial never has to import torch.
+    return any(k.__module__.split(".")[0] == "torch" for k in type(value).__mro__)
+
+
+def check_array(value: Any, op: str, name: str, *, floating: bool = True) -> Any:
+    """An array argument as a JAX-compatible array, or a clear error.
+
+    A ``torch.Tensor`` is refused with the one-line conversion; nested Python lists
+    and tuples are converted as ``jnp.asarray`` would; JAX and NumPy arrays (and
+    tracers) pass through unchanged. With ``floating`` the dtype must be a float.
+
+    >>> check_array([[1.0, 2.0]], "conv2d", "weight").shape
+    (1, 2)
+    """
+    if _is_torch_tensor(value):
+        raise TypeError(
+            f"{op} {name} is a torch.Tensor; jspatial takes JAX (or NumPy) arrays: "
+            f"convert it with jnp.asarray(t.detach().cpu().numpy())"
+        )
+    if isinstance(value, (list, tuple)):
+        try:
+            value = jnp.asarray(value)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"{op} {name} must be an array; a nested list converts only when it is "
+                f"rectangular and numeric ({error})"
+            ) from None
+    elif not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(f"{op} {name} must be an array, got {type(value).__name__}: {value!r}")
+    if floating and not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+        raise TypeError(
+            f"{op} expected a floating-point {name} (float32, bfloat16, float16 or float64), "
+            f"got {jnp.result_type(value)}; convert with .astype(jnp.float32)"
+        )
+    return value
+
+
+def check_input(x: Any, op: str, name: str = "input") -> Any:
+    """The ``(N, C, H, W)`` input of an op, checked, as an array (see ``check_array``).
+
+    An empty batch (``N == 0``) is valid, as in PyTorch; zero channels are not.
+    """
+    x = check_array(x, op, name, floating=False)
+    shape = tuple(x.shape)
     if len(shape) != 4:
         raise ValueError(
-            f"{op} expected 4D input (batch, channels, height, width), got {len(shape)}D: {shape}"
+            f"{op} expected 4D {name} (batch, channels, height, width), got {len(shape)}D: {shape}"
         )
+    if shape[1] == 0:
+        raise ValueError(f"{op} expected at least one channel, got {name} of shape {shape}")
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
-            f"{op} expected floating-point input (float32, bfloat16, float16 or float64), "
+            f"{op} expected floating-point {name} (float32, bfloat16, float16 or float64), "
             f"got {dtype}; convert with x.astype(jnp.float32)"
         )
+    return x
+
+
+def check_bool(value: Any, op: str, name: str) -> bool:
+    """A flag: a Python or NumPy bool (``ceil_mode``, ``training``, ``affine``, ...)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op} {name} must be a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def positive_int(value: Any, op: str, name: str) -> int:
+    """A count (channels, features): a positive int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{op} {name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{op} {name} must be a positive int, got {value!r}")
+    return int(value)
 
 
 def check_fits(spatial: Pair, padded: Pair, kernel: Pair, dilation: Pair, op: str) -> None:

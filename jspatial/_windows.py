@@ -153,6 +153,8 @@ def batch_chunks(n: int, rows_per_image: int, min_rows=None, max_chunks=None) ->
     """How many pieces to split a batch of ``n`` into: the most (up to ``max_chunks``,
     default ``MAX_CHUNKS``) that divide ``n`` and still give every piece ``min_rows``
     (default ``MIN_CHUNK_ROWS``) matrix rows."""
+    if n == 0:  # an empty batch: one (empty) chunk
+        return 1
     min_rows = MIN_CHUNK_ROWS if min_rows is None else min_rows
     max_chunks = MAX_CHUNKS if max_chunks is None else max_chunks
     return next(

@@ -226,3 +226,73 @@ def test_check_groups_errors(c_in, c_out, groups, err, match):
 def test_check_groups_ok():
     assert _args.check_groups(4, 6, 2, "conv2d") == 2
     assert _args.check_groups(3, 6, np.int64(3), "conv2d") == 3
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def test_check_input_returns_the_array_and_converts_nested_lists():
+    x = jnp.ones((1, 2, 3, 3))
+    assert _args.check_input(x, "conv2d") is x
+    nested = np.ones((1, 1, 2, 2)).tolist()
+    converted = _args.check_input(nested, "conv2d")
+    assert converted.shape == (1, 1, 2, 2)
+    assert jnp.issubdtype(converted.dtype, jnp.floating)
+
+
+def test_check_input_ragged_list_is_a_type_error():
+    with pytest.raises(TypeError, match=r"conv2d input must be an array; a nested list"):
+        _args.check_input([[[[1.0, 2.0], [3.0]]]], "conv2d")
+
+
+@pytest.mark.parametrize("value", [None, 3.0, "x", object()])
+def test_check_input_rejects_non_arrays(value):
+    with pytest.raises(TypeError, match=r"max_pool2d input must be an array, got"):
+        _args.check_input(value, "max_pool2d")
+
+
+def test_check_input_accepts_an_empty_batch():
+    assert _args.check_input(jnp.ones((0, 3, 4, 4)), "avg_pool2d").shape == (0, 3, 4, 4)
+
+
+def test_check_input_rejects_zero_channels():
+    with pytest.raises(ValueError, match=r"batch_norm expected at least one channel, got input"):
+        _args.check_input(jnp.ones((2, 0, 4, 4)), "batch_norm")
+
+
+def test_torch_tensors_get_the_conversion_recipe():
+    torch = pytest.importorskip("torch")
+    t = torch.ones(1, 3, 4, 4)
+    with pytest.raises(TypeError) as info:
+        _args.check_input(t, "conv2d")
+    message = str(info.value)
+    assert message.startswith("conv2d input is a torch.Tensor")
+    assert "jnp.asarray(t.detach().cpu().numpy())" in message
+    with pytest.raises(TypeError, match=r"conv2d weight is a torch.Tensor"):
+        _args.check_array(torch.nn.Parameter(torch.ones(2)), "conv2d", "weight")
+
+
+def test_check_array_dtype():
+    with pytest.raises(TypeError, match=r"conv2d expected a floating-point weight"):
+        _args.check_array(jnp.ones(3, jnp.int32), "conv2d", "weight")
+    idx = jnp.ones(3, jnp.int32)
+    assert _args.check_array(idx, "max_unpool2d", "indices", floating=False) is idx
+
+
+@pytest.mark.parametrize("value", [True, False, np.True_, np.bool_(False)])
+def test_check_bool_accepts_python_and_numpy_bools(value):
+    assert _args.check_bool(value, "MaxPool2d", "ceil_mode") is bool(value)
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes", None, 1.0])
+def test_check_bool_rejects_the_rest(value):
+    with pytest.raises(TypeError, match=r"MaxPool2d ceil_mode must be a bool, got"):
+        _args.check_bool(value, "MaxPool2d", "ceil_mode")
+
+
+@pytest.mark.parametrize("value, err", [(0, ValueError), (-3, ValueError), (2.0, TypeError),
+                                        (True, TypeError), ("4", TypeError)])  # fmt: skip
+def test_positive_int(value, err):
+    with pytest.raises(err, match=r"Conv2d in_channels must be a positive int, got"):
+        _args.positive_int(value, "Conv2d", "in_channels")
+    assert _args.positive_int(np.int64(4), "Conv2d", "in_channels") == 4
