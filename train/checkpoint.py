@@ -22,10 +22,19 @@ device mesh), orbax synchronises them and the primary host (process 0) writes th
 replicated arrays and the JSON record; the directory must be on a file system all hosts
 share. ``restore`` places every array with the sharding the model has now, so a run may
 resume on another number of devices.
+
+Damage after the fact (a file deleted, truncated or altered inside a checkpoint) is caught
+before orbax reads it: once a save is complete, process 0 records the size and SHA-256 of
+every file of the step in ``<epoch>.files.json`` beside it (written atomically), and
+:meth:`Checkpointer.problem` compares the files with that record.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +42,20 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from train import distributed
+
+TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix of a step being written
+
 
 class Checkpointer:
     """Saves and restores ``(model, optimizer, ema, meta)`` under ``directory``."""
 
     def __init__(self, directory: str | Path, max_to_keep: int = 2):
         self.directory = Path(directory).absolute()
+        # The manager deletes these on start: note them first (a save that was interrupted).
+        self.unfinished = sorted(
+            p.name for p in self.directory.glob(f"*{TMP_MARK}*") if p.is_dir()
+        ) if self.directory.is_dir() else []  # fmt: skip
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             enable_async_checkpointing=False,
@@ -54,6 +71,53 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
+    def steps_on_disk(self) -> list[int]:
+        """Every numbered step directory, newest first, whether orbax can read it or not."""
+        names = [p.name for p in self.directory.iterdir() if p.is_dir() and p.name.isdigit()]
+        return sorted(map(int, names), reverse=True)
+
+    def problem(self, step: int) -> str | None:
+        """What is wrong with the files of checkpoint ``step`` (``None``: they are as
+        written, or were written before file records existed)."""
+        record = self._record_path(step)
+        if not record.is_file():
+            return None
+        try:
+            expected = json.loads(record.read_text())
+        except (OSError, ValueError) as exc:
+            return f"unreadable file record {record.name}: {exc}"
+        actual = _file_digests(self.directory / str(step))
+        for name, (size, digest) in expected.items():
+            if name not in actual:
+                return f"{name} is missing"
+            if actual[name][0] != size:
+                return f"{name} has {actual[name][0]} bytes, {size} were written"
+            if actual[name][1] != digest:
+                return f"{name} is altered (SHA-256 differs)"
+        return None
+
+    def discard(self, step: int) -> None:
+        """Deletes checkpoint ``step`` (a damaged one) so that it can be written again."""
+        if distributed.is_main():
+            shutil.rmtree(self.directory / str(step), ignore_errors=True)
+            self._record_path(step).unlink(missing_ok=True)
+        distributed.barrier(f"discard_{step}")
+        self.manager.reload()
+
+    def _record_path(self, step: int) -> Path:
+        return self.directory / f"{step}.files.json"
+
+    def _write_record(self, step: int) -> None:
+        record = {k: list(v) for k, v in _file_digests(self.directory / str(step)).items()}
+        path = self._record_path(step)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+        kept = {str(s) for s in self.manager.all_steps()}
+        for old in self.directory.glob("*.files.json"):  # records of checkpoints orbax dropped
+            if old.name.split(".")[0] not in kept:
+                old.unlink(missing_ok=True)
+
     def save(self, step: int, *, model, optimizer, ema: Any, meta: dict) -> None:
         """Writes checkpoint ``step`` (the number of completed epochs) and waits for it."""
         state = {
@@ -65,6 +129,8 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.manager.save(step, args=args, force=True)
         self.manager.wait_until_finished()
+        if distributed.is_main():
+            self._write_record(step)
 
     def read_meta(self, step: int) -> dict:
         """The JSON record of checkpoint ``step`` alone (no arrays are read)."""
@@ -94,3 +160,12 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _file_digests(folder: Path) -> dict[str, tuple[int, str]]:
+    """``{relative path: (size, SHA-256)}`` of every file under ``folder``."""
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        out[path.relative_to(folder).as_posix()] = (path.stat().st_size, digest)
+    return out

@@ -8,6 +8,7 @@ archive, verified by MD5, and only ever appears on disk through an atomic rename
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -269,7 +270,8 @@ def download_cifar10(
     """Downloads, verifies and extracts the CIFAR-10 binary archive into ``data_dir``.
 
     Everything is staged in hidden temporary paths inside ``data_dir`` (removed on any failure,
-    including KeyboardInterrupt); ``cifar-10-batches-bin/`` appears only via an atomic rename.
+    including KeyboardInterrupt, together with the folders this call created);
+    ``cifar-10-batches-bin/`` appears only via an atomic rename.
 
     Args:
         data_dir: destination folder; created if missing.
@@ -285,10 +287,11 @@ def download_cifar10(
         ValueError: MD5 mismatch, or an unsafe or unexpected archive member.
     """
     root = Path(data_dir).expanduser()
+    created = _first_missing(root)  # removed again (if still empty) when the download fails
     root.mkdir(parents=True, exist_ok=True)
     final = root / BIN_DIRNAME
     fd, archive = tempfile.mkstemp(dir=root, prefix=".cifar10-", suffix=".partial")
-    staging = None
+    staging, done = None, False
     try:
         with os.fdopen(fd, "wb") as out:
             digest = _fetch(url, out, root, progress)
@@ -304,11 +307,32 @@ def download_cifar10(
         except OSError:
             if _layout(final) != "bin":  # A concurrent download that won the rename is fine.
                 raise
+        done = True
     finally:
         Path(archive).unlink(missing_ok=True)
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+        if not done and created is not None:
+            _remove_empty_folders(created)
     return final
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (``None``: it exists)."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_empty_folders(top: Path) -> None:
+    """Removes ``top`` and the folders below it, deepest first, as long as they are empty."""
+    folders = [p for p in top.rglob("*") if p.is_dir()] if top.is_dir() else []
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True) + [top]:
+        with contextlib.suppress(OSError):  # not empty (or gone): leave it
+            folder.rmdir()
 
 
 def _fetch(url: str, out: Any, root: Path, progress: bool) -> str:

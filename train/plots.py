@@ -1,6 +1,7 @@
 """PNG figures of a training run (matplotlib's object API: no display, no global backend).
 
-- ``curves.png``: train loss and train/test accuracy per epoch;
+- ``curves.png``: train loss and train/test accuracy per epoch (test-time augmentation
+  shown only for a run that used it);
 - ``filters.png``: the first convolution's filters (airbench's whitening filters) as RGB tiles;
 - ``confusion.png``: the test-set confusion matrix, rows = true class, columns = predicted.
 """
@@ -20,16 +21,28 @@ def _figure(**kwargs) -> Figure:
     return Figure(**kwargs)
 
 
-def plot_curves(history: list[dict], path: str | Path) -> None:
-    """Loss and accuracy per epoch from the ``metrics.jsonl`` records."""
+def plot_curves(
+    history: list[dict], path: str | Path, label_smoothing: float = 0.0, tta: bool = True
+) -> None:
+    """Loss and accuracy per epoch from the ``metrics.jsonl`` records.
+
+    The test accuracy of an epoch is on the ``test_images`` it was measured on (a fixed
+    subset of the test set, or all of it); the TTA point appears only for a run with TTA.
+    """
     epochs = [h["epoch"] for h in history]
     fig = _figure(figsize=(10, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.set(xlabel="epoch", ylabel="loss (label-smoothed CE)", title="loss")
+    loss = f"CE, labels smoothed by {label_smoothing}" if label_smoothing else "cross entropy"
+    ax_loss.set(xlabel="epoch", ylabel=f"loss ({loss})", title="loss")
     ax_acc.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
-    ax_acc.plot(epochs, [100 * h["test_acc"] for h in history], "o-", label="test")
-    if "test_acc_tta" in history[-1]:
+    sizes = sorted({h.get("test_images") for h in history} - {None})
+    for size in sizes or [None]:
+        points = [(h["epoch"], 100 * h["test_acc"]) for h in history
+                  if h.get("test_images") == size]  # fmt: skip
+        label = "test" if size is None else f"test ({size} images)"
+        ax_acc.plot(*zip(*points), "o-" if len(points) > 1 else "s", label=label)
+    if tta and "test_acc_tta" in history[-1]:
         tta = 100 * history[-1]["test_acc_tta"]
         ax_acc.plot([epochs[-1]], [tta], "*", markersize=12, label=f"test with TTA ({tta:.2f}%)")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")

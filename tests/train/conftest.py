@@ -45,6 +45,11 @@ def jax_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def cli_env(jax_cache) -> dict:
+    return make_cli_env(jax_cache)
+
+
+def make_cli_env(jax_cache: Path) -> dict:
+    """The environment of a CLI subprocess: CPU, the shared compilation cache, no data dir."""
     env = dict(os.environ)
     env.update(
         JAX_COMPILATION_CACHE_DIR=str(jax_cache),

@@ -102,8 +102,8 @@ def _tar_gz(path: Path, add) -> str:
 
 
 def _no_leftovers(root: Path) -> None:
-    assert not (root / BIN_DIRNAME).exists()
-    assert [p.name for p in root.iterdir()] == []
+    """Nothing left of a failed download, not even the folder it created."""
+    assert not root.exists(), sorted(p.name for p in root.iterdir())
 
 
 # --- binary layout ---------------------------------------------------------------------------
@@ -314,6 +314,16 @@ def test_download_unreachable(tmp_path):
     assert str(root) in msg and url in msg and data.URL in msg
     assert "--data-dir" in msg and "JSPATIAL_DATA_DIR" in msg
     _no_leftovers(root)
+
+
+def test_download_failure_keeps_an_existing_folder_as_it_was(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "notes.txt").write_text("mine")
+    url = (tmp_path / "missing.tar.gz").as_uri()
+    with pytest.raises(DatasetNotFoundError):
+        download_cifar10(root, url=url, md5="0" * 32, progress=False)
+    assert [p.name for p in root.iterdir()] == ["notes.txt"]
 
 
 def test_missing_without_download(tmp_path):

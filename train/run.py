@@ -1,0 +1,492 @@
+"""One training run of ``python -m train.cifar10``, in four phases.
+
+:func:`setup` (devices, data, model, optimiser), :func:`restore_or_start` (the latest good
+checkpoint with ``--resume``), :func:`train_epoch` (steps, evaluation, checkpoint, log)
+once per epoch, and :func:`finish` (summary and plots). A phase that cannot go on raises
+:class:`Stop` with a one-line reason and the exit status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from train import augment, data, distributed, loop, models, report
+from train.checkpoint import Checkpointer
+from train.config import DTYPES, Config, diff
+
+NAN_EXIT_CODE = 3
+KEY_IMPL = "rbg"  # XLA's RngBitGenerator: compiles much faster on CPU than threefry
+
+
+class Stop(Exception):
+    """Ends the run early: ``str(stop)`` says why, ``stop.code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Where and how a run happens; none of it changes the numbers (not saved)."""
+
+    out_dir: Path
+    data_dir: str | None = None
+    devices: int | None = None  # per process; None: all local devices
+    resume: bool = False
+    overwrite: bool = False
+    plots: bool = True
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything one run holds: set up once, then advanced epoch by epoch."""
+
+    cfg: Config
+    opts: Options
+    start_time: float
+    mesh: Any
+    train: tuple  # (uint8 images, labels, base flips) on the devices, replicated
+    n_train: int
+    test_images: np.ndarray  # on the host, fed per batch
+    test_labels: np.ndarray
+    subset: np.ndarray  # indices of the test images scored after every epoch but the last
+    class_names: list[str]
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    n_epochs: int
+    model: Any
+    optimizer: Any
+    schedule: Any  # step -> optimiser step size
+    train_step: Any
+    checkpointer: Checkpointer
+    aug_key: Any
+    history: list[dict] = dataclasses.field(default_factory=list)
+    ema: Any = None  # the lookahead average, once started
+    epoch0: int = 0  # epochs done before this process started
+    elapsed_before: float = 0.0  # seconds spent by the earlier processes of a resumed run
+    predictions: np.ndarray | None = None  # of the last full evaluation, for the plots
+    progress: report.Progress | None = None
+    first_step_s: float | None = None  # compile + one step, in this process
+    run_steps: int = 0
+    run_train_s: float = 0.0
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.opts.out_dir / "checkpoints"
+
+    @property
+    def replicated(self):
+        return distributed.replicated(self.mesh)
+
+    @property
+    def lr_scale(self) -> float:
+        """Optimiser step size -> the recipe's lr units."""
+        return loop.kilostep_scale(self.cfg.momentum) if self.cfg.optimizer == "sgd" else 1.0
+
+
+# ---------------------------------------------------------------------------- Set up
+
+
+def check_out_dir(opts: Options) -> bool:
+    """Whether ``out_dir`` holds checkpoints of an earlier run; stops if it does and
+    neither ``resume`` nor ``overwrite`` says what to do with them."""
+    ckpt_dir = opts.out_dir / "checkpoints"
+    earlier = ckpt_dir.is_dir() and any(p.name[:1].isdigit() for p in ckpt_dir.iterdir())
+    if earlier and not opts.resume and not opts.overwrite:
+        raise Stop(
+            f"{ckpt_dir} holds checkpoints of an earlier run; pass --resume to continue it, "
+            "--overwrite to start afresh, or another --out-dir"
+        )
+    return earlier
+
+
+def load_data(opts: Options):
+    """CIFAR-10 from ``opts.data_dir``; every process reads all of it. Process 0 goes first,
+    so that a download happens once (on a shared file system)."""
+    try:
+        cifar = data.load_cifar10(opts.data_dir) if distributed.is_main() else None
+        distributed.barrier("data")
+        return cifar or data.load_cifar10(opts.data_dir)
+    except (data.DatasetNotFoundError, ValueError) as exc:
+        raise Stop(str(exc)) from None
+
+
+def setup(cfg: Config, opts: Options, start_time: float) -> Run:
+    """Devices, data, model and optimiser of a run starting from scratch."""
+    earlier = check_out_dir(opts)
+    try:  # one "data" axis over the devices of every process
+        mesh = distributed.make_mesh(opts.devices)
+    except ValueError as exc:
+        raise Stop(str(exc)) from None
+    cifar = load_data(opts)
+    train_np = (cifar.train_images[: cfg.train_limit], cifar.train_labels[: cfg.train_limit])
+    n_train = len(train_np[0])
+    batch_size = min(cfg.batch_size, n_train)
+    if batch_size < cfg.batch_size:
+        report.note(f"note: batch size {cfg.batch_size} > {n_train} training images; using "
+                    f"{batch_size}")  # fmt: skip
+    if batch_size % mesh.size:
+        raise Stop(
+            f"the batch size ({batch_size}) must divide by the number of devices ({mesh.size}); "
+            f"pass a --batch-size that is a multiple of {mesh.size} or other --devices"
+        )
+    steps_per_epoch = n_train // batch_size  # the last partial batch is dropped
+    total_steps = math.ceil(steps_per_epoch * cfg.epochs)
+    if earlier and not opts.resume and distributed.is_main():  # --overwrite, all checked
+        shutil.rmtree(opts.out_dir / "checkpoints")
+    distributed.barrier("out_dir")
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+
+    key = jax.random.key(cfg.seed, impl=KEY_IMPL)
+    aug_key, flip_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+    replicated = distributed.replicated(mesh)
+    train = (
+        distributed.put(train_np[0], replicated),  # uint8 NCHW, on the devices for the run
+        distributed.put(train_np[1], replicated),
+        distributed.put(augment.base_flips(flip_key, n_train), replicated),
+    )
+    model = models.build_model(cfg.model, seed=cfg.seed, dtype=DTYPES[cfg.dtype])
+    models.init_whitening(model, augment.normalize(jnp.asarray(train_np[0][: cfg.whiten_images])))
+    distributed.replicate(model, mesh, from_process_0=True)  # identical on every process
+    optimizer, schedule = loop.make_optimizer(model, cfg, total_steps, batch_size)
+    distributed.replicate(optimizer, mesh)
+    return Run(
+        cfg=cfg, opts=opts, start_time=start_time, mesh=mesh, train=train, n_train=n_train,
+        test_images=cifar.test_images[: cfg.test_limit],
+        test_labels=cifar.test_labels[: cfg.test_limit], class_names=cifar.class_names,
+        subset=eval_subset(cfg.eval_subset, len(cifar.test_labels[: cfg.test_limit])),
+        batch_size=batch_size, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        n_epochs=math.ceil(total_steps / steps_per_epoch), model=model, optimizer=optimizer,
+        schedule=schedule, train_step=loop.make_train_step(cfg, batch_size),
+        checkpointer=Checkpointer(opts.out_dir / "checkpoints"), aug_key=aug_key,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- Restore or start
+
+
+def restore_or_start(run: Run) -> None:
+    """With ``--resume``, loads the newest good checkpoint; then prints the run's header
+    and the epochs done so far."""
+    if run.opts.resume:
+        _resume(run)
+    if distributed.is_main():  # rewritten: drops epochs past the checkpoint
+        report.write_metrics(run.opts.out_dir / "metrics.jsonl", run.history)
+    _print_header(run)
+    for record in run.history:
+        report.log_epoch(record, run.lr_scale)
+    eval_left = sum(_eval_cost(run, e) for e in range(run.epoch0, run.n_epochs))
+    train_left = (run.total_steps - run.epoch0 * run.steps_per_epoch) * run.batch_size
+    run.progress = report.Progress(run.opts.progress, max(train_left, 0), eval_left)
+
+
+def is_complete(run: Run) -> bool:
+    """Whether the run was finished before (all epochs and its summary)."""
+    return run.epoch0 == run.n_epochs and (run.opts.out_dir / "summary.json").is_file()
+
+
+def _resume(run: Run) -> None:
+    ckpt = run.checkpointer
+    for name in ckpt.unfinished:
+        report.note(f"note: discarded {ckpt.directory / name}, a checkpoint whose write was "
+                    "interrupted")  # fmt: skip
+    steps = ckpt.steps_on_disk()
+    if not steps:
+        report.note(f"note: no checkpoint in {run.ckpt_dir}; starting from scratch")
+        return
+    damaged = []
+    for step in steps:
+        if (problem := _try_restore(run, step)) is None:
+            break
+        report.note(f"warning: checkpoint {step} in {run.ckpt_dir} is damaged ({problem})")
+        damaged.append(step)
+    else:
+        raise Stop(
+            f"no readable checkpoint in {run.ckpt_dir} (tried {', '.join(map(str, steps))}); "
+            "pass --overwrite to start afresh, or another --out-dir"
+        )
+    for bad in damaged:  # so that these epochs can be written again
+        ckpt.discard(bad)
+    report.note(f"resumed from {run.ckpt_dir / str(step)} (epoch {run.epoch0}, step "
+                f"{run.epoch0 * run.steps_per_epoch})")  # fmt: skip
+
+
+def _try_restore(run: Run, step: int) -> str | None:
+    """Loads checkpoint ``step`` into ``run``; returns what is wrong with it, or ``None``.
+    Stops if it was written with other settings."""
+    ckpt = run.checkpointer
+    if problem := ckpt.problem(step):
+        return problem
+    try:
+        saved = ckpt.read_meta(step)
+    except Exception as exc:  # whatever orbax raises on a damaged record
+        return f"its record is unreadable: {_first_line(exc)}"
+    saved_cfg = Config.from_dict({"dtype": "float32", **saved["config"]})  # before --dtype
+    if changes := diff(saved_cfg, run.cfg):
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        raise Stop(f"--resume with settings that differ from the checkpoint's ({listed}); "
+                   "rerun with the original flags")  # fmt: skip
+    template = nnx.to_pure_dict(nnx.state(run.model, loop.LOOKAHEAD_VARS))
+    try:
+        ema, meta = ckpt.restore(
+            step,
+            model=run.model,
+            optimizer=run.optimizer,
+            ema=template if saved["ema_started"] else None,
+        )
+    except Exception as exc:  # whatever orbax raises on damaged arrays
+        return f"its arrays are unreadable: {_first_line(exc)}"
+    run.ema, run.history, run.epoch0 = ema, meta["history"], meta["epoch"]
+    run.elapsed_before = meta["elapsed_s"]
+    run.aug_key = jax.random.wrap_key_data(jnp.asarray(meta["aug_key"], jnp.uint32), impl=KEY_IMPL)
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+def _print_header(run: Run) -> None:
+    cfg, mesh = run.cfg, run.mesh
+    processes = jax.process_count()
+    on = f"{mesh.size} {mesh.devices.flat[0].platform} device(s)"
+    on += f" in {processes} processes" if processes > 1 else ""
+    if cfg.optimizer == "sgd":
+        lr = f"sgd lr {cfg.lr} per 1024 examples (step size lr / {run.lr_scale:.1f})"
+    else:
+        lr = f"adamw lr {cfg.lr}"
+    report.say(
+        f"{cfg.model}: {models.count_params(run.model):,} parameters; {run.n_train} train / "
+        f"{len(run.test_labels)} test images; {run.total_steps} steps of {run.batch_size} "
+        f"({cfg.epochs} epochs); {lr}; {cfg.dtype} on {on}; seed {cfg.seed}; "
+        f"out {run.opts.out_dir}"
+    )
+    report.say(cfg.describe())
+    unit = "per 1024 examples" if cfg.optimizer == "sgd" else "(AdamW's step size)"
+    n_test, n_sub = len(run.test_labels), len(run.subset)
+    scored = f"all {n_test}"
+    if n_sub < n_test:
+        scored = f"{n_sub} fixed ones, after the last all {n_test}"
+    report.say(
+        f"columns: train_loss per image; accuracies in %; lr: {cfg.optimizer} lr {unit} at the "
+        f"epoch's last step;\n         test_acc% on test_imgs test images after each epoch: "
+        f"{scored}"
+    )
+    report.print_row(report.COLUMNS, head=True)
+
+
+# ---------------------------------------------------------------------------- Train
+
+
+def train_epoch(run: Run, epoch: int) -> None:
+    """Trains epoch ``epoch`` (from 0), evaluates, logs it and saves a checkpoint."""
+    metrics, steps, epoch_s = _train_steps(run, epoch)
+    if not loop.all_finite(run.model):
+        raise Stop(
+            f"the parameters became NaN/inf in epoch {epoch + 1}; lower --lr (now {run.cfg.lr})",
+            NAN_EXIT_CODE,
+        )
+    last = epoch == run.n_epochs - 1
+    test_acc, tta_acc, n_test = _evaluate(run, epoch, last)
+    n_seen, global_step = steps * run.batch_size, epoch * run.steps_per_epoch + steps
+    record = {
+        "epoch": epoch + 1,
+        "step": global_step,
+        "train_loss": float(metrics["loss"]) / n_seen,
+        "train_acc": float(metrics["correct"]) / n_seen,
+        "test_acc": test_acc,
+        "test_images": n_test,
+        "lr": float(run.schedule(global_step - 1)),
+        "epoch_s": epoch_s,
+        "total_s": run.elapsed_before + time.perf_counter() - run.start_time,
+    }
+    if last and run.cfg.tta:
+        record["test_acc_tta"] = tta_acc
+    run.history.append(record)
+    report.log_epoch(record, run.lr_scale)
+    _save(run, epoch, record)
+
+
+def _train_steps(run: Run, epoch: int):
+    """The steps of one epoch; returns the summed ``metrics``, the step count and seconds."""
+    cfg, bs = run.cfg, run.batch_size
+    global_step = epoch * run.steps_per_epoch
+    steps = min(run.steps_per_epoch, run.total_steps - global_step)
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(run.n_train)  # data order
+    order = order[: steps * bs].astype(np.int32).reshape(steps, bs)
+    # (steps, batch): the batch axis split over the devices, each device its own rows.
+    perm = distributed.put(order, distributed.batch_sharding(run.mesh, ndim=2, axis=1))
+    key = distributed.put(jax.random.fold_in(run.aug_key, epoch), run.replicated)
+    metrics = {
+        "loss": distributed.put(np.zeros((), np.float32), run.replicated),
+        "correct": distributed.put(np.zeros((), np.int32), run.replicated),
+    }
+    batch = (run.train, perm, key, epoch)
+    run.progress.start("train", f"epoch {epoch + 1}/{run.n_epochs}", steps * bs)
+    t0 = time.perf_counter()
+    pending = None  # the previous step's loss, read after the next step is queued
+    try:
+        for step in range(steps):
+            t_step = time.perf_counter()
+            args = (*batch, step, epoch < cfg.whiten_bias_epochs)
+            metrics, loss = run.train_step(run.model, run.optimizer, metrics, *args)
+            if run.first_step_s is None:  # the first call compiles: time it on its own
+                loss.block_until_ready()
+                run.first_step_s = time.perf_counter() - t_step
+            global_step += 1
+            run.run_steps += 1
+            run.ema = loop.maybe_lookahead(run.model, run.ema, cfg, epoch, global_step,
+                                           run.total_steps)  # fmt: skip
+            if pending is not None:
+                _show_loss(run, loop.check_loss(pending, epoch, global_step - 1, cfg))
+            pending = loss
+        _show_loss(run, loop.check_loss(pending, epoch, global_step, cfg))
+    except loop.NonFiniteLoss as exc:  # the loss is replicated: every process stops here
+        run.progress.close()
+        last = run.checkpointer.latest_step()
+        kept = f"epoch {last} in {run.ckpt_dir}" if last is not None else "none written yet"
+        raise Stop(f"{exc}\nlast good checkpoint: {kept}", NAN_EXIT_CODE) from None
+    if run.ema is not None:  # airbench copies the average into the model after every epoch
+        run.ema = loop.lookahead_step(run.model, run.ema, 1.0)
+    run.progress.close()
+    epoch_s = time.perf_counter() - t0
+    run.run_train_s += epoch_s
+    return metrics, steps, epoch_s
+
+
+def _show_loss(run: Run, loss_sum: float) -> None:
+    run.progress.update(run.batch_size, loss=f"{loss_sum / run.batch_size:.3f}")
+
+
+def eval_subset(size: int, n: int) -> np.ndarray:
+    """``size`` evenly spaced indices of ``n`` test images (all of them if ``size`` is 0 or
+    at least ``n``): the same images in every run and every epoch."""
+    if not size or size >= n:
+        return np.arange(n)
+    return np.arange(size) * n // size
+
+
+def _eval_cost(run: Run, epoch: int) -> int:
+    """Test images scored after ``epoch``, in plain forward passes (a TTA image costs 6)."""
+    if epoch < run.n_epochs - 1:
+        return len(run.subset)
+    return len(run.test_labels) * (6 if run.cfg.tta else 1)
+
+
+def _evaluate(run: Run, epoch: int, last: bool):
+    """Accuracy ``(plain, tta, images scored)`` after ``epoch``, with a progress bar: on
+    the fixed subset, or for the ``last`` epoch on every test image (with TTA if set)."""
+    images, labels = run.test_images, run.test_labels
+    if not last:
+        images, labels = images[run.subset], labels[run.subset]
+    tta = last and run.cfg.tta
+    run.progress.start("eval", f"test {epoch + 1}/{run.n_epochs}", len(labels), 6 if tta else 1)
+    test_acc, tta_acc, predictions = loop.evaluate(
+        run.model, images, labels, tta, run.mesh, run.cfg.eval_batch, run.progress.update
+    )
+    run.progress.close()
+    if last:
+        run.predictions = predictions  # of the whole test set: the confusion matrix
+    return test_acc, tta_acc, len(labels)
+
+
+def _save(run: Run, epoch: int, record: dict) -> None:
+    """Checkpoint ``epoch + 1``: every process calls save; orbax coordinates them and the
+    primary (process 0) writes the replicated arrays and the JSON record."""
+    meta = {
+        "epoch": epoch + 1,
+        "global_step": record["step"],
+        "data_order": {"epoch": epoch + 1, "permutation_seed": [run.cfg.seed, epoch + 1]},
+        "aug_key": np.asarray(jax.random.key_data(run.aug_key)).tolist(),
+        "ema_started": run.ema is not None,
+        "history": run.history,
+        "elapsed_s": record["total_s"],
+        "config": run.cfg.to_dict(),
+    }
+    run.checkpointer.save(epoch + 1, model=run.model, optimizer=run.optimizer, ema=run.ema,
+                          meta=meta)  # fmt: skip
+    if distributed.is_main():
+        report.write_metrics(run.opts.out_dir / "metrics.jsonl", run.history)
+
+
+# ---------------------------------------------------------------------------- Finish
+
+
+def finish(run: Run) -> None:
+    """Writes ``summary.json`` and the plots, and prints the final line."""
+    run.checkpointer.close()
+    if jax.process_count() > 1:  # the replicas must agree: every process shows its hash
+        print(f"process {jax.process_index()}/{jax.process_count()}: parameter checksum "
+              f"{distributed.checksum(run.model)}", file=sys.stderr, flush=True)  # fmt: skip
+    if run.predictions is None and run.opts.plots:  # resumed after the last epoch
+        run.predictions = loop.evaluate(run.model, run.test_images, run.test_labels,
+                                        run.cfg.tta, run.mesh, run.cfg.eval_batch)[2]  # fmt: skip
+    if not distributed.is_main():
+        return
+    if run.opts.plots:
+        _plot(run)
+    summary = _summary(run)
+    report.write_json(run.opts.out_dir / "summary.json", summary)
+    without = f", {100 * summary['test_accuracy_no_tta']:.2f}% without TTA" if run.cfg.tta else ""
+    report.say(
+        f"test accuracy {100 * summary['test_accuracy']:.2f}%{without} in "
+        f"{summary['wall_time_s']:.1f} s (model {run.cfg.model}, seed {run.cfg.seed}, "
+        f"{run.n_train} train images, {summary['images_per_second'] or 0:.1f} train images/s)"
+    )
+
+
+def _plot(run: Run) -> None:
+    from train import plots
+
+    out_dir = run.opts.out_dir
+    plots.plot_curves(run.history, out_dir / "curves.png", run.cfg.label_smoothing, run.cfg.tta)
+    plots.plot_filters(models.first_conv(run.model).weight[...], out_dir / "filters.png")
+    cm = plots.confusion_matrix(run.test_labels, run.predictions, len(run.class_names))
+    plots.plot_confusion(cm, run.class_names, out_dir / "confusion.png")
+
+
+def _summary(run: Run) -> dict:
+    cfg, final = run.cfg, run.history[-1]
+    # Throughput after compilation: the first step of this process (compile) is left out.
+    if run.run_steps > 1:
+        per_s = (run.run_steps - 1) * run.batch_size / (run.run_train_s - run.first_step_s)
+    else:
+        per_s = run.run_steps * run.batch_size / run.run_train_s if run.run_train_s else None
+    return {
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "test_accuracy": final["test_acc_tta"] if cfg.tta else final["test_acc"],
+        "test_accuracy_no_tta": final["test_acc"],
+        "tta": cfg.tta,
+        "wall_time_s": run.elapsed_before + time.perf_counter() - run.start_time,
+        "train_time_s": sum(h["epoch_s"] for h in run.history),
+        "first_step_s": run.first_step_s,  # compile + one step, in this process
+        "images_per_second": per_s,  # training only, after compilation, all devices
+        "epochs": cfg.epochs,
+        "steps": run.total_steps,
+        "batch_size": run.batch_size,
+        "train_images": run.n_train,
+        "test_images": len(run.test_labels),
+        "parameters": models.count_params(run.model),
+        "optimizer": cfg.optimizer,
+        "lr": cfg.lr,
+        "dtype": cfg.dtype,
+        "devices": run.mesh.size,
+        "processes": jax.process_count(),
+        "config": cfg.to_dict(),
+    }
