@@ -10,10 +10,11 @@ variance for ``running_var`` (PyTorch's momentum 0.1 convention, which is
 Flax's ``momentum=0.9``). Evaluation uses the running statistics instead.
 
 The batch statistics are gathered by a ``lax.fori_loop`` over a few chunks of
-the batch, each chunk's mean and sum of squared deviations merged with Chan et
-al.'s pairwise update, which stays accurate when the mean is large compared with
-the spread (the naive ``E[x^2] - E[x]^2`` does not). Cost: about ``5 N C H W``
-flops forward, a few passes over ``x`` in the hand-written backward.
+the batch, each chunk's mean and sum of squared deviations (``chunk_stats``)
+merged with Chan et al.'s pairwise update (``merge_stats``), which stays accurate
+when the mean is large compared with the spread (the naive ``E[x^2] - E[x]^2``
+does not). Cost: about ``5 N C H W`` flops forward, a few passes over ``x`` in the
+hand-written backward.
 """
 
 from __future__ import annotations
@@ -27,19 +28,33 @@ from jax import lax
 from jspatial import _args
 from jspatial import _windows as win
 
-_MAX_CHUNKS = 4
+# Batch statistics are merged over at most this many chunks: each chunk's two-pass
+# variance stays accurate when the mean is large against the spread, and the merge
+# (Chan et al.) keeps the whole accurate without a pass over the full batch at once.
+BN_MAX_CHUNKS = 4
 
 
-def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum=0.1, eps=1e-5):
-    """Batch normalisation with PyTorch's ``torch.nn.functional.batch_norm`` semantics.
+def batch_norm(
+    x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5
+):
+    """Batch normalisation with PyTorch's ``torch.nn.functional.batch_norm`` signature.
+
+    The arguments, their order and defaults are PyTorch's, so
+    ``F.batch_norm(x, running_mean, running_var, weight, bias, True, 0.1, 1e-5)``
+    reads the same here. One difference: JAX arrays are immutable, so where PyTorch
+    updates ``running_mean``/``running_var`` in place, this returns the updated
+    statistics alongside the output.
 
     Args:
-        x: input ``(N, C, H, W)``.
-        weight, bias: ``(C,)`` affine parameters, or ``None`` for 1 and 0.
+        x: input ``(N, C, H, W)``. ``N == 0`` gives an empty output (and, in
+            training, leaves the running statistics as they were), as in PyTorch.
         running_mean, running_var: ``(C,)`` running statistics; may be ``None``
             when ``training`` (nothing is tracked then).
+        weight, bias: ``(C,)`` affine parameters, or ``None`` for 1 and 0.
         training: normalise with batch statistics and update the running ones.
-        momentum: weight of the new batch statistic in the running average, in ``[0, 1]``.
+        momentum: weight of the new batch statistic in the running average, in
+            ``[0, 1]``: a number or a 0-d array (a traced value is fine).
+            PyTorch's ``momentum=None`` exists only on ``BatchNorm2d``, here as there.
         eps: added to the variance before the square root, ``> 0``.
 
     Returns:
@@ -49,20 +64,51 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, training, momentum
     Example:
         >>> import jax.numpy as jnp, jspatial as js
         >>> x = jnp.arange(8.0).reshape(2, 1, 2, 2)
-        >>> y, mean, var = js.batch_norm(x, None, None, jnp.zeros(1), jnp.ones(1), training=True)
-        >>> round(float(y.mean()), 6), mean.tolist(), round(float(var[0]), 4)
-        (0.0, [0.35], 0.9)
+        >>> y, mean, var = js.batch_norm(x, jnp.zeros(1), jnp.ones(1), training=True)
+        >>> round(float(y.mean()), 6), round(float(mean[0]), 4), round(float(var[0]), 4)
+        (0.0, 0.35, 1.5)
     """
     return batch_norm_checked(
-        x, weight, bias, running_mean, running_var, training, momentum, eps, op="batch_norm"
+        x, running_mean, running_var, weight, bias, training, momentum, eps, op="batch_norm"
     )
 
 
-def batch_norm_checked(x, weight, bias, running_mean, running_var, training, momentum, eps, *, op):
-    """``batch_norm`` with errors attributed to ``op`` (the layer uses ``"BatchNorm2d"``)."""
-    _check(x, weight, bias, running_mean, running_var, training, momentum, eps, op)
+def batch_norm_checked(
+    x,
+    running_mean,
+    running_var,
+    weight,
+    bias,
+    training,
+    momentum,
+    eps,
+    *,
+    op,
+    num_features=None,
+    dtype=None,
+):
+    """``batch_norm`` with errors attributed to ``op`` (the layer uses ``"BatchNorm2d"``).
+
+    ``num_features`` is the channel count the caller expects (the layer's), and
+    ``dtype`` the dtype ``x`` is cast to once checked (the layer's compute dtype).
+    """
+    x, running_mean, running_var, weight, bias = _check(
+        x, running_mean, running_var, weight, bias, op, num_features
+    )
+    training = _args.check_bool(training, op, "training")
+    momentum = _args.check_momentum(momentum, op)
+    eps = _args.check_eps(eps, op)
+    if training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+        # PyTorch's rule: one value has no variance (an empty batch is fine).
+        raise ValueError(
+            f"{op} expected more than 1 value per channel when training, got input {tuple(x.shape)}"
+        )
+    if not training and running_mean is None:
+        raise ValueError(f"{op} with training=False needs running_mean and running_var")
+    if dtype is not None:
+        x = x.astype(dtype)
     y, new_mean, new_var = _batch_norm(
-        x, weight, bias, running_mean, running_var, training, momentum, eps
+        x, running_mean, running_var, weight, bias, training, momentum, eps
     )
     if not training:  # the very same arrays come back: evaluation changes nothing
         return y, running_mean, running_var
@@ -70,8 +116,9 @@ def batch_norm_checked(x, weight, bias, running_mean, running_var, training, mom
 
 
 # Compiled once per shape and configuration, so eager calls do not re-trace the loop.
-@partial(jax.jit, static_argnums=(5, 6, 7))
-def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
+# ``momentum`` is traced, not static: ``BatchNorm2d(momentum=None)`` changes it every step.
+@partial(jax.jit, static_argnums=(5, 7))
+def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
     c = x.shape[1]
     acc = win.accum_dtype(x.dtype)
     w = jnp.ones((c,), acc) if weight is None else weight.astype(acc)
@@ -80,10 +127,12 @@ def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, 
         scale = w * lax.rsqrt(running_var.astype(acc) + eps)
         shift = b - running_mean.astype(acc) * scale
         return _affine(x, scale, shift), running_mean, running_var
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    if count == 0:  # nothing to normalise, no statistics to fold in (PyTorch's behaviour)
+        return _affine(x, w, b), running_mean, running_var
     y, mean, var = _bn_train(x, w, b, eps)
     if running_mean is None:
         return y, None, None
-    count = x.shape[0] * x.shape[2] * x.shape[3]
     unbiased = var * (count / (count - 1))
     new_mean = (1 - momentum) * running_mean + momentum * mean
     new_var = (1 - momentum) * running_var + momentum * unbiased
@@ -93,29 +142,46 @@ def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, 
 def batch_stats(x):
     """Per-channel mean and biased variance of ``(N, C, H, W)``, in float32 or wider.
 
-    A ``fori_loop`` over up to four equal chunks of the batch; each chunk's
-    ``(count, mean, m2)`` is merged into the running total with Chan's formula.
+    A ``fori_loop`` over up to ``BN_MAX_CHUNKS`` equal batch chunks
+    (``jspatial._windows.batch_chunks``): ``chunk_stats`` of each chunk, merged into
+    the running total by ``merge_stats`` (Chan's formula).
     """
-    n, c = x.shape[:2]
-    chunks = next(k for k in range(min(_MAX_CHUNKS, n), 0, -1) if n % k == 0)
-    size = n // chunks
-    per_chunk = size * x.shape[2] * x.shape[3]
+    n, c, h, w = x.shape
+    chunks = win.batch_chunks(n, 1, min_rows=1, max_chunks=BN_MAX_CHUNKS)
     acc = win.accum_dtype(x.dtype)
 
-    def merge(i, carry):
-        count, mean, m2 = carry
-        part = win.batch_chunk(x, i, chunks).astype(acc)
-        part_mean = jnp.mean(part, axis=(0, 2, 3))
-        part_m2 = jnp.sum(jnp.square(part - part_mean[None, :, None, None]), axis=(0, 2, 3))
-        total = count + per_chunk
-        delta = part_mean - mean
-        mean = mean + delta * (per_chunk / total)
-        m2 = m2 + part_m2 + jnp.square(delta) * (count * per_chunk / total)
-        return total, mean, m2
+    def step(i, total):
+        return merge_stats(total, chunk_stats(win.batch_chunk(x, i, chunks).astype(acc)))
 
     init = (jnp.zeros((), acc), jnp.zeros((c,), acc), jnp.zeros((c,), acc))
-    count, mean, m2 = lax.fori_loop(0, chunks, merge, init)
+    count, mean, m2 = lax.fori_loop(0, chunks, step, init)
     return mean, m2 / count
+
+
+def chunk_stats(part):
+    """``(count, mean, m2)`` per channel of one batch chunk ``(n, C, H, W)``: the number
+    of values, their mean and the sum of their squared deviations from it (two passes
+    over the chunk)."""
+    count = part.shape[0] * part.shape[2] * part.shape[3]
+    mean = jnp.mean(part, axis=(0, 2, 3))
+    return count, mean, jnp.sum(jnp.square(part - mean[None, :, None, None]), axis=(0, 2, 3))
+
+
+def merge_stats(total, part):
+    """Chan et al.'s update: fold one chunk's ``(count, mean, m2)`` into the running total.
+
+    The two means differ by ``delta``; the merged mean moves towards the chunk's by its
+    share of the values, and ``m2`` gains the chunk's own ``m2`` plus the spread between
+    the two means, ``delta^2 * n_a * n_b / (n_a + n_b)``. No ``E[x^2] - E[x]^2``, so it
+    stays accurate when the mean is large compared with the spread. ``O(C)`` flops.
+    """
+    count, mean, m2 = total
+    part_count, part_mean, part_m2 = part
+    new_count = count + part_count
+    delta = part_mean - mean
+    mean = mean + delta * (part_count / new_count)
+    m2 = m2 + part_m2 + jnp.square(delta) * (count * part_count / new_count)
+    return new_count, mean, m2
 
 
 def _affine(x, scale, shift):
@@ -159,31 +225,30 @@ def _bn_train_bwd(eps, residuals, cotangents):
 _bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
 
 
-def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, op):
-    _args.check_input(x, op)
+def _check(x, running_mean, running_var, weight, bias, op, num_features):
+    """The array arguments, checked and converted (nested lists become arrays)."""
+    x = _args.check_input(x, op)
     c = x.shape[1]
-    if not isinstance(training, bool):
-        raise TypeError(f"{op} training must be a bool, got {training!r}")
-    tracked = (running_mean is not None, running_var is not None)
-    if tracked[0] != tracked[1]:
+    if num_features is not None and c != num_features:
+        raise ValueError(
+            f"{op} channel mismatch: expected {num_features} channels, got {c} "
+            f"(input {tuple(x.shape)})"
+        )
+    if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op} needs both running_mean and running_var, or neither")
-    if not training and not tracked[0]:
-        raise ValueError(f"{op} with training=False needs running_mean and running_var")
     named = {
-        "weight": weight,
-        "bias": bias,
         "running_mean": running_mean,
         "running_var": running_var,
+        "weight": weight,
+        "bias": bias,
     }
     for name, value in named.items():
-        if value is not None and tuple(jnp.shape(value)) != (c,):
+        if value is None:
+            continue
+        value = named[name] = _args.check_array(value, op, name)
+        if tuple(value.shape) != (c,):
             raise ValueError(
                 f"{op} channel mismatch: expected {c} channels, got {name} of shape "
-                f"{tuple(jnp.shape(value))} for input {tuple(x.shape)}"
+                f"{tuple(value.shape)} for input {tuple(x.shape)}"
             )
-    _args.check_momentum(momentum, op)
-    _args.check_eps(eps, op)
-    if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
-        raise ValueError(
-            f"{op} expected more than 1 value per channel when training, got input {tuple(x.shape)}"
-        )
+    return x, *named.values()

@@ -38,7 +38,7 @@ def make_data(shape, dtype=np.float32, seed=0, loc=0.5, scale=2.0):
     return x, params, cots
 
 
-def numpy_bn(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+def numpy_bn(x, running_mean, running_var, weight, bias, training, momentum=0.1, eps=1e-5):
     """The definition in float64, with PyTorch's running-statistics convention."""
     x = np.asarray(x, np.float64)
     c = x.shape[1]
@@ -57,7 +57,7 @@ def numpy_bn(x, weight, bias, running_mean, running_var, training, momentum=0.1,
     return y, new_mean, new_var
 
 
-def jnp_bn(x, weight, bias, running_mean, running_var, training, momentum, eps):
+def jnp_bn(x, running_mean, running_var, weight, bias, training, momentum, eps):
     """Plain ``jnp`` batch norm (autodiff oracle for the hand-written VJP)."""
     axes = (0, 2, 3)
     pc = lambda v: v[None, :, None, None]
@@ -78,7 +78,7 @@ def bn_runner(fn):
 
     @fast_jit
     def run(x, w, b, rm, rv, cots):
-        outs, pull = jax.vjp(lambda x, w, b: fn(x, w, b, rm, rv), x, w, b)
+        outs, pull = jax.vjp(lambda x, w, b: fn(x, rm, rv, w, b), x, w, b)
         return outs, pull(cots)
 
     return run
@@ -88,9 +88,8 @@ def bn_runner(fn):
 def js_runner(name, training):
     _, momentum, eps = CASES[name]
     return bn_runner(
-        lambda x, w, b, rm, rv: js.batch_norm(
-            x, w, b, rm, rv, training=training, momentum=momentum, eps=eps
-        )
+        # Positionally, exactly as F.batch_norm(x, rm, rv, w, b, training, momentum, eps).
+        lambda x, rm, rv, w, b: js.batch_norm(x, rm, rv, w, b, training, momentum, eps)
     )
 
 
@@ -157,23 +156,19 @@ def test_batch_norm_matches_jnp_autodiff_and_float64(name, training):
 def test_eval_returns_running_stats_unchanged():
     x, params, _ = make_data((2, 3, 4, 4))
     rm, rv = jnp.asarray(params["running_mean"]), jnp.asarray(params["running_var"])
-    _, new_mean, new_var = js.batch_norm(x, None, None, rm, rv, training=False)
+    _, new_mean, new_var = js.batch_norm(x, rm, rv)  # training=False is the default
     assert new_mean is rm and new_var is rv
 
 
 def test_momentum_convention_and_unbiased_variance_by_hand():
     x = jnp.arange(8.0).reshape(2, 1, 2, 2)  # mean 3.5, biased var 5.25, unbiased 6.0
-    y, mean, var = js.batch_norm(x, None, None, jnp.zeros(1), jnp.ones(1), training=True)
+    y, mean, var = js.batch_norm(x, jnp.zeros(1), jnp.ones(1), training=True)
     np.testing.assert_allclose(mean, [0.35], rtol=1e-6)  # 0.9 * 0 + 0.1 * 3.5
     np.testing.assert_allclose(var, [1.5], rtol=1e-6)  # 0.9 * 1 + 0.1 * 6.0
     np.testing.assert_allclose(y.ravel(), (np.arange(8) - 3.5) / np.sqrt(5.25 + 1e-5), rtol=1e-5)
-    _, mean, var = js.batch_norm(
-        x, None, None, jnp.zeros(1), jnp.ones(1), training=True, momentum=1.0
-    )
+    _, mean, var = js.batch_norm(x, jnp.zeros(1), jnp.ones(1), training=True, momentum=1.0)
     np.testing.assert_allclose([mean[0], var[0]], [3.5, 6.0], rtol=1e-6)
-    _, mean, var = js.batch_norm(
-        x, None, None, jnp.zeros(1), jnp.ones(1), training=True, momentum=0.0
-    )
+    _, mean, var = js.batch_norm(x, jnp.zeros(1), jnp.ones(1), training=True, momentum=0.0)
     np.testing.assert_array_equal([mean[0], var[0]], [0.0, 1.0])
 
 
@@ -185,7 +180,7 @@ def test_weight_and_bias_none(training):
 
     @fast_jit
     def run(x, cot):
-        f = lambda x: js.batch_norm(x, None, None, rm, rv, training=training)
+        f = lambda x: js.batch_norm(x, rm, rv, training=training)
         outs, pull = jax.vjp(f, x)
         return outs, pull((cot, jnp.zeros_like(rm), jnp.zeros_like(rv)))[0]
 
@@ -203,11 +198,12 @@ def test_running_stats_none_in_training():
 
     @fast_jit
     def run(x, w, b, cot):
-        y, pull = jax.vjp(lambda *a: js.batch_norm(*a, None, None, training=True)[0], x, w, b)
+        f = lambda x, w, b: js.batch_norm(x, None, None, w, b, training=True)[0]
+        y, pull = jax.vjp(f, x, w, b)
         return y, pull(cot)
 
     y, grads = run(x, w, b, cots[0])
-    _, none_mean, none_var = js.batch_norm(x, w, b, None, None, training=True)
+    _, none_mean, none_var = js.batch_norm(x, None, None, w, b, training=True)
     assert none_mean is None and none_var is None
     tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     ty = torch.nn.functional.batch_norm(tx, None, None, tw, tb, training=True)
@@ -223,9 +219,9 @@ def test_large_mean_small_spread_is_accurate():
     x = (1e4 + rng.standard_normal((4, 3, 6, 6))).astype(np.float32)
     rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
     y, new_mean, new_var = fast_jit(
-        lambda x: js.batch_norm(x, None, None, rm, rv, training=True, momentum=1.0)
+        lambda x: js.batch_norm(x, rm, rv, training=True, momentum=1.0)
     )(x)
-    y64, mean64, var64 = numpy_bn(x, None, None, rm, rv, training=True, momentum=1.0)
+    y64, mean64, var64 = numpy_bn(x, rm, rv, None, None, training=True, momentum=1.0)
     np.testing.assert_allclose(new_mean, mean64, rtol=1e-6)  # 1e4 +- one float32 ulp
     np.testing.assert_allclose(new_var, var64, rtol=1e-3)
     # float32 cannot hold the mean to better than ulp(1e4) / 2 ~ 5e-4, so neither y.
@@ -263,13 +259,11 @@ def test_check_grads_float64(x64, training):
     x, params, _ = make_data((3, 2, 3, 4), dtype=np.float64)
     rm, rv = (jnp.asarray(params[k], jnp.float64) for k in ("running_mean", "running_var"))
     # All three outputs, so the gradient through the new running statistics is checked.
-    fn = jax.jit(
-        lambda x, w, b: js.batch_norm(x, w, b, rm, rv, training=training, momentum=0.2, eps=1e-3)
-    )
+    fn = jax.jit(lambda x, w, b: js.batch_norm(x, rm, rv, w, b, training, momentum=0.2, eps=1e-3))
     args = (jnp.asarray(x), jnp.asarray(params["weight"]), jnp.asarray(params["bias"]))
     y, new_mean, new_var = fn(*args)
     assert y.dtype == new_mean.dtype == jnp.float64
-    expected = numpy_bn(x, params["weight"], params["bias"], rm, rv, training, 0.2, 1e-3)
+    expected = numpy_bn(x, rm, rv, params["weight"], params["bias"], training, 0.2, 1e-3)
     for o, o64 in zip((y, new_mean, new_var), expected):
         assert_close(o, o64, jnp.float64)
     jax.test_util.check_grads(fn, args, order=1, modes=("rev",))
@@ -299,6 +293,113 @@ def test_vmap_over_extra_leading_axis_equals_loop():
             assert_close(b[i], o)
 
 
+# ------------------------------------------------ PyTorch's calling conventions
+
+
+def test_positional_call_copied_from_torch():
+    """``F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)``
+    pasted as is: the same output and the same updated statistics."""
+    torch = pytest.importorskip("torch")
+    x, p, _ = make_data((3, 2, 4, 5), seed=3)
+    rm, rv = torch.tensor(p["running_mean"]), torch.tensor(p["running_var"])
+    w, b = torch.tensor(p["weight"]), torch.tensor(p["bias"])
+    for args in ((rm, rv, w, b, True, 0.3, 1e-3), (rm, rv, w, b), (rm, rv)):
+        ours = js.batch_norm(x, *(a.numpy().copy() if hasattr(a, "numpy") else a for a in args))
+        expected = torch.nn.functional.batch_norm(torch.tensor(x), *args)  # updates rm, rv
+        assert_close(ours[0], expected.numpy())
+        assert_close(ours[1], rm.numpy())
+        assert_close(ours[2], rv.numpy())
+
+
+def test_momentum_is_traced_not_static():
+    """A momentum that changes every step (``1 / step``, the cumulative average) reuses one
+    compilation, eager or inside jit, and gives the average of the batch statistics."""
+    from jspatial import norm
+
+    xs = [make_data((2, 3, 4, 4), seed=s)[0] for s in range(3)]
+    rm, rv = jnp.zeros(3), jnp.ones(3)
+    before = norm._batch_norm._cache_size()
+    for step, x in enumerate(xs, start=1):
+        _, rm, rv = js.batch_norm(x, rm, rv, training=True, momentum=jnp.float32(1 / step))
+    assert norm._batch_norm._cache_size() - before == 1
+    stacked = np.stack(xs).astype(np.float64)
+    assert_close(rm, stacked.mean(axis=(1, 3, 4)).mean(axis=0))
+
+    @fast_jit
+    def step_fn(x, rm, rv, momentum):
+        return js.batch_norm(x, rm, rv, None, None, True, momentum)
+
+    _, m1, _ = step_fn(xs[0], jnp.zeros(3), jnp.ones(3), jnp.float32(1.0))
+    _, m2, _ = step_fn(xs[1], m1, jnp.ones(3), jnp.float32(0.5))
+    assert step_fn._cache_size() == 1
+    assert_close(m2, stacked[:2].mean(axis=(1, 3, 4)).mean(axis=0))
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_empty_batch(training):
+    """N == 0 works in both modes, forward and backward, as in PyTorch: an empty output,
+    zero gradients, and (in training) running statistics left as they were."""
+    torch = pytest.importorskip("torch")
+    x = np.zeros((0, 3, 4, 5), np.float32)
+    _, p, _ = make_data((2, 3, 4, 5))
+    rm, rv, w, b = (p[k] for k in ("running_mean", "running_var", "weight", "bias"))
+
+    def loss(x, w, b):
+        y, new_mean, new_var = js.batch_norm(x, rm, rv, w, b, training)
+        return jnp.sum(y), (y, new_mean, new_var)
+
+    for fn in (
+        jax.grad(loss, argnums=(0, 1, 2), has_aux=True),
+        fast_jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True)),
+    ):  # eager and jit
+        (dx, dw, db), (y, new_mean, new_var) = fn(x, w, b)
+        assert y.shape == dx.shape == (0, 3, 4, 5)
+        np.testing.assert_array_equal(dw, np.zeros(3))
+        np.testing.assert_array_equal(db, np.zeros(3))
+        np.testing.assert_array_equal(new_mean, rm)
+        np.testing.assert_array_equal(new_var, rv)
+    t_rm, t_rv = torch.tensor(rm), torch.tensor(rv)
+    ty = torch.nn.functional.batch_norm(torch.tensor(x), t_rm, t_rv, None, None, training)
+    assert tuple(ty.shape) == (0, 3, 4, 5)
+    np.testing.assert_array_equal(t_rm.numpy(), rm)  # PyTorch leaves them too
+
+
+def test_nested_lists_are_arrays():
+    x, p, _ = make_data((2, 2, 2, 3), seed=4)
+    as_lists = {k: v.tolist() for k, v in p.items()}
+    from_lists = js.batch_norm(x.tolist(), **as_lists, training=True)
+    from_arrays = js.batch_norm(x, **p, training=True)
+    for a, b in zip(from_lists, from_arrays):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["input", "running_mean", "running_var", "weight", "bias"])
+def test_torch_tensors_are_refused_by_name(name):
+    torch = pytest.importorskip("torch")
+    x, p, _ = make_data((2, 3, 2, 2))
+    args = {"input": x, **{k: p[k] for k in ("running_mean", "running_var", "weight", "bias")}}
+    args[name] = torch.tensor(args[name])
+    with pytest.raises(TypeError, match=rf"^batch_norm {name} is a torch.Tensor; .*jnp.asarray"):
+        js.batch_norm(*args.values(), training=True)
+
+
+def test_batch_chunks_are_merged_accurately():
+    """Batches big enough to be split: each chunk's statistics merged with Chan's formula
+    match float64, also for a mean that dwarfs the spread."""
+    from jspatial import _windows as win
+
+    shape = (12, 2, 32, 32)
+    assert win.batch_chunks(shape[0], shape[2] * shape[3]) == 3
+    rng = np.random.default_rng(6)
+    x = (1e3 + rng.standard_normal(shape)).astype(np.float32)
+    rm, rv = np.zeros(2, np.float32), np.ones(2, np.float32)
+    y, mean, var = fast_jit(lambda x: js.batch_norm(x, rm, rv, training=True, momentum=1.0))(x)
+    y64, mean64, var64 = numpy_bn(x, rm, rv, None, None, training=True, momentum=1.0)
+    np.testing.assert_allclose(mean, mean64, rtol=1e-6)
+    np.testing.assert_allclose(var, var64, rtol=1e-4)
+    np.testing.assert_allclose(y, y64, atol=2e-4)
+
+
 # --------------------------------------------------------------------------- errors
 
 X = jnp.ones((2, 3, 4, 4))
@@ -315,62 +416,63 @@ C3 = jnp.ones(3)
             r"^batch_norm expected 4D input \(batch, channels, height, width\), got 3D: "
             r"\(3, 4, 4\)$",
         ),
-        ((jnp.ones((2, 3)), None, None, None, None), {}, ValueError, r"expected 4D input"),
+        ((jnp.ones((2, 3)), None, None), {}, ValueError, r"expected 4D input"),
         (
-            (X, jnp.ones(2), C3, C3, C3),
+            (X, C3, C3, jnp.ones(2), C3),
             {},
             ValueError,
             r"batch_norm channel mismatch: expected 3 channels, got weight of shape \(2,\)",
         ),
-        ((X, C3, jnp.ones(4), C3, C3), {}, ValueError, r"got bias of shape \(4,\)"),
-        ((X, C3, C3, jnp.ones(2), C3), {}, ValueError, r"got running_mean of shape \(2,\)"),
-        ((X, C3, C3, C3, jnp.ones((3, 1))), {}, ValueError, r"got running_var of shape \(3, 1\)"),
+        ((X, C3, C3, C3, jnp.ones(4)), {}, ValueError, r"got bias of shape \(4,\)"),
+        ((X, jnp.ones(2), C3, C3, C3), {}, ValueError, r"got running_mean of shape \(2,\)"),
+        ((X, C3, jnp.ones((3, 1))), {}, ValueError, r"got running_var of shape \(3, 1\)"),
+        ((X, jnp.ones(2), jnp.ones(2)), {"training": False}, ValueError, r"channel mismatch"),
+        ((X, C3, C3), {"momentum": -0.1}, ValueError, r"momentum must be in \[0, 1\]"),
+        ((X, C3, C3), {"momentum": 1.5}, ValueError, r"momentum must be in \[0, 1\]"),
+        ((X, C3, C3), {"momentum": jnp.array(2.0)}, ValueError, r"in \[0, 1\], got 2.0"),
         (
-            (X, C3, C3, jnp.ones(2), jnp.ones(2)),
-            {"training": False},
-            ValueError,
-            r"channel mismatch",
+            (X, C3, C3),
+            {"momentum": None},
+            TypeError,
+            r"batch_norm momentum must be a number in \[0, 1\], got None; .*"
+            r"BatchNorm2d\(momentum=None\)",
         ),
-        ((X, C3, C3, C3, C3), {"momentum": -0.1}, ValueError, r"momentum must be in \[0, 1\]"),
-        ((X, C3, C3, C3, C3), {"momentum": 1.5}, ValueError, r"momentum must be in \[0, 1\]"),
-        ((X, C3, C3, C3, C3), {"momentum": None}, TypeError, r"momentum must be a number"),
-        ((X, C3, C3, C3, C3), {"momentum": True}, TypeError, r"momentum must be a number"),
-        ((X, C3, C3, C3, C3), {"eps": 0.0}, ValueError, r"batch_norm eps must be a positive"),
-        ((X, C3, C3, C3, C3), {"eps": -1e-5}, ValueError, r"eps must be a positive number"),
-        ((X, C3, C3, C3, C3), {"training": 1}, TypeError, r"batch_norm training must be a bool"),
-        ((X, C3, C3, C3, None), {}, ValueError, r"needs both running_mean and running_var"),
+        ((X, C3, C3), {"momentum": True}, TypeError, r"momentum must be a number"),
+        ((X, C3, C3), {"momentum": jnp.ones(2)}, TypeError, r"momentum must be a number"),
+        ((X, C3, C3), {"eps": 0.0}, ValueError, r"batch_norm eps must be a positive"),
+        ((X, C3, C3), {"eps": -1e-5}, ValueError, r"eps must be a positive number"),
+        ((X, C3, C3), {"training": 1}, TypeError, r"batch_norm training must be a bool"),
+        ((X, C3, None), {}, ValueError, r"needs both running_mean and running_var"),
         (
-            (X, C3, C3, None, None),
+            (X, None, None),
             {"training": False},
             ValueError,
             r"training=False needs running_mean and running_var",
         ),
         (
-            (jnp.ones((1, 3, 1, 1)), C3, C3, C3, C3),
+            (jnp.ones((1, 3, 1, 1)), C3, C3),
             {},
             ValueError,
-            r"expected more than 1 value per channel when training",
+            r"^batch_norm expected more than 1 value per channel when training, "
+            r"got input \(1, 3, 1, 1\)$",
         ),
         (
-            (jnp.ones((2, 3, 4, 4), jnp.int32), None, None, C3, C3),
+            (jnp.ones((2, 3, 4, 4), jnp.int32), C3, C3),
             {},
             TypeError,
             r"batch_norm expected floating-point input .*got int32",
         ),
         (
-            (jnp.ones((2, 3, 4, 4), jnp.bool_), None, None, C3, C3),
+            (jnp.ones((2, 3, 4, 4), jnp.bool_), C3, C3),
             {},
             TypeError,
             r"batch_norm expected floating-point input .*got bool",
         ),
+        ((X, C3, C3, jnp.ones(3, jnp.int32)), {}, TypeError, r"floating-point weight"),
+        ((jnp.ones((2, 0, 4, 4)), None, None), {}, ValueError, r"at least one channel"),
     ],
 )
 def test_batch_norm_errors(args, kwargs, err, match):
     kwargs = {"training": True} | kwargs
     with pytest.raises(err, match=match):
         js.batch_norm(*args, **kwargs)
-
-
-def test_training_is_keyword_only_and_required():
-    with pytest.raises(TypeError):
-        js.batch_norm(X, C3, C3, C3, C3)  # type: ignore[call-arg]

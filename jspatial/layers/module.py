@@ -15,18 +15,25 @@ The walk behind ``parameters`` is also exposed as functions that accept *any*
 orders attributes alphabetically (``bias`` before ``weight``): PyTorch users
 expect definition order, and an optimizer zipping two ``parameters()`` lists
 needs an order that survives ``nnx.split``/``merge`` and ``nnx.jit``, which this
-one does. ``load_torch_state_dict`` walks the same paths.
+one does.
+
+Names are PyTorch's (``torch_name``, shared with ``load_torch_state_dict`` and
+``to_torch_state_dict``): an ``nnx.Sequential``'s children are ``0``, ``1``, ...
+(not ``layers.0``), and an ``nnx.Linear``'s ``kernel`` is ``weight``, reported in
+PyTorch's ``(out, in)`` layout.
 
 Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from jspatial.layers import Conv2d, parameters
+    >>> from jspatial.layers import Conv2d, named_parameters, parameters
     >>> conv = Conv2d(3, 8, 3, rngs=nnx.Rngs(0))
     >>> [p.shape for p in conv.parameters()]
     [(8, 3, 3, 3), (8,)]
     >>> model = nnx.Sequential(conv, nnx.relu)
     >>> sum(p.size for p in parameters(model))
     224
+    >>> [name for name, _ in named_parameters(model)]
+    ['0.weight', '0.bias']
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
-import numpy as np
 from flax import nnx
 from flax.nnx import reprlib
+
+# One check for counts (channels, features), re-exported for the layers.
+from jspatial._args import positive_int as positive_int
 
 Path = tuple[str | int, ...]
 
@@ -61,7 +70,7 @@ class Module(nnx.Module):
         return parameters(self)
 
     def named_parameters(self) -> list[tuple[str, jax.Array]]:
-        """``(dotted path, array)`` for every ``nnx.Param``, in attribute order."""
+        """``(PyTorch name, array)`` for every ``nnx.Param``, in attribute order."""
         return named_parameters(self)
 
     def extra_repr(self) -> str:
@@ -111,27 +120,81 @@ def named_modules(model: Any) -> list[tuple[Path, nnx.Module]]:
 def parameters(model: Any) -> list[jax.Array]:
     """The trainable arrays of any ``nnx.Module``, in attribute order (``weight``, then ``bias``).
 
+    The arrays of ``named_parameters``, in PyTorch's layout (an ``nnx.Linear``
+    kernel ``(in, out)`` comes back as its ``(out, in)`` weight).
+
     Example:
         >>> from flax import nnx
         >>> from jspatial.layers import BatchNorm2d, parameters
         >>> [p.tolist() for p in parameters(BatchNorm2d(2))]
         [[1.0, 1.0], [0.0, 0.0]]
     """
-    return [var[...] for _, var in named_variables(model, nnx.Param)]
+    return [array for _, array in named_parameters(model)]
 
 
 def named_parameters(model: Any) -> list[tuple[str, jax.Array]]:
-    """``(path joined by '.', array)`` for every ``nnx.Param`` of ``model``, in attribute order."""
-    return [(join_path(path), var[...]) for path, var in named_variables(model, nnx.Param)]
+    """``(name, array)`` for every ``nnx.Param`` of ``model``, with PyTorch's names and layout.
+
+    The names are those of the PyTorch twin's ``named_parameters()`` and
+    ``state_dict()`` (``torch_name``); a parameter shared by two modules is
+    listed once, as PyTorch does.
+
+    Example:
+        >>> from flax import nnx
+        >>> from jspatial.layers import named_parameters
+        >>> head = nnx.Sequential(nnx.Linear(4, 3, rngs=nnx.Rngs(0)))
+        >>> [(name, array.shape) for name, array in named_parameters(head)]
+        [('0.weight', (3, 4)), ('0.bias', (3,))]
+    """
+    return [
+        (name, var[...].T if transpose else var[...])
+        for name, var, transpose in named_torch_variables(model, nnx.Param)
+    ]
 
 
-def positive_int(value: Any, op: str, name: str) -> int:
-    """Constructor check for counts (channels, features), worded like ``jspatial._args``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{op} {name} must be a positive int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{op} {name} must be a positive int, got {value!r}")
-    return int(value)
+def torch_name(model: Any, path: Path) -> tuple[str, bool]:
+    """PyTorch's name for the variable (or module) at ``path`` in ``model``, and whether
+    PyTorch's array is the transpose of ours.
+
+    The attribute path joined by ``'.'``, with two translations: an
+    ``nnx.Sequential`` keeps its children in ``.layers``, PyTorch's ``nn.Sequential``
+    numbers them directly (``features.layers.0.weight`` is ``features.0.weight``);
+    an ``nnx.Linear`` stores ``kernel`` as ``(in, out)``, PyTorch's ``weight`` is
+    ``(out, in)``.
+
+    >>> from flax import nnx
+    >>> model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    >>> torch_name(model, ("layers", 0, "kernel"))
+    ('0.weight', True)
+    """
+    parts: list[str] = []
+    node, transpose = model, False
+    for i, key in enumerate(path):
+        parent = node
+        indexable = isinstance(parent, (nnx.List, nnx.Dict, list, tuple, dict))
+        node = parent[key] if indexable else getattr(parent, key)
+        if isinstance(parent, nnx.Sequential) and key == "layers":
+            continue
+        if i == len(path) - 1 and isinstance(parent, nnx.Linear) and key == "kernel":
+            parts.append("weight")
+            transpose = True
+            continue
+        parts.append(str(key))
+    return ".".join(parts), transpose
+
+
+def named_torch_variables(
+    model: Any,
+    variable_type: type[nnx.Variable] | tuple[type[nnx.Variable], ...] = nnx.Variable,
+    *,
+    unique: bool = True,
+) -> list[tuple[str, nnx.Variable, bool]]:
+    """``(PyTorch name, variable, transposed)`` for ``named_variables(model, ...)``."""
+    found = []
+    for path, var in named_variables(model, variable_type, unique=unique):
+        name, transpose = torch_name(model, path)
+        found.append((name, var, transpose))
+    return found
 
 
 def join_path(path: Path) -> str:

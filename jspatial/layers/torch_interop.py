@@ -2,30 +2,34 @@
 
 A PyTorch ``state_dict`` key is the path of a tensor through the module tree,
 ``features.0.weight`` or ``bn1.running_mean``. The same path through a jspatial
-model (attribute names joined by ``'.'``) names the matching variable, with three
-translations:
+model names the matching variable, translated by ``jspatial.layers.module.torch_name``
+(the names ``named_parameters`` reports too): an ``nnx.Sequential``'s children are
+numbered directly (``features.0.weight``, not ``features.layers.0.weight``), and an
+``nnx.Linear`` ``kernel`` ``(in, out)`` is PyTorch's ``weight`` ``(out, in)``,
+transposed on the way in and out.
 
-- ``nnx.Sequential`` keeps its children in ``.layers``: ``features.layers.0.weight``
-  is PyTorch's ``features.0.weight``;
-- ``nnx.Linear`` stores ``kernel`` as ``(in, out)``: it is PyTorch's ``weight``
-  ``(out, in)`` transposed;
-- ``num_batches_tracked`` of a batch-norm layer is accepted and ignored (jspatial
-  uses a fixed momentum, never the cumulative average that needs the count).
+Every layer's state is PyTorch's, name for name and shape for shape: ``Conv2d``
+and ``ConvTranspose2d`` (``weight`` ``(C_in, C_out // groups, kh, kw)``, as PyTorch
+stores it), ``BatchNorm2d`` (``num_batches_tracked`` included) and ``nnx.Linear``;
+pooling, ``Flatten`` and the other parameter-free layers have none, in both
+frameworks. Exported are all of the model's variables but random-number state,
+caches and intermediates: parameters, batch statistics, and frozen arrays of
+user-defined variable types (PyTorch's parameters with ``requires_grad=False``).
 
 Every tensor is copied: after loading, the model shares no memory with the
 ``state_dict`` (``jnp.asarray`` of a NumPy array may alias it on CPU), and the
-exported arrays share none with the model. PyTorch itself is never imported:
-tensors are recognised by their ``detach``/``numpy`` methods.
+exported tensors share none with the model. Loading never imports PyTorch
+(tensors are recognised by their ``detach``/``numpy`` methods); exporting does.
 
 Example:
     >>> import numpy as np
     >>> from flax import nnx
     >>> from jspatial.layers import Conv2d, load_torch_state_dict, to_torch_state_dict
     >>> model = nnx.Sequential(Conv2d(3, 8, 3, rngs=nnx.Rngs(0)), nnx.relu)
-    >>> sd = to_torch_state_dict(model)
-    >>> sorted(sd), sd["0.weight"].shape
+    >>> sd = to_torch_state_dict(model)  # torch.Tensor values
+    >>> sorted(sd), tuple(sd["0.weight"].shape)
     (['0.bias', '0.weight'], (8, 3, 3, 3))
-    >>> sd["0.bias"] = np.full(8, 0.5, np.float32)
+    >>> sd["0.bias"] = np.full(8, 0.5, np.float32)  # NumPy arrays load too
     >>> load_torch_state_dict(model, sd)
     LoadResult(missing_keys=[], unexpected_keys=[])
     >>> float(model.layers[0].bias[...][0])
@@ -42,10 +46,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jspatial.layers.module import Path, named_modules, named_variables
-from jspatial.layers.norm import BatchNorm2d
+from jspatial.layers.module import named_torch_variables
 
-_IGNORED_BUFFERS = ("num_batches_tracked",)
+# State that PyTorch's state_dict has no counterpart for.
+_NOT_STATE = (nnx.RngState, nnx.Cache, nnx.Intermediate, nnx.Perturbation)
+# A buffer PyTorch itself accepts as missing (BatchNorm keeps its count then).
+_OPTIONAL = "num_batches_tracked"
 
 
 class StateDictError(KeyError, ValueError):
@@ -86,42 +92,19 @@ class _Slot(NamedTuple):
         return shape[::-1] if self.transpose else shape
 
 
-def _torch_key(model: Any, path: Path) -> tuple[str, bool]:
-    """The PyTorch name of the variable or module at ``path``, and whether to transpose it."""
-    parts: list[str] = []
-    node, transpose = model, False
-    for i, key in enumerate(path):
-        parent = node
-        indexable = isinstance(parent, (nnx.List, nnx.Dict, list, tuple, dict))
-        node = parent[key] if indexable else getattr(parent, key)
-        if isinstance(parent, nnx.Sequential) and key == "layers":
-            continue  # PyTorch's nn.Sequential numbers its children directly
-        if i == len(path) - 1 and isinstance(parent, nnx.Linear) and key == "kernel":
-            parts.append("weight")
-            transpose = True
-            continue
-        parts.append(str(key))
-    return ".".join(parts), transpose
-
-
 def _slots(model: Any) -> dict[str, _Slot]:
     slots: dict[str, _Slot] = {}
-    for path, var in named_variables(model, (nnx.Param, nnx.BatchStat), unique=False):
-        key, transpose = _torch_key(model, path)
+    for key, var, transpose in named_torch_variables(model, nnx.Variable, unique=False):
+        if isinstance(var, _NOT_STATE):
+            continue
         if key in slots:
             raise ValueError(f"two variables of the model map to the PyTorch key {key!r}")
         slots[key] = _Slot(var, transpose)
     return slots
 
 
-def _ignorable_keys(model: Any) -> set[str]:
-    """``<prefix>num_batches_tracked`` for every batch-norm layer of the model."""
-    keys = set()
-    for path, module in named_modules(model):
-        if isinstance(module, BatchNorm2d):
-            prefix, _ = _torch_key(model, path)
-            keys.update(f"{prefix}.{name}" if prefix else name for name in _IGNORED_BUFFERS)
-    return keys
+def _optional(key: str) -> bool:
+    return key == _OPTIONAL or key.endswith("." + _OPTIONAL)
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -148,6 +131,8 @@ def load_torch_state_dict(
         model: any ``nnx.Module`` built from jspatial layers, ``nnx.Linear``,
             ``nnx.Sequential``/``nnx.List`` and user modules; its attribute paths
             must mirror the PyTorch model's (``self.conv1`` <-> ``self.conv1``).
+            A missing ``num_batches_tracked`` leaves the layer's count as it is,
+            as PyTorch does.
         state_dict: ``torch_model.state_dict()``, or a mapping of the same keys to
             NumPy/JAX arrays.
         strict: reject missing and unexpected keys. With ``strict=False`` they are
@@ -160,9 +145,8 @@ def load_torch_state_dict(
         StateDictError: keys missing, unexpected (when ``strict``) or mis-shaped.
     """
     slots = _slots(model)
-    ignorable = _ignorable_keys(model)
-    missing = [key for key in slots if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in slots and key not in ignorable]
+    missing = [key for key in slots if key not in state_dict and not _optional(key)]
+    unexpected = [key for key in state_dict if key not in slots]
     mismatched: dict[str, str] = {}  # key -> what is wrong with it
     staged: list[tuple[nnx.Variable, jax.Array]] = []
     for key, slot in slots.items():
@@ -203,19 +187,39 @@ def load_torch_state_dict(
     return LoadResult(missing, unexpected)  # both empty when strict
 
 
-def to_torch_state_dict(model: Any) -> dict[str, np.ndarray]:
-    """Export ``model``'s parameters and running statistics as a PyTorch-keyed dict of NumPy.
+def to_torch_state_dict(model: Any) -> dict[str, Any]:
+    """Export ``model``'s state as a PyTorch ``state_dict`` of ``torch.Tensor``s.
 
-    The arrays are copies in the variables' dtypes (``nnx.Linear`` kernels
-    transposed to ``(out, in)``), in attribute order. ``num_batches_tracked`` is
-    not exported; PyTorch fills it in when loading a plain dict. bfloat16 variables
-    come back as ``ml_dtypes.bfloat16`` arrays, which ``torch.from_numpy`` rejects:
-    cast them with ``.astype(np.float32)`` first. To load::
+    So that ``torch_model.load_state_dict(to_torch_state_dict(model), strict=True)``
+    works as written: PyTorch's keys in attribute order, PyTorch's layouts
+    (``nnx.Linear`` kernels transposed to ``(out, in)``), the variables' dtypes
+    (``bfloat16`` included) except ``num_batches_tracked``, which is int64 as in
+    PyTorch. The tensors are copies on the CPU.
 
-        torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    Raises:
+        ImportError: PyTorch is not installed (``pip install torch``).
+
+    Example:
+        >>> from jspatial.layers import BatchNorm2d, to_torch_state_dict
+        >>> sd = to_torch_state_dict(BatchNorm2d(2))
+        >>> list(sd), sd["num_batches_tracked"].dtype
+        (['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'], torch.int64)
     """
-    out: dict[str, np.ndarray] = {}
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            "to_torch_state_dict returns torch.Tensors and needs PyTorch: pip install torch"
+        ) from error
+    out: dict[str, Any] = {}
     for key, slot in _slots(model).items():
         array = np.array(slot.variable[...], copy=True)
-        out[key] = np.ascontiguousarray(array.T) if slot.transpose else array
+        if slot.transpose:
+            array = np.ascontiguousarray(array.T)
+        if _optional(key):
+            out[key] = torch.tensor(array, dtype=torch.int64)
+        elif array.dtype == jnp.bfloat16:  # NumPy has no bfloat16 of its own: via float32
+            out[key] = torch.from_numpy(array.astype(np.float32)).to(torch.bfloat16)
+        else:
+            out[key] = torch.from_numpy(array)
     return out

@@ -98,6 +98,7 @@ def randomise_torch(torch, model, seed=0):
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             if name.endswith("num_batches_tracked"):
+                tensor.fill_(int(torch.randint(1, 100, (), generator=gen)))
                 continue
             noise = torch.rand(tensor.shape, generator=gen)
             if name.endswith("running_var"):

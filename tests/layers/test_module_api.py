@@ -68,17 +68,18 @@ def test_parameters_follow_attribute_order_recursively():
         "conv1.weight", "conv1.bias",
         "bn1.weight", "bn1.bias",
         "branches.0.weight", "branches.0.bias",
-        "head.layers.1.kernel", "head.layers.1.bias",
+        "head.1.weight", "head.1.bias",  # PyTorch's names for an nn.Sequential and nn.Linear
     ]  # fmt: skip
     arrays = block.parameters()
     assert [a.shape for a in arrays] == [
-        (8, 3, 3, 3), (8,), (8,), (8,), (8,), (8,), (8, 4), (4,)
+        (8, 3, 3, 3), (8,), (8,), (8,), (8,), (8,), (4, 8), (4,)  # Linear: PyTorch's (out, in)
     ]  # fmt: skip
+    np.testing.assert_array_equal(arrays[6], block.head.layers[1].kernel[...].T)
     assert all(isinstance(a, jax.Array) for a in arrays)
     np.testing.assert_array_equal(arrays[0], block.conv1.weight[...])
     # The function form takes any nnx.Module, here a plain one.
     assert [n for n, _ in named_parameters(Outer(rngs=rngs()))][-3:] == [
-        "features.layers.0.head.layers.1.bias", "bn.weight", "bn.bias"
+        "features.0.head.1.bias", "bn.weight", "bn.bias"
     ]  # fmt: skip
     # The set of parameters is nnx's: only the order differs (nnx sorts by name).
     assert sum(a.size for a in arrays) == sum(
@@ -88,7 +89,9 @@ def test_parameters_follow_attribute_order_recursively():
 
 def test_running_statistics_are_not_parameters():
     stats = named_variables(BatchNorm2d(3), nnx.BatchStat)
-    assert [path for path, _ in stats] == [("running_mean",), ("running_var",)]
+    assert [path for path, _ in stats] == [
+        ("running_mean",), ("running_var",), ("num_batches_tracked",)
+    ]  # fmt: skip
     assert len(BatchNorm2d(3).parameters()) == 2
 
 
@@ -187,14 +190,15 @@ def test_split_merge_round_trip():
     model.layers[1].running_var[...] = jnp.linspace(0.5, 2.0, 8)
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     assert {p for p, _ in nnx.to_flat_state(stats)} == {
-        ("layers", 1, "running_mean"), ("layers", 1, "running_var")
+        ("layers", 1, "running_mean"), ("layers", 1, "running_var"),
+        ("layers", 1, "num_batches_tracked"),
     }  # fmt: skip
     clone = nnx.merge(graphdef, params, stats)
     assert isinstance(clone.layers[0], Conv2d) and clone.layers[0].padding == ((1, 1), (1, 1))
     # Same parameters in the same order, though NNX rebuilt ``clone`` attribute by
     # attribute in alphabetical order.
     assert [n for n, _ in named_parameters(clone)] == [
-        "layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"
+        "0.weight", "0.bias", "1.weight", "1.bias"
     ]  # fmt: skip
     for a, b in zip(parameters(clone), parameters(model)):
         np.testing.assert_array_equal(a, b)
@@ -250,7 +254,10 @@ def test_repr_of_composite_models():
     model = nnx.Sequential(Conv2d(3, 8, 3, padding=1, rngs=rngs()), BatchNorm2d(8), MaxPool2d(2))
     text = repr(model)
     assert "Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))" in text
-    assert "BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)" in text
+    assert (
+        "BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"
+        in text
+    )
     assert "MaxPool2d(kernel_size=(2, 2), stride=(2, 2))" in text
     # A user's Module keeps Flax's tree display, with the one-line layers inside.
     text = repr(Block(rngs=rngs()))

@@ -37,6 +37,9 @@ def test_parameters_and_statistics():
     np.testing.assert_array_equal(bias, np.zeros(16))
     np.testing.assert_array_equal(bn.running_mean[...], np.zeros(16))
     np.testing.assert_array_equal(bn.running_var[...], np.ones(16))
+    assert isinstance(bn.num_batches_tracked, nnx.BatchStat)
+    count = bn.num_batches_tracked[...]
+    assert count.shape == () and jnp.issubdtype(count.dtype, jnp.integer) and int(count) == 0
     assert bn.use_running_average is False
     assert (bn.eps, bn.momentum) == (1e-5, 0.1)
 
@@ -44,7 +47,7 @@ def test_parameters_and_statistics():
 def test_affine_false_and_no_tracking():
     bn = BatchNorm2d(4, affine=False, track_running_stats=False)
     assert bn.weight is None and bn.bias is None and bn.parameters() == []
-    assert bn.running_mean is None and bn.running_var is None
+    assert bn.running_mean is None and bn.running_var is None and bn.num_batches_tracked is None
     assert nnx.state(bn, nnx.BatchStat) == nnx.State({})
 
 
@@ -195,7 +198,7 @@ def test_input_errors():
         ValueError, match=r"^BatchNorm2d expected more than 1 value per channel when training"
     ):
         bn(jnp.ones((1, 3, 1, 1)))
-    with pytest.raises(TypeError, match=r"^BatchNorm2d use_running_average must be a Python bool"):
+    with pytest.raises(TypeError, match=r"^BatchNorm2d use_running_average must be a bool"):
         bn(jnp.ones((2, 3, 4, 4)), use_running_average="yes")
 
 
@@ -207,9 +210,9 @@ def test_input_errors():
         ((3,), {"eps": 0.0}, ValueError, r"^BatchNorm2d eps must be a positive number, got 0.0$"),
         ((3,), {"momentum": 1.5}, ValueError,
          r"^BatchNorm2d momentum must be in \[0, 1\], got 1.5$"),
-        ((3,), {"momentum": None}, TypeError,
-         r"^BatchNorm2d momentum must be a number in \[0, 1\], got None \(momentum=None"),
-        ((3,), {"affine": 1}, TypeError, r"^BatchNorm2d affine must be a bool, got 1$"),
+        ((3,), {"momentum": "0.1"}, TypeError,
+         r"^BatchNorm2d momentum must be a number in \[0, 1\], got '0.1'"),
+        ((3,), {"affine": 1}, TypeError, r"^BatchNorm2d affine must be a bool, got 1 \(int\)$"),
         ((3,), {"track_running_stats": "no"}, TypeError,
          r"^BatchNorm2d track_running_stats must be a bool"),
     ],
@@ -221,14 +224,32 @@ def test_constructor_errors(args, kwargs, error, message):
 
 def test_repr():
     assert repr(BatchNorm2d(16)) == (
-        "BatchNorm2d(16, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+        "BatchNorm2d(16, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"
     )
-    assert repr(BatchNorm2d(8, 1e-3, 0.01, affine=False, track_running_stats=False)) == (
-        "BatchNorm2d(8, eps=0.001, momentum=0.01, affine=False, track_running_stats=False)"
+    # affine and track_running_stats are positional, as in PyTorch.
+    assert repr(BatchNorm2d(8, 1e-3, None, False, False)) == (
+        "BatchNorm2d(8, eps=0.001, momentum=None, affine=False, bias=False, "
+        "track_running_stats=False)"
     )
+
+
+def test_bias_false_keeps_weight_only():
+    bn = BatchNorm2d(3, bias=False)
+    assert bn.bias is None and [n for n, _ in bn.named_parameters()] == ["weight"]
+    with pytest.raises(TypeError, match=r"^BatchNorm2d bias must be a bool"):
+        BatchNorm2d(3, bias=None)
 
 
 # ---------------------------------------------------------------- PyTorch
+
+
+def copy_affine(torch, reference, ours):
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+        ours.weight[...] = jnp.asarray(reference.weight.numpy())
+        if reference.bias is not None:
+            reference.bias.uniform_(-1, 1)
+            ours.bias[...] = jnp.asarray(reference.bias.numpy())
 
 
 @pytest.mark.parametrize(
@@ -236,7 +257,9 @@ def test_repr():
     [
         {"eps": 1e-5, "momentum": 0.1},
         {"eps": 1e-3, "momentum": 0.3},
+        {"eps": 1e-5, "momentum": None},
         {"eps": 1e-5, "momentum": 0.1, "affine": False},
+        {"eps": 1e-5, "momentum": 0.1, "bias": False},
         {"eps": 1e-5, "momentum": 0.1, "track_running_stats": False},
     ],
 )
@@ -246,18 +269,93 @@ def test_matches_torch_in_train_and_eval(config):
     reference = torch.nn.BatchNorm2d(3, **config)
     ours = BatchNorm2d(3, **config)
     if reference.affine:
-        with torch.no_grad():
-            reference.weight.uniform_(0.5, 1.5)
-            reference.bias.uniform_(-1, 1)
-        ours.weight[...] = jnp.asarray(reference.weight.detach().numpy())
-        ours.bias[...] = jnp.asarray(reference.bias.detach().numpy())
-    for step in range(2):  # training mode, twice: the running averages compound
-        x = np.array(batch(step))  # writable, for torch.from_numpy
+        copy_affine(torch, reference, ours)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    for step in range(3):  # training mode: the running averages compound
+        x = np.array(batch(step, scale=1 + step, shift=step))  # writable, for torch.from_numpy
         assert_close(ours(jnp.asarray(x)), reference(torch.from_numpy(x)).detach().numpy())
     if reference.track_running_stats:
         assert_close(ours.running_mean[...], reference.running_mean.numpy())
         assert_close(ours.running_var[...], reference.running_var.numpy())
+        assert int(ours.num_batches_tracked[...]) == int(reference.num_batches_tracked) == 3
+    assert repr(ours) == repr(reference)
     reference.eval()
     ours.eval()
     x = np.array(batch(5))
     assert_close(ours(jnp.asarray(x)), reference(torch.from_numpy(x)).detach().numpy())
+    if reference.track_running_stats:
+        assert int(ours.num_batches_tracked[...]) == 3  # evaluation does not count
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_cumulative_average_compiles_once(jit):
+    """momentum=None: the factor 1 / num_batches_tracked is a traced value (inside
+    nnx.jit) or an array (eager), so every step reuses the first step's compilation;
+    the results are PyTorch's."""
+    torch = pytest.importorskip("torch")
+    from jspatial import norm
+
+    reference = torch.nn.BatchNorm2d(3, momentum=None)
+    ours = BatchNorm2d(3, momentum=None)
+    copy_affine(torch, reference, ours)
+    traces = []
+
+    def step(bn, x):
+        traces.append(1)  # runs once per trace
+        return bn(x)
+
+    step = nnx.jit(step) if jit else step
+    compiled = norm._batch_norm._cache_size()
+    for i in range(4):
+        x = np.array(batch(i, scale=1 + i, shift=-i))
+        assert_close(step(ours, jnp.asarray(x)), reference(torch.from_numpy(x)).detach().numpy())
+    assert len(traces) == (1 if jit else 4)
+    assert norm._batch_norm._cache_size() - compiled <= 1  # eager: one new entry at most
+    assert int(ours.num_batches_tracked[...]) == 4
+    assert_close(ours.running_mean[...], reference.running_mean.numpy())
+    assert_close(ours.running_var[...], reference.running_var.numpy())
+
+
+def test_num_batches_tracked_counts_training_calls_only():
+    bn = BatchNorm2d(3)
+    x = batch()
+    bn(x)
+    bn(x, use_running_average=True)  # evaluated once: not counted
+    bn(x)
+    assert int(bn.num_batches_tracked[...]) == 2
+    bn.eval()
+    bn(x)
+    assert int(bn.num_batches_tracked[...]) == 2
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_empty_batch_as_torch(train):
+    """N == 0: an empty output in both modes; training counts the batch but leaves the
+    running statistics where they were, as PyTorch does."""
+    torch = pytest.importorskip("torch")
+    reference, ours = torch.nn.BatchNorm2d(3), BatchNorm2d(3)
+    ours.running_mean[...] = jnp.array([1.0, 2.0, 3.0])
+    with torch.no_grad():
+        reference.running_mean.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    if not train:
+        reference.eval()
+        ours.eval()
+    x = np.zeros((0, 3, 4, 4), np.float32)
+    y = ours(jnp.asarray(x))
+    assert y.shape == tuple(reference(torch.from_numpy(x)).shape) == (0, 3, 4, 4)
+    assert int(ours.num_batches_tracked[...]) == int(reference.num_batches_tracked) == int(train)
+    np.testing.assert_array_equal(ours.running_mean[...], reference.running_mean.numpy())
+    np.testing.assert_array_equal(ours.running_var[...], reference.running_var.numpy())
+    grads = nnx.grad(lambda bn: jnp.sum(bn(jnp.asarray(x))))(ours)
+    for _, g in nnx.to_flat_state(grads):
+        np.testing.assert_array_equal(g[...], 0.0)
+
+
+def test_torch_tensor_and_nested_list_inputs():
+    torch = pytest.importorskip("torch")
+    bn = BatchNorm2d(3)
+    with pytest.raises(TypeError, match=r"^BatchNorm2d input is a torch.Tensor; .*jnp.asarray"):
+        bn(torch.ones(2, 3, 4, 4))
+    assert int(bn.num_batches_tracked[...]) == 0  # a refused call counts nothing
+    x = batch()
+    assert_close(bn(np.asarray(x).tolist()), BatchNorm2d(3)(x))

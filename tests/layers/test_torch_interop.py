@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from jspatial.layers import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
+    AvgPool2d,
     BatchNorm2d,
     Conv2d,
     Flatten,
+    GlobalAvgPool2d,
     LoadResult,
     MaxPool2d,
+    MaxUnpool2d,
     StateDictError,
     load_torch_state_dict,
+    named_parameters,
     to_torch_state_dict,
 )
 from tests.layers.helpers import (
@@ -74,6 +82,8 @@ def test_same_cnn_in_torch_and_jspatial(torch):
         torch_bn, our_bn = getattr(reference, name), getattr(ours, name)
         assert_close(our_bn.running_mean[...], torch_bn.running_mean.numpy())
         assert_close(our_bn.running_var[...], torch_bn.running_var.numpy())
+        # Loaded (randomised), then counted once more by the training-mode call.
+        assert int(our_bn.num_batches_tracked[...]) == int(torch_bn.num_batches_tracked) > 1
 
 
 def test_sequential_models_and_export_round_trip(torch):
@@ -92,12 +102,18 @@ def test_sequential_models_and_export_round_trip(torch):
         nn.Flatten(), nn.Linear(8 * 8 * 8, 5),
     )  # fmt: skip
 
+    ours.layers[1].num_batches_tracked[...] = 7
     exported = to_torch_state_dict(ours)
-    torch_keys = [k for k in reference.state_dict() if not k.endswith("num_batches_tracked")]
-    assert list(exported) == torch_keys  # same keys, in PyTorch's order
+    assert list(exported) == list(reference.state_dict())  # same keys, in PyTorch's order
     assert exported["5.weight"].shape == (5, 512)  # nnx.Linear kernel (512, 5), transposed
-    assert all(isinstance(v, np.ndarray) for v in exported.values())
-    reference.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()})
+    assert all(isinstance(v, torch.Tensor) for v in exported.values())
+    assert exported["1.num_batches_tracked"].dtype == torch.int64
+    reference.load_state_dict(to_torch_state_dict(ours), strict=True)  # as written
+    assert int(reference[1].num_batches_tracked) == 7
+    # The names (and shapes) a model reports are PyTorch's.
+    assert [(n, tuple(a.shape)) for n, a in named_parameters(ours)] == [
+        (n, tuple(p.shape)) for n, p in reference.named_parameters()
+    ]
 
     x = np.random.default_rng(2).standard_normal((4, 3, SIZE, SIZE)).astype(np.float32)
     reference.eval()
@@ -112,7 +128,7 @@ def test_sequential_models_and_export_round_trip(torch):
     assert_model_unchanged(ours, before)
 
 
-def test_nested_sequential_key_mapping():
+def test_nested_sequential_key_mapping(torch):
     class Net(nnx.Module):
         def __init__(self):
             self.features = nnx.Sequential(Conv2d(3, 4, 3, rngs=rngs()), nnx.relu)
@@ -122,6 +138,7 @@ def test_nested_sequential_key_mapping():
     assert keys == [
         "features.0.weight", "features.0.bias",
         "blocks.0.weight", "blocks.0.bias", "blocks.0.running_mean", "blocks.0.running_var",
+        "blocks.0.num_batches_tracked",
     ]  # fmt: skip
 
 
@@ -152,7 +169,7 @@ def test_missing_unexpected_and_misshaped_keys_are_reported_together(torch):
     assert_model_unchanged(model, before)
 
 
-def test_errors_are_key_and_value_errors():
+def test_errors_are_key_and_value_errors(torch):
     model = BatchNorm2d(2)
     with pytest.raises(KeyError, match=r"missing keys \(4\): weight, bias, running_mean"):
         load_torch_state_dict(model, {})
@@ -180,11 +197,18 @@ def test_non_strict_skips_missing_and_unexpected_but_not_misshaped(torch):
     assert_model_unchanged(model, loaded)
 
 
-def test_num_batches_tracked_is_accepted_only_on_batch_norm_layers(torch):
+def test_num_batches_tracked_is_loaded_optional_and_only_on_batch_norm_layers(torch):
     model = SmallCNN(size=SIZE, rngs=rngs())
     state = torch_cnn(torch, size=SIZE).state_dict()
-    assert "bn1.num_batches_tracked" in state
-    load_torch_state_dict(model, state)  # strict, and no complaint
+    state["bn1.num_batches_tracked"].fill_(12)
+    load_torch_state_dict(model, state)
+    assert int(model.bn1.num_batches_tracked[...]) == 12
+    # Missing, it keeps the layer's count, as PyTorch does: no error even when strict.
+    del state["bn1.num_batches_tracked"]
+    state["bn2.num_batches_tracked"].fill_(3)
+    assert load_torch_state_dict(model, state) == LoadResult([], [])
+    assert int(model.bn1.num_batches_tracked[...]) == 12
+    assert int(model.bn2.num_batches_tracked[...]) == 3
     state["conv1.num_batches_tracked"] = torch.tensor(0)
     with pytest.raises(StateDictError, match=r"unexpected keys \(1\): conv1.num_batches_tracked"):
         load_torch_state_dict(model, state)
@@ -212,11 +236,11 @@ def test_loading_copies_numpy_and_torch_sources(torch):
     np.testing.assert_array_equal(model.layers[1].running_var[...], 1.0)
 
 
-def test_exported_arrays_are_copies():
+def test_exported_tensors_are_copies(torch):
     model = BatchNorm2d(3)
     exported = to_torch_state_dict(model)
-    exported["weight"][...] = 5.0
-    exported["running_var"][...] = 5.0
+    exported["weight"].fill_(5.0)
+    exported["running_var"].fill_(5.0)
     np.testing.assert_array_equal(model.weight[...], 1.0)
     np.testing.assert_array_equal(model.running_var[...], 1.0)
 
@@ -234,3 +258,57 @@ def test_values_are_cast_to_the_variable_dtype(torch):
         assert var[...].dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(model.bias[...], np.float32), [0.25, 1.0])
     np.testing.assert_array_equal(np.asarray(model.running_mean[...], np.float32), [0.0, 1.0])
+    # And back: bfloat16 tensors, which a bfloat16 PyTorch layer takes as they are.
+    exported = to_torch_state_dict(model)
+    assert exported["bias"].dtype == torch.bfloat16
+    reference = torch.nn.BatchNorm2d(2, dtype=torch.bfloat16)
+    reference.load_state_dict(exported, strict=True)
+    assert reference.bias.float().tolist() == [0.25, 1.0]
+
+
+def test_export_needs_torch_and_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # "import torch" now fails
+    with pytest.raises(ImportError, match=r"^to_torch_state_dict .*pip install torch"):
+        to_torch_state_dict(BatchNorm2d(2))
+
+
+def test_every_state_variable_but_random_state_is_exported(torch):
+    """A frozen array of a user-defined variable type is state (PyTorch: a parameter with
+    requires_grad=False); a Dropout's random-number streams are not."""
+
+    class Frozen(nnx.Variable):
+        pass
+
+    class Net(nnx.Module):
+        def __init__(self):
+            self.fc = nnx.Linear(3, 2, rngs=rngs())
+            self.fc.kernel = Frozen(self.fc.kernel[...])
+            self.drop = nnx.Dropout(0.5, rngs=rngs())
+
+    net = Net()
+    reference = torch.nn.Module()
+    reference.fc = torch.nn.Linear(3, 2)
+    reference.fc.weight.requires_grad_(False)
+    reference.drop = torch.nn.Dropout(0.5)
+    exported = to_torch_state_dict(net)
+    assert list(exported) == ["fc.weight", "fc.bias"]
+    reference.load_state_dict(exported, strict=True)
+    np.testing.assert_array_equal(reference.fc.weight.numpy(), np.asarray(net.fc.kernel[...]).T)
+    with torch.no_grad():
+        reference.fc.weight.fill_(0.5)
+    load_torch_state_dict(net, reference.state_dict())
+    np.testing.assert_array_equal(net.fc.kernel[...], 0.5)
+
+
+def test_parameter_free_layers_have_no_keys_in_either_framework(torch):
+    nn = torch.nn
+    ours = nnx.Sequential(
+        MaxPool2d(2), AvgPool2d(2), GlobalAvgPool2d(), AdaptiveAvgPool2d(3),
+        AdaptiveMaxPool2d(2), MaxUnpool2d(2), Flatten(),
+    )  # fmt: skip
+    reference = nn.Sequential(
+        nn.MaxPool2d(2), nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1), nn.AdaptiveAvgPool2d(3),
+        nn.AdaptiveMaxPool2d(2), nn.MaxUnpool2d(2), nn.Flatten(),
+    )  # fmt: skip
+    assert to_torch_state_dict(ours) == {} == reference.state_dict()
+    assert load_torch_state_dict(ours, reference.state_dict()) == LoadResult([], [])
