@@ -26,16 +26,19 @@ import jax.numpy as jnp
 from jax import lax
 
 import jspatial as js
+from jspatial.shapes import conv_transpose2d_macs
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
-    op: str  # conv | maxpool | bn
+    op: str  # conv | conv_transpose | maxpool | bn
     shape: tuple  # input (N, C, H, W)
     out_channels: int = 0
     kernel: int = 3
     padding: int = 1
+    stride: int = 1  # conv_transpose only
+    output_padding: int = 0  # conv_transpose only
 
 
 def _suites(batch_core: int = 128, batch_model: int = 512) -> dict[str, list[Case]]:
@@ -49,6 +52,14 @@ def _suites(batch_core: int = 128, batch_model: int = 512) -> dict[str, list[Cas
         Case("conv 256->256 @8", "conv", (b, 256, 8, 8), 256),
         Case("maxpool 2x2 64ch @32", "maxpool", (b, 64, 32, 32), kernel=2, padding=0),
         Case("batchnorm 256ch @8", "bn", (b, 256, 8, 8)),
+        Case(
+            "conv_transpose 256->128 s2 @8->16",
+            "conv_transpose",
+            (b, 256, 8, 8),
+            128,
+            stride=2,
+            output_padding=1,
+        ),
     ]
     m = batch_model
     model = [
@@ -78,6 +89,16 @@ def _jax_fns(case: Case, impl: str):
             f = lambda x, w: lax.conv_general_dilated(  # noqa: E731
                 x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=("NCHW", "OIHW", "NCHW")
             )
+    elif case.op == "conv_transpose":
+        s, op = case.stride, case.output_padding
+        if impl == "ours":
+            f = lambda x, w: js.conv_transpose2d(x, w, None, s, p, op)  # noqa: E731
+        else:  # the same op as an input-dilated convolution, kernel flipped and transposed
+            pads = ((k - 1 - p, k - 1 - p + op),) * 2
+            f = lambda x, w: lax.conv_transpose(  # noqa: E731
+                x, w, (s, s), pads, dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                transpose_kernel=True,
+            )  # fmt: skip
     elif case.op == "maxpool":
         if impl == "ours":
             f = lambda x, w: js.max_pool2d(x, k)  # noqa: E731
@@ -89,7 +110,7 @@ def _jax_fns(case: Case, impl: str):
         c = case.shape[1]
         stats = (jnp.zeros(c), jnp.ones(c))
         if impl == "ours":
-            f = lambda x, w: js.batch_norm(x, w, w, *stats, training=True)[0]  # noqa: E731
+            f = lambda x, w: js.batch_norm(x, *stats, w, w, training=True)[0]  # noqa: E731
         else:
             f = lambda x, w: _xla_batch_norm(x, w, w)  # noqa: E731
 
@@ -111,6 +132,9 @@ def _inputs(case: Case):
     x = jax.random.normal(key, case.shape, jnp.float32)
     if case.op == "conv":
         w = jax.random.normal(key, (case.out_channels, case.shape[1], case.kernel, case.kernel))
+        return x, w * 0.05
+    if case.op == "conv_transpose":  # weight (C_in, C_out, kh, kw), as torch's
+        w = jax.random.normal(key, (case.shape[1], case.out_channels, case.kernel, case.kernel))
         return x, w * 0.05
     return x, jnp.ones((case.shape[1],), jnp.float32)
 
@@ -135,6 +159,10 @@ def _torch_fns(case: Case):
             memory_format=torch.channels_last
         )
         f = lambda x, w: F.conv2d(x, w, padding=p)  # noqa: E731
+    elif case.op == "conv_transpose":
+        w = torch.randn(case.shape[1], case.out_channels, k, k) * 0.05
+        s, op = case.stride, case.output_padding
+        f = lambda x, w: F.conv_transpose2d(x, w, None, s, p, op)  # noqa: E731
     elif case.op == "maxpool":
         w = torch.ones(case.shape[1])
         f = lambda x, w: F.max_pool2d(x, k)  # noqa: E731
@@ -196,6 +224,12 @@ def run_case(case: Case, repeats: int, with_torch: bool) -> dict:
 
 
 def _gflops(case: Case, ms: float, passes: int) -> str:
+    if case.op == "conv_transpose":
+        macs = conv_transpose2d_macs(
+            case.shape, case.out_channels, case.kernel, case.stride, case.padding,
+            case.output_padding,
+        )  # fmt: skip
+        return f"{2 * macs * passes / (ms * 1e-3) / 1e9:.0f}"
     if case.op != "conv":
         return ""
     macs = js.conv2d_macs(case.shape, case.out_channels, case.kernel, padding=case.padding)

@@ -1,4 +1,4 @@
-"""2-D convolution (cross-correlation) as a loop over kernel taps.
+"""2-D convolution (cross-correlation) and its transpose, as loops over kernel taps.
 
 A 3x3 convolution is nine matrix products. For tap ``(i, j)`` take the block of
 the (padded) input that this tap sees for every output pixel, flatten it to a
@@ -15,6 +15,19 @@ each tap's window gives that tap's weight gradient, ``window(x, t).T @ g``, and
 the input gradient is scattered back through the same window, ``g @ w[t].T``.
 Only ``x`` and ``w`` are kept for it; autodiff of the loop would instead save
 one window copy per tap (``kh * kw`` copies of the input).
+
+Two loops therefore do all the work, and both ops are written with them:
+
+============================  =========================  ==========================
+loop                          ``conv2d``                 ``conv_transpose2d``
+============================  =========================  ==========================
+``_forward_loop``             forward                    input gradient
+``_input_grad_loop``          input gradient             forward
+weight gradient (fused into   ``window(x).T @ g``        ``window(g).T @ x``
+whichever loop runs last)
+============================  =========================  ==========================
+
+A transposed convolution *is* the input gradient of a convolution, run as an op.
 
 Memory: both passes run the tap loop once per batch chunk (up to 8 chunks of at
 least 4096 output pixels, ``jspatial._windows.batch_chunks``), converting each
@@ -35,6 +48,7 @@ from jax import lax
 
 from jspatial import _args, winograd
 from jspatial import _windows as win
+from jspatial.pad import check_pad, pad_normalised
 from jspatial.shapes import output_hw
 
 # Taps per loop iteration: lets XLA overlap consecutive matrix products.
@@ -47,24 +61,31 @@ WINOGRAD_MIN_SIZE = 6
 # few input channels makes thin per-tap products, and its im2col matrix stays small.
 IM2COL_MAX_DEPTH = 32
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, algorithm="auto"):
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto"):
     """2-D cross-correlation with PyTorch's ``torch.nn.functional.conv2d`` semantics.
 
+    The arguments are torch's, in torch's order: ``conv2d(x, w, b, 2)`` is stride 2
+    with bias ``b``. ``conv2d(x, w, 2)`` is an error naming ``bias``, as the third
+    positional argument is the bias.
+
     Args:
-        x: input ``(N, C_in, H, W)``, a floating dtype.
+        x: input ``(N, C_in, H, W)``, a floating dtype; ``N`` may be 0.
         weight: ``(C_out, C_in // groups, kh, kw)`` (OIHW).
         bias: optional ``(C_out,)``.
         stride: int or ``(sh, sw)``.
         padding: int, ``(ph, pw)``, ``((top, bottom), (left, right))``, ``'valid'``
-            or ``'same'`` (stride 1 only).
+            or ``'same'`` (stride 1 only). The nested form goes beyond torch.
         dilation: int or ``(dh, dw)``.
         groups: split channels into this many independent convolutions
             (``groups == C_in`` is a depthwise convolution).
-        algorithm: ``'direct'`` (the tap loop), ``'winograd'`` (F(2x2, 3x3), for
-            ungrouped 3x3 stride-1 convolutions; see ``jspatial.winograd``),
-            ``'im2col'`` (the taps copied into one matrix, one product; ungrouped) or
-            ``'auto'``, which picks by layer shape where each measured fastest.
+        algorithm: keyword only, not in torch. ``'direct'`` (the tap loop),
+            ``'winograd'`` (F(2x2, 3x3), for ungrouped 3x3 stride-1 convolutions; see
+            ``jspatial.winograd``), ``'im2col'`` (the taps copied into one matrix, one
+            product; ungrouped) or ``'auto'``, which picks by layer shape where each
+            measured fastest.
 
     Returns:
         ``(N, C_out, H_out, W_out)`` in the dtype of ``x`` (accumulated in float32),
@@ -73,18 +94,42 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, a
     Example:
         >>> import jax.numpy as jnp, jspatial as js
         >>> x = jnp.ones((2, 3, 32, 32)); w = jnp.ones((64, 3, 3, 3))
-        >>> js.conv2d(x, w, padding=1).shape
+        >>> js.conv2d(x, w, None, 1, 1).shape
         (2, 64, 32, 32)
+        >>> js.conv2d(x, w, padding=1, stride=2).shape
+        (2, 64, 16, 16)
     """
     return conv2d_checked(
         x, weight, bias, stride, padding, dilation, groups, op="conv2d", algorithm=algorithm
     )
 
 
-def conv2d_checked(x, weight, bias, stride, padding, dilation, groups, *, op, algorithm="auto"):
-    """``conv2d`` with errors attributed to ``op`` (the layer uses ``"Conv2d"``)."""
+def conv2d_checked(
+    x, weight, bias, stride, padding, dilation, groups, *, op, algorithm="auto", dtype=None,
+    padding_mode="zeros",
+):  # fmt: skip
+    """``conv2d`` with errors attributed to ``op``: the one path that validates.
+
+    ``Conv2d`` calls this too (``op="Conv2d"``), with its compute ``dtype`` and
+    ``padding_mode``. Everything is checked here, outside the jit, so that a bad
+    argument raises the message below as is (raised while tracing, JAX would append
+    a note about its frames), and before the cast to ``dtype``, which would hide an
+    integer input. Non-zero padding modes pad with ``jspatial.pad`` and then
+    convolve unpadded, as torch does.
+    """
+    x = _args.check_input(x, op)
+    weight = _args.check_array(weight, op, "weight")
+    bias = _check_bias(bias, op)
     geom, groups = conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
     method = choose_method(algorithm, geom, groups, x.shape[1], weight.shape[0], op)
+    if dtype is not None:
+        x, weight = x.astype(dtype), weight.astype(dtype)
+        bias = None if bias is None else bias.astype(dtype)
+    if padding_mode != "zeros":
+        (top, bottom), (left, right) = geom.padding
+        pads = check_pad(x.shape, (left, right, top, bottom), padding_mode, op)
+        x = pad_normalised(x, pads, padding_mode, 0.0)
+        geom = geom._replace(in_hw=tuple(x.shape[2:]), padding=((0, 0), (0, 0)))
     return _conv2d(x, weight, bias, geom, groups, method)
 
 
@@ -103,17 +148,31 @@ def _conv2d(x, weight, bias, geom, groups, method):
     return y.astype(x.dtype)
 
 
-def conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
-    """Validate ``conv2d`` arguments and return the window geometry and ``groups``."""
-    _args.check_input(x, op)
-    w_shape = tuple(getattr(weight, "shape", ()))
-    if len(w_shape) != 4:
-        raise ValueError(
-            f"{op} expected 4D weight (out_channels, in_channels // groups, kh, kw), "
-            f"got {len(w_shape)}D: {w_shape}"
+def _check_bias(bias, op):
+    """``None`` or an array; a number here is almost always a stride in torch's bias slot."""
+    if bias is None:
+        return None
+    ints = isinstance(bias, (tuple, list)) and all(isinstance(v, int) for v in bias)
+    if isinstance(bias, (bool, int, float, str)) or ints:
+        raise TypeError(
+            f"{op} bias must be an array of shape (C_out,) or None, got {bias!r}: the third "
+            f"positional argument is bias, as in torch.nn.functional.{op.lower()}; pass "
+            "stride, padding, ... by keyword or after the bias"
         )
-    if not jnp.issubdtype(jnp.result_type(weight), jnp.floating):
-        raise TypeError(f"{op} expected a floating-point weight, got {jnp.result_type(weight)}")
+    return _args.check_array(bias, op, "bias")
+
+
+def _check_weight_shape(weight, op, layout):
+    w_shape = tuple(weight.shape)
+    if len(w_shape) != 4:
+        raise ValueError(f"{op} expected 4D weight {layout}, got {len(w_shape)}D: {w_shape}")
+    return w_shape
+
+
+def conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
+    """Validate ``conv2d``'s shapes and hyper-parameters; return the window geometry and
+    ``groups``. ``x``, ``weight`` and ``bias`` are arrays already (``conv2d_checked``)."""
+    w_shape = _check_weight_shape(weight, op, "(out_channels, in_channels // groups, kh, kw)")
     n, c_in, h, w = x.shape
     c_out, c_per_group, kh, kw = w_shape
     groups = _args.check_groups(c_in, c_out, groups, op)
@@ -203,9 +262,86 @@ def _tap_input_grad(g, wt):
     return jnp.einsum("mgo,gco->mgc", g, wt, preferred_element_type=acc)
 
 
+def _add_weight_grad(dw, t, xw, gm):
+    """``dw[t] += window(x, t).T @ g``: one tap of the weight gradient."""
+    dw_t = _tap_weight_grad(xw, gm) + lax.dynamic_index_in_dim(dw, t, keepdims=False)
+    return lax.dynamic_update_index_in_dim(dw, dw_t, t, 0)
+
+
+# ------------------------------------------------------------------ the two tap loops
+#
+# Both work on one batch chunk, channels-last. "Input side": the (padded, phase-split)
+# array the windows read, ``xph`` of ``win.to_phases``. "Output side": a matrix
+# ``(N * H_out * W_out, G, C/G)`` whose rows are output pixels.
+
+
+def _forward_loop(xph, w_taps, geom, gm=None, dw=None):
+    """``out = sum_t window(xph, t) @ w[t]``: input side -> output side.
+
+    The forward pass of ``conv2d``, and the input gradient of ``conv_transpose2d``.
+    Given an output-side ``gm``, the same windows also accumulate the weight gradient
+    ``dw[t] += window(xph, t).T @ gm`` (``conv_transpose2d``'s, with ``xph`` its output
+    gradient and ``gm`` its input); returns ``(out, dw)`` then.
+    """
+    n, c = xph.shape[0], xph.shape[-1]
+    groups = w_taps.shape[1]
+    m = n * geom.out_hw[0] * geom.out_hw[1]
+
+    def tap(t, carry):
+        out, dw = carry
+        xw = win.window(xph, t, geom).reshape(m, groups, c // groups)
+        if gm is not None:
+            dw = _add_weight_grad(dw, t, xw, gm)
+        return out + _tap_product(xw, w_taps[t]), dw
+
+    out = jnp.zeros((m, groups, w_taps.shape[-1]), win.accum_dtype(xph.dtype))
+    out, dw = lax.fori_loop(0, geom.taps, tap, (out, dw), unroll=UNROLL)
+    return out if gm is None else (out, dw)
+
+
+def _input_grad_loop(gm, w_taps, geom, phased_shape, xph=None, dw=None):
+    """``dxph[window t] += gm @ w[t].T`` for every tap: output side -> input side.
+
+    The input gradient of ``conv2d``, and the forward pass of ``conv_transpose2d``:
+    each output pixel's vector goes back through the weights to every input cell its
+    window touched, where overlapping windows add up. Given the input side ``xph``,
+    the loop also accumulates ``conv2d``'s weight gradient ``window(xph, t).T @ gm``
+    and returns ``(dxph, dw)``.
+    """
+    n = phased_shape[0]
+    ho, wo = geom.out_hw
+    groups, cg = w_taps.shape[1], w_taps.shape[2]
+
+    def tap(t, carry):
+        dxph, dw = carry
+        if xph is not None:
+            xw = win.window(xph, t, geom).reshape(gm.shape[0], groups, cg)
+            dw = _add_weight_grad(dw, t, xw, gm)
+        dx_t = _tap_input_grad(gm, w_taps[t]).reshape(n, ho, wo, groups * cg)
+        return win.add_to_window(dxph, t, dx_t, geom), dw
+
+    dxph = jnp.zeros(phased_shape, win.accum_dtype(gm.dtype))
+    dxph, dw = lax.fori_loop(0, geom.taps, tap, (dxph, dw), unroll=UNROLL)
+    return dxph if xph is None else (dxph, dw)
+
+
+def _phased_shape(n, c, geom):
+    """Shape of ``win.to_phases`` of an ``(n, H, W, c)`` input of ``geom``."""
+    return (n, geom._phased(0), geom.stride[0], geom._phased(1), geom.stride[1], c)
+
+
+def _output_side(a, groups):
+    """NCHW ``(N, C, H, W)`` -> the output-side matrix ``(N * H * W, groups, C / groups)``."""
+    n, c, h, w = a.shape
+    return win.nchw_to_nhwc(a).reshape(n * h * w, groups, c // groups)
+
+
 def _chunks(n, geom):
     """Batch chunks of the direct and im2col loops (rows: the chunk's output pixels)."""
     return win.batch_chunks(n, geom.out_hw[0] * geom.out_hw[1])
+
+
+# ---------------------------------------------------------------------------- direct
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -214,24 +350,16 @@ def _conv_direct(x, weight, geom, groups):
 
 
 def _conv_fwd(x, weight, geom, groups):
-    n, c = x.shape[:2]
+    n, c_out = x.shape[0], weight.shape[0]
     ho, wo = geom.out_hw
     w_taps = _weight_taps(weight, groups)
-    acc = win.accum_dtype(x.dtype)
 
     def chunk(inputs, carry):
         xph = win.to_phases(win.nchw_to_nhwc(inputs[0]), geom, 0)
-        m = xph.shape[0] * ho * wo
+        out = _forward_loop(xph, w_taps, geom)
+        return (win.nhwc_to_nchw(out.reshape(xph.shape[0], ho, wo, c_out)),), carry
 
-        def tap(t, out):
-            xw = win.window(xph, t, geom).reshape(m, groups, c // groups)
-            return out + _tap_product(xw, w_taps[t])
-
-        out = jnp.zeros((m, groups, w_taps.shape[-1]), acc)
-        out = lax.fori_loop(0, geom.taps, tap, out, unroll=UNROLL)
-        return (win.nhwc_to_nchw(out.reshape(-1, ho, wo, weight.shape[0])),), carry
-
-    y = jnp.zeros((n, weight.shape[0], ho, wo), acc)
+    y = jnp.zeros((n, c_out, ho, wo), win.accum_dtype(x.dtype))
     (y,), _ = win.over_batch_chunks(chunk, _chunks(n, geom), [x], [y])
     return y, (x, weight)
 
@@ -239,30 +367,17 @@ def _conv_fwd(x, weight, geom, groups):
 def _conv_bwd(geom, groups, residuals, g):
     x, weight = residuals
     n, c = x.shape[:2]
-    ho, wo = geom.out_hw
     w_taps = _weight_taps(weight, groups)
-    acc = win.accum_dtype(x.dtype)
 
     def chunk(inputs, dw):
         xc, gc = inputs
         xph = win.to_phases(win.nchw_to_nhwc(xc), geom, 0)
-        m = xc.shape[0] * ho * wo
-        gm = win.nchw_to_nhwc(gc).reshape(m, groups, -1).astype(x.dtype)
-
-        def tap(t, carry):
-            dxph, dw = carry
-            xw = win.window(xph, t, geom).reshape(m, groups, c // groups)
-            # Weight gradient of this tap: its window transposed times the output gradient.
-            dw_t = _tap_weight_grad(xw, gm) + lax.dynamic_index_in_dim(dw, t, keepdims=False)
-            # Input gradient: the output gradient sent back through the same window.
-            dx_t = _tap_input_grad(gm, w_taps[t])
-            dxph = win.add_to_window(dxph, t, dx_t.reshape(-1, ho, wo, c), geom)
-            return dxph, lax.dynamic_update_index_in_dim(dw, dw_t, t, 0)
-
-        dxph, dw = lax.fori_loop(0, geom.taps, tap, (jnp.zeros(xph.shape, acc), dw), unroll=UNROLL)
+        gm = _output_side(gc.astype(x.dtype), groups)
+        shape = _phased_shape(xc.shape[0], c, geom)
+        dxph, dw = _input_grad_loop(gm, w_taps, geom, shape, xph, dw)
         return (win.nhwc_to_nchw(win.from_phases(dxph, geom)),), dw
 
-    dw = jnp.zeros(w_taps.shape, acc)
+    dw = jnp.zeros(w_taps.shape, win.accum_dtype(x.dtype))
     (dx,), dw = win.over_batch_chunks(chunk, _chunks(n, geom), [x, g], [jnp.zeros_like(x)], dw)
     return dx, _weight_from_taps(dw, geom.kernel).astype(weight.dtype)
 
@@ -321,7 +436,7 @@ def _im2col_bwd(geom, residuals, g):
     def chunk(inputs, dw):
         xc, gc = (win.nchw_to_nhwc(a) for a in inputs)
         cols = _im2col(xc, geom).reshape(-1, geom.taps * c)
-        gm = gc.reshape(cols.shape[0], -1).astype(x.dtype)
+        gm = gc.reshape(cols.shape[0], gc.shape[-1]).astype(x.dtype)
         dw = dw + jnp.dot(cols.T, gm, preferred_element_type=acc)
         dcols = jnp.dot(gm, w.T, preferred_element_type=acc)
         dcols = dcols.reshape(xc.shape[0], *geom.out_hw, geom.taps, c)
@@ -341,3 +456,171 @@ def _im2col_bwd(geom, residuals, g):
 
 
 _conv_im2col.defvjp(_im2col_fwd, _im2col_bwd)
+
+
+# -------------------------------------------------------------------- conv_transpose2d
+
+
+def conv_transpose2d(
+    x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+):
+    """2-D transposed convolution, ``torch.nn.functional.conv_transpose2d``.
+
+    A transposed convolution is the input gradient of a convolution, run as an op.
+    Take the ``conv2d`` with this ``weight`` read as OIHW (``C_in`` outputs,
+    ``C_out // groups`` inputs per group), this stride, padding and dilation, whose
+    *output* has ``x``'s shape: ``conv_transpose2d(x, w)`` is that convolution's
+    backward pass with ``x`` as the output gradient. So its forward is ``conv2d``'s
+    input-gradient loop (every input pixel's vector ``x[p] @ w[t].T`` is added into
+    the output cells of tap ``t``'s window), its input gradient is ``conv2d``'s
+    forward loop on the output gradient (``dx = conv2d(dy, w)``), and its weight
+    gradient is ``conv2d``'s weight-gradient loop with the two roles swapped
+    (``window(dy, t).T @ x``). Stride ``s`` spreads the input pixels ``s`` apart, which
+    is why it upsamples: ``H_out = (H - 1) * s - 2 * padding + dilation * (kh - 1)
+    + output_padding + 1``.
+
+    Args:
+        x: input ``(N, C_in, H, W)``, a floating dtype; ``N`` may be 0.
+        weight: ``(C_in, C_out // groups, kh, kw)``, torch's layout for the transpose.
+        bias: optional ``(C_out,)``.
+        stride: int or ``(sh, sw)``.
+        padding: int or ``(ph, pw)``: ``dilation * (k - 1) - padding`` zeros are
+            implied on each side; equivalently, ``padding`` rows are cropped from each
+            side of the full output.
+        output_padding: int or ``(oh, ow)``, extra rows/columns at the bottom/right
+            (each must be smaller than the stride or the dilation on its axis): picks
+            among the input sizes that a strided ``conv2d`` maps to the same size.
+        groups: independent channel groups, dividing ``C_in`` (and ``C_out``).
+        dilation: int or ``(dh, dw)``.
+
+    Returns:
+        ``(N, C_out, H_out, W_out)`` in the dtype of ``x`` (accumulated in float32).
+
+    Cost: ``N * C_in * H * W * C_out / groups * kh * kw`` multiply-accumulates, those
+    of the ``conv2d`` it transposes.
+
+    Example:
+        >>> import jax.numpy as jnp, jspatial as js
+        >>> x = jnp.ones((2, 256, 8, 8)); w = jnp.ones((256, 128, 3, 3))
+        >>> js.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1).shape
+        (2, 128, 16, 16)
+        >>> y = js.conv_transpose2d(jnp.ones((1, 1, 2, 2)), jnp.ones((1, 1, 2, 2)))
+        >>> y[0, 0]  # four 2x2 stamps, overlapping in the centre
+        Array([[1., 2., 1.],
+               [2., 4., 2.],
+               [1., 2., 1.]], dtype=float32)
+    """
+    return conv_transpose2d_checked(
+        x, weight, bias, stride, padding, output_padding, groups, dilation,
+        op="conv_transpose2d",
+    )  # fmt: skip
+
+
+def conv_transpose2d_checked(
+    x, weight, bias, stride, padding, output_padding, groups, dilation, *, op, dtype=None
+):
+    """``conv_transpose2d`` with errors attributed to ``op`` (the layer's path too):
+    validated here, outside the jit, before the cast to ``dtype``."""
+    x = _args.check_input(x, op)
+    weight = _args.check_array(weight, op, "weight")
+    bias = _check_bias(bias, op)
+    geom, groups = conv_transpose_geometry(
+        x, weight, bias, stride, padding, output_padding, groups, dilation, op
+    )
+    if dtype is not None:
+        x, weight = x.astype(dtype), weight.astype(dtype)
+        bias = None if bias is None else bias.astype(dtype)
+    return _conv_transpose2d(x, weight, bias, geom, groups)
+
+
+def _transposed_size(size, kernel, stride, padding, output_padding, dilation):
+    """One axis of the transposed output: the input size of the ``conv2d`` it transposes."""
+    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
+def conv_transpose_geometry(x, weight, bias, stride, padding, output_padding, groups, dilation, op):
+    """Validate ``conv_transpose2d``'s arguments; return the window geometry of the
+    transposed ``conv2d`` (its input: our output, its output: our input) and ``groups``."""
+    w_shape = _check_weight_shape(weight, op, "(in_channels, out_channels // groups, kh, kw)")
+    n, c_in, h, w = x.shape
+    w_in, c_per_group, kh, kw = w_shape
+    if w_in != c_in:
+        raise ValueError(
+            f"{op} expected {w_in} input channels (weight {w_shape} is (in_channels, "
+            f"out_channels // groups, kh, kw)), got {c_in} (input {tuple(x.shape)})"
+        )
+    groups = _args.positive_int(groups, op, "groups")
+    if c_in % groups:  # C_out = (C_out // groups) * groups is always divisible
+        raise ValueError(f"{op} groups={groups} must divide in_channels={c_in}")
+    c_out = c_per_group * groups
+    if bias is not None and tuple(bias.shape) != (c_out,):
+        raise ValueError(f"{op} expected bias of shape ({c_out},), got {tuple(bias.shape)}")
+    kernel = (kh, kw)
+    strides = _args.pair(stride, op, "stride")
+    dil = _args.pair(dilation, op, "dilation")
+    pads = _args.pair(padding, op, "padding", minimum=0)
+    out_pads = _args.pair(output_padding, op, "output_padding", minimum=0)
+    if any(o >= max(s, d) for o, s, d in zip(out_pads, strides, dil)):
+        raise ValueError(
+            f"{op} output_padding must be smaller than either stride or dilation on each "
+            f"axis, got output_padding={out_pads}, stride={strides}, dilation={dil}"
+        )
+    out_hw = tuple(map(_transposed_size, (h, w), kernel, strides, pads, out_pads, dil))
+    if min(out_hw) < 1:
+        raise ValueError(
+            f"{op} output size {out_hw} is too small: input {(h, w)}, kernel {kernel}, "
+            f"stride {strides}, padding {pads}, output_padding {out_pads}, dilation {dil}"
+        )
+    geom = win.Geometry(out_hw, (h, w), kernel, strides, dil, tuple((p, p) for p in pads))
+    return geom, groups
+
+
+@partial(jax.jit, static_argnums=(3, 4))
+def _conv_transpose2d(x, weight, bias, geom, groups):
+    y = _conv_transpose(x, weight.astype(x.dtype), geom, groups)
+    if bias is not None:
+        y = y + bias.astype(y.dtype)[:, None, None]
+    return y.astype(x.dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_transpose(x, weight, geom, groups):
+    return _conv_transpose_fwd(x, weight, geom, groups)[0]
+
+
+def _conv_transpose_fwd(x, weight, geom, groups):
+    # conv2d's input-gradient loop, with x as the output gradient.
+    n = x.shape[0]
+    c_out = weight.shape[1] * groups
+    w_taps = _weight_taps(weight, groups)
+
+    def chunk(inputs, carry):
+        xm = _output_side(inputs[0], groups)
+        shape = _phased_shape(inputs[0].shape[0], c_out, geom)
+        yph = _input_grad_loop(xm, w_taps, geom, shape)
+        return (win.nhwc_to_nchw(win.from_phases(yph, geom)),), carry
+
+    y = jnp.zeros((n, c_out, *geom.in_hw), win.accum_dtype(x.dtype))
+    (y,), _ = win.over_batch_chunks(chunk, _chunks(n, geom), [x], [y])
+    return y, (x, weight)
+
+
+def _conv_transpose_bwd(geom, groups, residuals, g):
+    # conv2d's forward loop on the output gradient gives the input gradient; its
+    # windows, against x, give the weight gradient.
+    x, weight = residuals
+    n, c_in, h, w = x.shape
+    w_taps = _weight_taps(weight, groups)
+
+    def chunk(inputs, dw):
+        xc, gc = inputs
+        gph = win.to_phases(win.nchw_to_nhwc(gc.astype(x.dtype)), geom, 0)
+        dx, dw = _forward_loop(gph, w_taps, geom, _output_side(xc, groups), dw)
+        return (win.nhwc_to_nchw(dx.reshape(xc.shape[0], h, w, c_in)),), dw
+
+    dw = jnp.zeros(w_taps.shape, win.accum_dtype(x.dtype))
+    (dx,), dw = win.over_batch_chunks(chunk, _chunks(n, geom), [x, g], [jnp.zeros_like(x)], dw)
+    return dx, _weight_from_taps(dw, geom.kernel).astype(weight.dtype)
+
+
+_conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)

@@ -115,9 +115,10 @@ def _input_transform_transpose(dv, x_shape, tg):
 def _output_transform(m, n, geom, tg):
     """``(16, T, O)`` -> ``(N, H_out, W_out, O)``."""
     th, tw = tg.out_hw
-    m = m.reshape(4, 4, n, th, tw, -1)
+    o = m.shape[-1]  # spelled out: a -1 cannot be resolved for an empty batch
+    m = m.reshape(4, 4, n, th, tw, o)
     y = _on_axis(_at, _on_axis(_at, m, 0), 1)  # (2, 2, N, th, tw, O)
-    y = jnp.transpose(y, (2, 3, 0, 4, 1, 5)).reshape(n, 2 * th, 2 * tw, -1)
+    y = jnp.transpose(y, (2, 3, 0, 4, 1, 5)).reshape(n, 2 * th, 2 * tw, o)
     return y[:, : geom.out_hw[0], : geom.out_hw[1]]
 
 

@@ -183,22 +183,18 @@ def test_conv2d_matches_torch(name):
 
 @pytest.mark.parametrize("name", CASES)
 def test_conv2d_matches_numpy_reference(name):
+    # The reference takes the fast op's own arguments: one can stand in for the other.
     case = CASES[name]
     x, w, b, _ = make_data(case)
-    (t, bo), (le, r) = explicit_pads(case)
-    xp = np.pad(x, ((0, 0), (0, 0), (t, bo), (le, r)))
-    expected = reference.conv2d(
-        xp, w, b, _pair(case.stride), (0, 0), _pair(case.dilation), case.groups
-    )
+    expected = reference.conv2d(x, w, b, **case.kwargs())
     assert_close(js_results(name)[0], expected)
 
 
-def test_reference_with_its_own_padding_matches():
-    # The reference's symmetric padding argument, not pre-padded input.
-    case = CASES["groups_2"]
+def test_reference_takes_the_same_positional_arguments():
+    case = CASES["dilation_2x3_stride_2"]
     x, w, b, _ = make_data(case)
-    expected = reference.conv2d(x, w, b, (1, 1), (1, 1), (1, 1), groups=2)
-    assert_close(js_results("groups_2")[0], expected)
+    args = (case.stride, case.padding, case.dilation, case.groups)
+    assert_close(reference.conv2d(x, w, b, *args), js.conv2d(x, w, b, *args))
 
 
 # ------------------------------------------------------------- small hand-made cases
@@ -289,6 +285,57 @@ def test_vmap_value_and_grad_equals_loop():
         assert_close(batched_y[i], y)
         for g_batched, g in zip(batched_grads, grads):
             assert_close(g_batched[i], g)
+
+
+# ------------------------------------------------------------- PyTorch's calling habits
+
+
+def test_positional_arguments_follow_torch():
+    # F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    case = CASES["asymmetric_pad_groups"]
+    x, w, b, _ = make_data(case)
+    positional = js.conv2d(x, w, b, case.stride, case.padding, case.dilation, case.groups)
+    assert_close(positional, js_results("asymmetric_pad_groups")[0])
+
+
+@pytest.mark.parametrize("stride", [2, 2.0, (2, 2)])
+def test_stride_in_the_bias_slot_names_bias(stride):
+    with pytest.raises(TypeError, match=r"^conv2d bias must be an array of shape \(C_out,\) or"):
+        js.conv2d(X, W, stride)
+
+
+def test_torch_tensors_are_refused_with_the_conversion():
+    torch = pytest.importorskip("torch")
+    cases = [
+        ((torch.ones(2, 4, 6, 6), W), "input"),
+        ((X, torch.ones(6, 4, 3, 3)), "weight"),
+        ((X, W, torch.ones(6)), "bias"),
+    ]
+    for args, name in cases:
+        with pytest.raises(TypeError, match=rf"^conv2d {name} is a torch.Tensor.*jnp.asarray"):
+            js.conv2d(*args)
+
+
+def test_nested_lists_convert_like_arrays():
+    x = [[[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]]]
+    w = [[[[1.0, 0.0], [0.0, 1.0]]]]
+    y = js.conv2d(x, w, [0.5])
+    np.testing.assert_array_equal(y[0, 0], [[6.5, 8.5], [12.5, 14.5]])
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "im2col", "winograd"])
+def test_empty_batch_forward_and_backward(algorithm):
+    x, w, b = jnp.zeros((0, 3, 6, 5)), jnp.ones((4, 3, 3, 3)), jnp.ones((4,))
+
+    def f(x, w, b):
+        return js.conv2d(x, w, b, 1, 1, algorithm=algorithm)
+
+    y, pull = jax.vjp(f, x, w, b)
+    assert y.shape == (0, 4, 6, 5)
+    dx, dw, db = pull(jnp.ones(y.shape))
+    assert dx.shape == x.shape
+    np.testing.assert_array_equal(dw, np.zeros(w.shape))
+    np.testing.assert_array_equal(db, np.zeros(b.shape))
 
 
 # --------------------------------------------------------------------------- errors
@@ -442,6 +489,16 @@ OPS = {
     ),
     "max_pool2d": (lambda x: js.max_pool2d(x, 3, 2, 1, dilation=(1, 2)), (2, 2, 7, 9)),
     "avg_pool2d": (lambda x: js.avg_pool2d(x, 3, 2, 1, ceil_mode=True), (2, 2, 7, 9)),
+    "conv_transpose2d": (
+        lambda x: js.conv_transpose2d(x, jnp.ones((2, 3, 3, 2)), None, 2, 1, 1),
+        (2, 2, 4, 5),
+    ),
+    "conv2d_padding_mode": (
+        lambda x: js.conv.conv2d_checked(
+            x, jnp.ones((3, 2, 3, 3)), None, 1, 1, 1, 1, op="Conv2d", padding_mode="reflect"
+        ),
+        (2, 2, 5, 6),
+    ),
 }
 
 

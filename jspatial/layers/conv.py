@@ -1,4 +1,4 @@
-"""``Conv2d``: ``torch.nn.Conv2d`` as a Flax NNX module over ``jspatial.conv``."""
+"""``Conv2d`` and ``ConvTranspose2d``: ``torch.nn``'s layers as Flax NNX modules."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jspatial import _args
-from jspatial.conv import ALGORITHMS, conv2d_checked, conv_geometry
+from jspatial.conv import (
+    ALGORITHMS,
+    PADDING_MODES,
+    conv2d_checked,
+    conv_transpose2d_checked,
+)
 from jspatial.layers.module import Module, positive_int
-
-_OP = "Conv2d"
-
 
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
@@ -31,15 +33,53 @@ def he_normal_oihw(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.floa
     return jax.random.normal(key, shape, dtype) * jnp.asarray(math.sqrt(2.0 / fan_in), dtype)
 
 
+def _torch_uniform(key, shape, dtype, fan_in):
+    """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: torch's ``kaiming_uniform_(a=sqrt(5))``."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _check_common(op, bias, rngs):
+    if not isinstance(bias, bool):
+        raise TypeError(f"{op} bias must be a bool, got {bias!r}")
+    if not isinstance(rngs, nnx.Rngs):
+        raise TypeError(
+            f"{op} rngs must be an nnx.Rngs (e.g. rngs=nnx.Rngs(0)), got {type(rngs).__name__}"
+        )
+
+
+def _init_weight(op, init, key, shape, param_dtype, layout):
+    weight = jnp.asarray(init(key, shape, param_dtype), param_dtype)
+    if weight.shape != shape:
+        raise ValueError(
+            f"{op} kernel_init returned shape {weight.shape}, expected {shape} {layout}"
+        )
+    return weight
+
+
+def _repr_padding(padding):
+    (top, bottom), (left, right) = padding
+    if (top, bottom, left, right) == (0, 0, 0, 0):
+        return []
+    symmetric = top == bottom and left == right
+    return [f"padding={(top, left) if symmetric else padding}"]
+
+
 class Conv2d(Module):
     """2-D convolution layer with ``torch.nn.Conv2d``'s signature, parameters and semantics.
 
     Shapes: input ``(N, C_in, H, W)`` -> output ``(N, C_out, H_out, W_out)``, with
     ``H_out = floor((H + pad_top + pad_bottom - dilation * (kh - 1) - 1) / stride) + 1``.
 
-    Parameters: ``weight`` ``(C_out, C_in // groups, kh, kw)`` (OIHW, He-normal:
-    std ``sqrt(2 / fan_in)``, ``fan_in = C_in // groups * kh * kw``) and ``bias``
-    ``(C_out,)`` zeros, or ``None`` with ``bias=False``.
+    Parameters: ``weight`` ``(C_out, C_in // groups, kh, kw)`` (OIHW) and ``bias``
+    ``(C_out,)``, or ``None`` with ``bias=False``.
+
+    Initialisation differs from torch's: ``weight`` is He normal (std
+    ``sqrt(2 / fan_in)``, ``fan_in = C_in // groups * kh * kw``, the usual choice
+    before a ReLU) and ``bias`` zeros, where ``torch.nn.Conv2d`` draws both from
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (``kaiming_uniform_(a=sqrt(5))``). Pass a
+    ``kernel_init`` for another weight init, or load torch's weights
+    (``load_torch_state_dict``) for torch's exact numbers.
 
     Cost: ``N * C_out * H_out * W_out * C_in / groups * kh * kw`` multiply-accumulates
     (``jspatial.conv2d_macs``) and ``C_out * C_in / groups * kh * kw (+ C_out)`` parameters.
@@ -50,9 +90,12 @@ class Conv2d(Module):
         stride: int or ``(sh, sw)``.
         padding: int, ``(ph, pw)``, ``((top, bottom), (left, right))``, ``'valid'``
             or ``'same'`` (stride 1); stored as ``((top, bottom), (left, right))``.
-        bias: whether to learn an additive bias.
         dilation: int or ``(dh, dw)``.
         groups: number of independent channel groups (``in_channels`` = depthwise).
+        bias: whether to learn an additive bias.
+        padding_mode: what lies beyond the border: ``'zeros'``, ``'reflect'``,
+            ``'replicate'`` or ``'circular'`` (the other three pad the input with
+            ``jspatial.pad`` and then convolve unpadded, as torch does).
         dtype: computation dtype (input and parameters are cast to it); ``None``
             computes in the input's dtype. Sums are always accumulated in float32.
         param_dtype: dtype the parameters are stored in.
@@ -70,7 +113,11 @@ class Conv2d(Module):
         Conv2d(3, 64, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
         >>> conv(jnp.ones((2, 3, 32, 32))).shape
         (2, 64, 32, 32)
+        >>> Conv2d(3, 8, 3, 1, 1, padding_mode="reflect", rngs=nnx.Rngs(0))
+        Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), padding_mode=reflect)
     """
+
+    _OP = "Conv2d"
 
     def __init__(
         self,
@@ -79,63 +126,50 @@ class Conv2d(Module):
         kernel_size: Any,
         stride: Any = 1,
         padding: Any = 0,
-        bias: bool = True,
-        *,
         dilation: Any = 1,
         groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         kernel_init: Initializer | None = None,
         algorithm: str = "auto",
         rngs: nnx.Rngs,
     ):
-        self.in_channels = positive_int(in_channels, _OP, "in_channels")
-        self.out_channels = positive_int(out_channels, _OP, "out_channels")
-        self.kernel_size = _args.pair(kernel_size, _OP, "kernel_size")
-        self.stride = _args.pair(stride, _OP, "stride")
-        self.dilation = _args.pair(dilation, _OP, "dilation")
-        self.padding = _args.conv_padding(
-            padding, self.kernel_size, self.stride, self.dilation, _OP
-        )
-        self.groups = _args.check_groups(self.in_channels, self.out_channels, groups, _OP)
-        if not isinstance(bias, bool):
-            raise TypeError(f"{_OP} bias must be a bool, got {bias!r}")
-        if not isinstance(rngs, nnx.Rngs):
-            raise TypeError(
-                f"{_OP} rngs must be an nnx.Rngs (e.g. rngs=nnx.Rngs(0)), got {type(rngs).__name__}"
+        op = self._OP
+        self.in_channels = positive_int(in_channels, op, "in_channels")
+        self.out_channels = positive_int(out_channels, op, "out_channels")
+        self.kernel_size = _args.pair(kernel_size, op, "kernel_size")
+        self.stride = _args.pair(stride, op, "stride")
+        self.dilation = _args.pair(dilation, op, "dilation")
+        self.padding = _args.conv_padding(padding, self.kernel_size, self.stride, self.dilation, op)
+        self.groups = _args.check_groups(self.in_channels, self.out_channels, groups, op)
+        _check_common(op, bias, rngs)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(
+                f"{op} padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}"
             )
         if algorithm not in ALGORITHMS:
-            raise ValueError(f"{_OP} algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+            raise ValueError(f"{op} algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        self.padding_mode = padding_mode
         self.algorithm = algorithm
         self.dtype = dtype
         self.param_dtype = param_dtype
 
         shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
         init = he_normal_oihw if kernel_init is None else kernel_init
-        weight = jnp.asarray(init(rngs.params(), shape, param_dtype), param_dtype)
-        if weight.shape != shape:
-            raise ValueError(
-                f"{_OP} kernel_init returned shape {weight.shape}, expected {shape} "
-                "(out_channels, in_channels // groups, kh, kw)"
-            )
-        self.weight = nnx.Param(weight)
+        layout = "(out_channels, in_channels // groups, kh, kw)"
+        self.weight = nnx.Param(_init_weight(op, init, rngs.params(), shape, param_dtype, layout))
         self.bias = nnx.Param(jnp.zeros((self.out_channels,), param_dtype)) if bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``."""
-        weight = self.weight[...]
-        bias = None if self.bias is None else self.bias[...]
-        # Validate outside the jit, so that a bad input raises the core's message
-        # as is (raised while tracing, JAX would append a note about its frames),
-        # and before the cast to ``dtype``, which would hide an integer input.
-        conv_geometry(x, weight, bias, self.stride, self.padding, self.dilation, self.groups, _OP)
-        if self.dtype is not None:
-            x = x.astype(self.dtype)
-            weight = weight.astype(self.dtype)
-            bias = None if bias is None else bias.astype(self.dtype)
+        # conv2d_checked is the one validating path (outside the jit, before the cast).
         return conv2d_checked(
-            x, weight, bias, self.stride, self.padding, self.dilation, self.groups,
-            op=_OP, algorithm=self.algorithm,
+            x, self.weight[...], None if self.bias is None else self.bias[...], self.stride,
+            self.padding, self.dilation, self.groups, op=self._OP, algorithm=self.algorithm,
+            dtype=self.dtype, padding_mode=self.padding_mode,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
@@ -143,13 +177,173 @@ class Conv2d(Module):
             f"{self.in_channels}, {self.out_channels}",
             f"kernel_size={self.kernel_size}",
             f"stride={self.stride}",
+            *_repr_padding(self.padding),
         ]
-        (top, bottom), (left, right) = self.padding
-        if (top, bottom, left, right) != (0, 0, 0, 0):
-            symmetric = top == bottom and left == right
-            parts.append(f"padding={(top, left) if symmetric else self.padding}")
         if self.dilation != (1, 1):
             parts.append(f"dilation={self.dilation}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if self.bias is None:
+            parts.append("bias=False")
+        if self.padding_mode != "zeros":
+            parts.append(f"padding_mode={self.padding_mode}")
+        return ", ".join(parts)
+
+
+class ConvTranspose2d(Module):
+    """Transposed convolution with ``torch.nn.ConvTranspose2d``'s signature and init.
+
+    The gradient of a ``Conv2d(out_channels, in_channels, ...)`` with respect to its
+    input, run as a layer (see ``jspatial.conv_transpose2d``): with stride ``s`` it
+    upsamples by ``s``, e.g. a learned 2x upsampling in a decoder.
+
+    Shapes: input ``(N, C_in, H, W)`` -> output ``(N, C_out, H_out, W_out)``, with
+    ``H_out = (H - 1) * stride - 2 * padding + dilation * (kh - 1) + output_padding + 1``.
+
+    Parameters: ``weight`` ``(C_in, C_out // groups, kh, kw)`` (torch's layout for the
+    transpose) and ``bias`` ``(C_out,)``, or ``None`` with ``bias=False``. Both start
+    as torch's do, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with torch's ``fan_in`` of
+    this weight, ``weight.shape[1] * kh * kw = C_out // groups * kh * kw``.
+
+    Cost: ``N * C_in * H * W * C_out / groups * kh * kw`` multiply-accumulates.
+
+    Args:
+        in_channels, out_channels: channel counts, both divisible by ``groups``.
+        kernel_size: int or ``(kh, kw)``.
+        stride: int or ``(sh, sw)``.
+        padding: int or ``(ph, pw)``, cropped from each side of the full output.
+        output_padding: int or ``(oh, ow)`` added at the bottom/right, smaller than
+            the stride or the dilation; or pass ``output_size`` to the call.
+        groups: number of independent channel groups.
+        bias: whether to learn an additive bias.
+        dilation: int or ``(dh, dw)``.
+        padding_mode: only ``'zeros'``, as in torch.
+        dtype, param_dtype: as ``Conv2d``.
+        kernel_init: ``kernel_init(key, shape, dtype)`` for ``weight``; default torch's.
+        rngs: ``nnx.Rngs`` supplying the ``params`` key.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> from jspatial.layers import ConvTranspose2d
+        >>> up = ConvTranspose2d(256, 128, 3, stride=2, padding=1, output_padding=1,
+        ...                      rngs=nnx.Rngs(0))
+        >>> up
+        ConvTranspose2d(256, 128, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), output_padding=(1, 1))
+        >>> up(jnp.ones((2, 256, 8, 8))).shape
+        (2, 128, 16, 16)
+        >>> up(jnp.ones((2, 256, 8, 8)), output_size=(15, 15)).shape
+        (2, 128, 15, 15)
+    """  # noqa: E501
+
+    _OP = "ConvTranspose2d"
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        output_padding: Any = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: Any = 1,
+        padding_mode: str = "zeros",
+        *,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        kernel_init: Initializer | None = None,
+        rngs: nnx.Rngs,
+    ):
+        op = self._OP
+        self.in_channels = positive_int(in_channels, op, "in_channels")
+        self.out_channels = positive_int(out_channels, op, "out_channels")
+        self.kernel_size = _args.pair(kernel_size, op, "kernel_size")
+        self.stride = _args.pair(stride, op, "stride")
+        self.dilation = _args.pair(dilation, op, "dilation")
+        self.padding = _args.pair(padding, op, "padding", minimum=0)
+        self.output_padding = _args.pair(output_padding, op, "output_padding", minimum=0)
+        if any(o >= max(s, d) for o, s, d in zip(self.output_padding, self.stride, self.dilation)):
+            raise ValueError(
+                f"{op} output_padding must be smaller than either stride or dilation on each "
+                f"axis, got output_padding={self.output_padding}, stride={self.stride}, "
+                f"dilation={self.dilation}"
+            )
+        self.groups = _args.check_groups(self.in_channels, self.out_channels, groups, op)
+        _check_common(op, bias, rngs)
+        if padding_mode != "zeros":
+            raise ValueError(
+                f"{op} supports only padding_mode='zeros' (as torch), got {padding_mode!r}"
+            )
+        self.padding_mode = padding_mode
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+
+        shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+        fan_in = math.prod(shape[1:])  # torch's _calculate_fan_in_and_fan_out: shape[1] * kh * kw
+        key_w, key_b = rngs.params(), rngs.params()
+        if kernel_init is None:
+            kernel_init = lambda key, shape, dtype: _torch_uniform(key, shape, dtype, fan_in)  # noqa: E731
+        layout = "(in_channels, out_channels // groups, kh, kw)"
+        self.weight = nnx.Param(_init_weight(op, kernel_init, key_w, shape, param_dtype, layout))
+        self.bias = (
+            nnx.Param(_torch_uniform(key_b, (self.out_channels,), param_dtype, fan_in))
+            if bias
+            else None
+        )
+
+    def __call__(self, x: jax.Array, output_size: Any = None) -> jax.Array:
+        """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``.
+
+        ``output_size`` (``(H_out, W_out)``, or a full NCHW shape) picks the output
+        padding, as torch's ``forward(input, output_size)``: a strided convolution maps
+        several input sizes to one output size, and this says which one to invert to.
+        """
+        output_padding = self.output_padding
+        if output_size is not None:
+            output_padding = self._output_padding(x, output_size)
+        return conv_transpose2d_checked(
+            x, self.weight[...], None if self.bias is None else self.bias[...], self.stride,
+            self.padding, output_padding, self.groups, self.dilation, op=self._OP,
+            dtype=self.dtype,
+        )  # fmt: skip
+
+    def _output_padding(self, x, output_size):
+        op = self._OP
+        size = tuple(output_size)
+        if len(size) == 4:
+            size = size[2:]
+        if len(size) != 2 or not all(isinstance(s, int) for s in size):
+            raise ValueError(f"{op} output_size must be (H_out, W_out), got {output_size!r}")
+        x_shape = tuple(getattr(x, "shape", ()))
+        if len(x_shape) != 4:
+            _args.check_input(x, op)  # raises the usual message
+        padding = []
+        for axis in range(2):
+            k, s, p, d = (self.kernel_size[axis], self.stride[axis], self.padding[axis],
+                          self.dilation[axis])  # fmt: skip
+            smallest = (x_shape[2 + axis] - 1) * s - 2 * p + d * (k - 1) + 1
+            if not smallest <= size[axis] < smallest + s:
+                raise ValueError(
+                    f"{op} output_size {size} is not reachable: on axis {2 + axis} the "
+                    f"output size ranges from {smallest} to {smallest + s - 1}"
+                )
+            padding.append(size[axis] - smallest)
+        return tuple(padding)
+
+    def extra_repr(self) -> str:
+        p = self.padding
+        parts = [
+            f"{self.in_channels}, {self.out_channels}",
+            f"kernel_size={self.kernel_size}",
+            f"stride={self.stride}",
+            *_repr_padding(((p[0], p[0]), (p[1], p[1]))),
+        ]
+        if self.dilation != (1, 1):
+            parts.append(f"dilation={self.dilation}")
+        if self.output_padding != (0, 0):
+            parts.append(f"output_padding={self.output_padding}")
         if self.groups != 1:
             parts.append(f"groups={self.groups}")
         if self.bias is None:

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import jspatial as js
-from jspatial.layers import Conv2d
+from jspatial.layers import Conv2d, ConvTranspose2d
 from tests.layers.helpers import BF16_ATOL, assert_close, output_spec, random_input, rngs
 
 
@@ -269,3 +269,184 @@ def test_matches_torch(config):
             reference.bias.copy_(torch.from_numpy(np.array(bias)))
         expected = reference(x_torch).numpy()
     assert_close(y, expected)
+
+
+# ---------------------------------------------------------------- torch's argument order
+
+
+def test_positional_arguments_follow_torch():
+    # nn.Conv2d(in, out, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
+    layer = nnx.eval_shape(lambda: conv(4, 8, 3, 2, 1, 2, 2, False, "circular"))
+    assert layer.stride == (2, 2) and layer.padding == ((1, 1), (1, 1))
+    assert layer.dilation == (2, 2) and layer.groups == 2
+    assert layer.bias is None and layer.padding_mode == "circular"
+
+
+def test_default_init_is_documented_he_normal_not_torchs():
+    # torch.nn.Conv2d draws U(+-1/sqrt(fan_in)); ours is He normal with a zero bias.
+    assert "Initialisation differs from torch's" in Conv2d.__doc__
+    weight = np.asarray(conv(64, 64, 3).weight[...])
+    assert np.abs(weight).max() > 1 / math.sqrt(64 * 9)  # beyond torch's uniform bound
+
+
+# ---------------------------------------------------------------- padding_mode
+
+
+def _torch_conv_from(layer, torch_cls, **config):
+    torch = pytest.importorskip("torch")
+    reference = torch_cls(**config)
+    with torch.no_grad():
+        reference.weight.copy_(torch.from_numpy(np.array(layer.weight[...])))
+        if layer.bias is not None:
+            reference.bias.copy_(torch.from_numpy(np.array(layer.bias[...])))
+    return reference
+
+
+def _compare_with_torch(layer, reference, x, call=None):
+    """Values and gradients (input, weight, bias) of ``layer(x)`` against ``reference``."""
+    torch = pytest.importorskip("torch")
+    call = call or (lambda m, x: m(x))
+    reference.zero_grad()
+    tx = torch.tensor(np.asarray(x), requires_grad=True)
+    ty = call(reference, tx)
+    cot = np.random.default_rng(3).standard_normal(tuple(ty.shape)).astype(np.float32)
+    ty.backward(torch.tensor(cot))
+
+    def loss(model, x):
+        return jnp.vdot(call(model, x), cot)
+
+    y = call(layer, x)
+    grads, dx = nnx.grad(loss, argnums=(0, 1))(layer, x)
+    assert_close(y, ty.detach().numpy())
+    assert_close(dx, tx.grad.numpy())
+    assert_close(grads.weight[...], reference.weight.grad.numpy())
+    if layer.bias is not None:
+        assert_close(grads.bias[...], reference.bias.grad.numpy())
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"in_channels": 2, "out_channels": 3, "kernel_size": 3, "padding": 1},
+        {"in_channels": 4, "out_channels": 2, "kernel_size": (3, 2), "stride": (2, 1),
+         "padding": (2, 1), "dilation": (1, 2), "groups": 2},
+        {"in_channels": 2, "out_channels": 2, "kernel_size": (2, 4), "padding": "same",
+         "bias": False},
+    ],
+)  # fmt: skip
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_padding_modes_match_torch(padding_mode, config):
+    torch = pytest.importorskip("torch")
+    layer = conv(**config, padding_mode=padding_mode)
+    if layer.bias is not None:
+        layer.bias[...] = jnp.linspace(-1.0, 1.0, layer.out_channels)
+    reference = _torch_conv_from(layer, torch.nn.Conv2d, **config, padding_mode=padding_mode)
+    if not isinstance(config["padding"], str):  # ours spells 'same' out as the amounts
+        assert repr(layer) == repr(reference)
+    _compare_with_torch(layer, reference, random_input((2, config["in_channels"], 5, 6), seed=2))
+
+
+def test_padding_mode_errors():
+    with pytest.raises(ValueError, match=r"^Conv2d padding_mode must be one of \('zeros', "):
+        conv(3, 8, 3, padding_mode="symmetric")
+    layer = conv(1, 1, 3, padding=3, padding_mode="reflect")
+    # torch: "Padding size should be less than the corresponding input dimension"
+    with pytest.raises(ValueError, match=r"^Conv2d reflect padding must be smaller than the input"):
+        layer(jnp.ones((1, 1, 3, 3)))
+
+
+# ---------------------------------------------------------------- ConvTranspose2d
+
+
+def deconv(*args, seed=0, **kwargs):
+    return ConvTranspose2d(*args, rngs=rngs(seed), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"in_channels": 4, "out_channels": 3, "kernel_size": 3, "stride": 2, "padding": 1,
+         "output_padding": 1},
+        {"in_channels": 4, "out_channels": 6, "kernel_size": (3, 2), "stride": (1, 3),
+         "padding": (0, 1), "output_padding": (0, 2), "groups": 2, "dilation": (2, 1),
+         "bias": False},
+        {"in_channels": 3, "out_channels": 3, "kernel_size": 2, "stride": 3, "groups": 3},
+    ],
+)  # fmt: skip
+def test_conv_transpose_matches_torch(config):
+    torch = pytest.importorskip("torch")
+    layer = deconv(**config)
+    reference = _torch_conv_from(layer, torch.nn.ConvTranspose2d, **config)
+    assert repr(layer) == repr(reference)
+    assert [tuple(p.shape) for p in layer.parameters()] == [
+        tuple(p.shape) for p in reference.parameters()
+    ]
+    _compare_with_torch(layer, reference, random_input((2, config["in_channels"], 4, 5), seed=1))
+
+
+def test_conv_transpose_positional_arguments_follow_torch():
+    # nn.ConvTranspose2d(in, out, kernel_size, stride, padding, output_padding, groups, bias,
+    #                    dilation, padding_mode)
+    layer = nnx.eval_shape(lambda: deconv(4, 6, 3, 2, 1, 1, 2, False, 2, "zeros"))
+    assert layer.stride == (2, 2) and layer.padding == (1, 1) and layer.output_padding == (1, 1)
+    assert layer.groups == 2 and layer.bias is None and layer.dilation == (2, 2)
+    assert layer.weight.shape == (4, 3, 3, 3)
+
+
+def test_conv_transpose_output_size_matches_torch():
+    torch = pytest.importorskip("torch")
+    layer = deconv(4, 3, 3, stride=2, padding=1)
+    reference = _torch_conv_from(layer, torch.nn.ConvTranspose2d, in_channels=4, out_channels=3,
+                                 kernel_size=3, stride=2, padding=1)  # fmt: skip
+    x = random_input((2, 4, 4, 5))
+    for size in [(7, 9), (8, 10), (8, 9), (2, 4, 8, 10)]:
+        _compare_with_torch(
+            layer, reference, x, call=lambda m, x, size=size: m(x, output_size=list(size))
+        )
+    with pytest.raises(ValueError, match=r"output_size \(9, 9\) is not reachable"):
+        layer(x, output_size=(9, 9))
+
+
+def test_conv_transpose_default_init_is_torchs():
+    # torch: kaiming_uniform_(a=sqrt(5)) with fan_in from weight.shape[1] * kh * kw, i.e.
+    # U(+-1/sqrt(fan_in)), and the bias U(+-1/sqrt(fan_in)) with the same fan_in.
+    layer = deconv(64, 96, 3, groups=2)
+    fan_in = 96 // 2 * 9
+    bound = 1 / math.sqrt(fan_in)
+    weight, bias = (np.asarray(p, np.float64) for p in layer.parameters())
+    assert weight.shape == (64, 48, 3, 3)
+    assert np.abs(weight).max() <= bound and np.abs(weight).max() > 0.99 * bound
+    assert weight.std() == pytest.approx(bound / math.sqrt(3), rel=0.02)  # uniform's std
+    assert np.abs(bias).max() <= bound and bias.std() > bound / 4
+    torch = pytest.importorskip("torch")
+    reference = torch.nn.ConvTranspose2d(64, 96, 3, groups=2)
+    assert torch.nn.init._calculate_fan_in_and_fan_out(reference.weight)[0] == fan_in
+    assert reference.weight.abs().max().item() <= bound
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "message"),
+    [
+        ((4, 6, 3), {"stride": 2, "output_padding": 2}, ValueError,
+         r"^ConvTranspose2d output_padding must be smaller than either stride or dilation"),
+        ((4, 6, 3), {"groups": 4}, ValueError, r"^ConvTranspose2d groups=4 must divide both"),
+        ((4, 6, 3), {"padding_mode": "reflect"}, ValueError,
+         r"^ConvTranspose2d supports only padding_mode='zeros'"),
+        ((4, 6, 3), {"padding": "same"}, TypeError, r"^ConvTranspose2d padding must be an int"),
+        ((4, 6, 3), {"bias": 1}, TypeError, r"^ConvTranspose2d bias must be a bool"),
+    ],
+)  # fmt: skip
+def test_conv_transpose_constructor_errors(args, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        deconv(*args, **kwargs)
+
+
+def test_conv_transpose_input_errors_and_dtype():
+    layer = deconv(4, 6, 3, stride=2)
+    with pytest.raises(ValueError, match=r"^ConvTranspose2d expected 4 input channels"):
+        layer(jnp.ones((1, 3, 5, 5)))
+    with pytest.raises(TypeError, match=r"^ConvTranspose2d expected floating-point input"):
+        deconv(4, 6, 3, dtype=jnp.float32)(jnp.ones((1, 4, 5, 5), jnp.int32))
+    y = deconv(4, 6, 3, dtype=jnp.bfloat16)(jnp.ones((0, 4, 5, 5)))
+    assert y.shape == (0, 6, 7, 7) and y.dtype == jnp.bfloat16

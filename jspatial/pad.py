@@ -1,0 +1,177 @@
+"""Padding of the two spatial axes, ``torch.nn.functional.pad`` on NCHW input.
+
+Each mode says what lies beyond the edge of the image, and each is a few slices
+of the input glued on to it (``a b c d`` padded by 2 on each side)::
+
+    constant    0 0 | a b c d | 0 0     a fixed value (conv2d's zero padding)
+    reflect     c b | a b c d | c b     mirrored about the edge cell (no repeat)
+    replicate   a a | a b c d | d d     the edge cell repeated
+    circular    c d | a b c d | a b     wrapped around (a torus)
+
+Rows are padded first, then columns, so the corners of ``reflect`` are reflected
+twice, as in torch. A negative amount crops that side instead. The gradient of a
+slice is the slice run backwards (the gradient added back into the cells it came
+from), so plain autodiff is exact and cheap: padding copies, it never multiplies.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jspatial import _args
+
+MODES = ("constant", "reflect", "replicate", "circular")
+
+
+def pad(x, pad, mode="constant", value=None):
+    """Pad (or crop) the height and width of ``x``, as ``torch.nn.functional.pad``.
+
+    Args:
+        x: ``(N, C, H, W)``, any dtype; ``N`` may be 0.
+        pad: ``(left, right, top, bottom)``, torch's order (last axis first), or
+            ``(left, right)`` to pad the width only. Negative amounts crop. torch
+            accepts the pair only in ``'constant'`` mode for 4-D input; here every
+            mode takes it. Longer tuples (padding channels or batch) are not supported.
+        mode: ``'constant'``, ``'reflect'``, ``'replicate'`` or ``'circular'``.
+        value: the fill of ``'constant'`` mode (``None``: 0), as torch; the other
+            modes take none.
+
+    Returns:
+        ``(N, C, H + top + bottom, W + left + right)`` in the dtype of ``x``.
+
+    Raises:
+        ValueError: as torch: a ``reflect`` amount must be smaller than the size of
+            its axis, a ``circular`` one at most that size (after cropping), and
+            ``replicate`` needs a non-empty axis.
+
+    Example:
+        >>> import jax.numpy as jnp, jspatial as js
+        >>> x = jnp.arange(4.0).reshape(1, 1, 1, 4)
+        >>> js.pad(x, (2, 2), mode="reflect")[0, 0, 0]
+        Array([2., 1., 0., 1., 2., 3., 2., 1.], dtype=float32)
+        >>> js.pad(x, (1, -1, 1, 0), value=9.0)[0, 0]
+        Array([[9., 9., 9., 9.],
+               [9., 0., 1., 2.]], dtype=float32)
+    """
+    return pad_checked(x, pad, mode, value, op="pad")
+
+
+def pad_checked(x, pad, mode, value, *, op):
+    """``pad`` with errors attributed to ``op``."""
+    x = _args.check_array(x, op, "input", floating=False)
+    if x.ndim != 4:
+        raise ValueError(
+            f"{op} expected 4D input (batch, channels, height, width), got {x.ndim}D: "
+            f"{tuple(x.shape)}"
+        )
+    if mode not in MODES:
+        raise ValueError(f"{op} mode must be one of {MODES}, got {mode!r}")
+    if value is None:
+        value = 0.0
+    elif mode != "constant":
+        raise ValueError(f"{op} mode {mode!r} does not take a value (only 'constant' does)")
+    elif isinstance(value, (bool, str)) or not isinstance(value, (int, float)):
+        raise TypeError(f"{op} value must be a number, got {value!r}")
+    pads = check_pad(x.shape, pad, mode, op)
+    return pad_normalised(x, pads, mode, value)
+
+
+def _amounts(pad, op):
+    if not isinstance(pad, (tuple, list)):
+        raise TypeError(
+            f"{op} pad must be a tuple (left, right, top, bottom) or (left, right), got {pad!r}"
+        )
+    if len(pad) not in (2, 4):
+        raise ValueError(
+            f"{op} pad must have 2 values (left, right) or 4 (left, right, top, bottom), "
+            f"got {len(pad)}: {tuple(pad)!r}; only the height and width are padded"
+        )
+    for p in pad:
+        _args.pair(p, op, "pad", minimum=-(2**62))  # an int, not a float or bool
+    left, right, top, bottom = (*map(int, pad), 0, 0)[:4]
+    return (top, bottom), (left, right)
+
+
+def check_pad(shape, pad, mode, op):
+    """Validate ``pad`` (torch's order) for an input of ``shape`` in ``mode``.
+
+    Returns ``((top, bottom), (left, right))``.
+    """
+    pads = _amounts(pad, op)
+    for axis, (lo, hi), name in zip((2, 3), pads, ("height", "width")):
+        size = shape[axis]
+        if size + lo + hi < 0:
+            raise ValueError(
+                f"{op} {name} {size} with padding ({lo}, {hi}) gives a negative size "
+                f"{size + lo + hi}"
+            )
+        if mode == "reflect" and (lo >= size or hi >= size):
+            raise ValueError(
+                f"{op} reflect padding must be smaller than the input {name} {size}, "
+                f"got ({lo}, {hi}) (the edge cell is not repeated, so {size - 1} is the most)"
+            )
+        if mode == "replicate" and size == 0 and max(lo, hi) > 0:
+            raise ValueError(f"{op} replicate padding needs a non-empty {name}, got {size}")
+        if mode == "circular":
+            kept = size - max(-lo, 0) - max(-hi, 0)
+            if lo > kept or hi > kept:
+                raise ValueError(
+                    f"{op} circular padding ({lo}, {hi}) wraps around more than once: at "
+                    f"most the {name} ({kept} after cropping)"
+                )
+    return pads
+
+
+# Compiled once per shape, amounts and mode, so eager calls do not re-trace the slices.
+@partial(jax.jit, static_argnums=(1, 2))
+def pad_normalised(x, pads, mode, value):
+    """Pad validated ``((top, bottom), (left, right))`` amounts (``check_pad``)."""
+    fill = jnp.asarray(value, x.dtype)
+    for axis, (lo, hi) in zip((2, 3), pads):
+        x = _pad_axis(x, axis, lo, hi, mode, fill)
+    return x
+
+
+def _crop(x, axis, lo, hi):
+    """Drop ``lo`` cells at the start of ``axis`` and ``hi`` at the end."""
+    return lax.slice_in_dim(x, lo, x.shape[axis] - hi, axis=axis)
+
+
+def _pad_axis(x, axis, lo, hi, mode, fill):
+    if mode == "circular":
+        # torch wraps what is left after cropping: crop first.
+        x = _crop(x, axis, max(-lo, 0), max(-hi, 0))
+        size = x.shape[axis]
+        before = lax.slice_in_dim(x, size - max(lo, 0), size, axis=axis)
+        after = lax.slice_in_dim(x, 0, max(hi, 0), axis=axis)
+        return jnp.concatenate([before, x, after], axis)
+    # The others pad from the uncropped input, then crop (a crop may eat into the far pad).
+    before, after = (
+        _side(x, axis, max(lo, 0), mode, fill, True),
+        _side(x, axis, max(hi, 0), mode, fill, False),
+    )
+    x = jnp.concatenate([before, x, after], axis)
+    return _crop(x, axis, max(-lo, 0), max(-hi, 0))
+
+
+def _side(x, axis, amount, mode, fill, start):
+    """The ``amount`` cells that go before (``start``) or after ``x`` along ``axis``."""
+    size = x.shape[axis]
+    shape = x.shape[:axis] + (amount,) + x.shape[axis + 1 :]
+    if amount == 0 or mode == "constant":
+        return jnp.full(shape, fill, x.dtype)
+    if mode == "replicate":
+        edge = (
+            lax.slice_in_dim(x, 0, 1, axis=axis)
+            if start
+            else lax.slice_in_dim(x, size - 1, size, axis=axis)
+        )
+        return jnp.broadcast_to(edge, shape)
+    # reflect: cells amount, ..., 1 before; size - 2, ..., size - 1 - amount after
+    if start:
+        return lax.rev(lax.slice_in_dim(x, 1, amount + 1, axis=axis), (axis,))
+    return lax.rev(lax.slice_in_dim(x, size - 1 - amount, size - 1, axis=axis), (axis,))
