@@ -115,10 +115,17 @@ def batch_norm_checked(
     return y, new_mean, new_var
 
 
-# Compiled once per shape and configuration, so eager calls do not re-trace the loop.
-# ``momentum`` is traced, not static: ``BatchNorm2d(momentum=None)`` changes it every step.
-@partial(jax.jit, static_argnums=(5, 7))
 def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
+    # Compiled once per shape and configuration, so eager calls do not re-trace the loop.
+    # A number ``momentum`` is static, so ``1 - momentum`` is folded in double precision as
+    # written; an array one (``BatchNorm2d(momentum=None)`` changes it every step) is traced
+    # and does not recompile.
+    static = isinstance(momentum, (int, float))
+    core = _batch_norm_static if static else _batch_norm_traced
+    return core(x, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _batch_norm_core(x, running_mean, running_var, weight, bias, training, momentum, eps):
     c = x.shape[1]
     acc = win.accum_dtype(x.dtype)
     w = jnp.ones((c,), acc) if weight is None else weight.astype(acc)
@@ -137,6 +144,10 @@ def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, 
     new_mean = (1 - momentum) * running_mean + momentum * mean
     new_var = (1 - momentum) * running_var + momentum * unbiased
     return y, new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)
+
+
+_batch_norm_static = jax.jit(_batch_norm_core, static_argnums=(5, 6, 7))
+_batch_norm_traced = jax.jit(_batch_norm_core, static_argnums=(5, 7))
 
 
 def batch_stats(x):

@@ -312,16 +312,17 @@ def test_positional_call_copied_from_torch():
 
 
 def test_momentum_is_traced_not_static():
-    """A momentum that changes every step (``1 / step``, the cumulative average) reuses one
-    compilation, eager or inside jit, and gives the average of the batch statistics."""
+    """An array momentum that changes every step (``1 / step``, the cumulative average)
+    reuses one compilation, eager or inside jit, and gives the average of the batch
+    statistics. (A Python-number momentum is static: its constants fold as written.)"""
     from jspatial import norm
 
     xs = [make_data((2, 3, 4, 4), seed=s)[0] for s in range(3)]
     rm, rv = jnp.zeros(3), jnp.ones(3)
-    before = norm._batch_norm._cache_size()
+    before = norm._batch_norm_traced._cache_size()
     for step, x in enumerate(xs, start=1):
         _, rm, rv = js.batch_norm(x, rm, rv, training=True, momentum=jnp.float32(1 / step))
-    assert norm._batch_norm._cache_size() - before == 1
+    assert norm._batch_norm_traced._cache_size() - before == 1
     stacked = np.stack(xs).astype(np.float64)
     assert_close(rm, stacked.mean(axis=(1, 3, 4)).mean(axis=0))
 
