@@ -12,6 +12,7 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -204,16 +205,39 @@ def check_groups(in_channels: int, out_channels: int, groups: Any, op: str) -> i
     return int(groups)
 
 
-def check_momentum(momentum: Any, op: str) -> float:
-    """Batch-norm ``momentum``: the weight of the new statistic, a number in ``[0, 1]``."""
-    if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, (int, float)):
+def check_momentum(momentum: Any, op: str, *, allow_none: bool = False) -> Any:
+    """Batch-norm ``momentum``: the weight of the new statistic, a number in ``[0, 1]``.
+
+    A 0-d array is accepted too (``BatchNorm2d(momentum=None)`` passes the traced
+    ``1 / num_batches_tracked``); its range is checked when its value is known.
+    ``None`` (PyTorch's cumulative average) only where ``allow_none``: the layer.
+    """
+    if momentum is None:
+        if allow_none:
+            return None
+        raise TypeError(
+            f"{op} momentum must be a number in [0, 1], got None; PyTorch's cumulative "
+            "average (momentum=None) is BatchNorm2d(momentum=None), or pass "
+            "momentum=1 / num_batches_tracked"
+        )
+    if isinstance(momentum, (bool, np.bool_)):
+        raise TypeError(f"{op} momentum must be a number in [0, 1], got {momentum!r}")
+    if isinstance(momentum, (int, float, np.integer, np.floating)):
+        value = float(momentum)
+    elif getattr(momentum, "shape", None) == () and jnp.issubdtype(
+        jnp.result_type(momentum), jnp.floating
+    ):
+        if isinstance(momentum, jax.core.Tracer):
+            return momentum  # known only at run time
+        value = float(momentum)
+    else:
         raise TypeError(
             f"{op} momentum must be a number in [0, 1], got {momentum!r} "
-            "(momentum=None, PyTorch's cumulative average, is not supported)"
+            f"({type(momentum).__name__})"
         )
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"{op} momentum must be in [0, 1], got {momentum}")
-    return float(momentum)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{op} momentum must be in [0, 1], got {value}")
+    return value if isinstance(momentum, (int, float, np.integer, np.floating)) else momentum
 
 
 def check_eps(eps: Any, op: str) -> float:
@@ -234,3 +258,105 @@ def check_divisor_override(divisor_override: Any, op: str) -> Any:
     if divisor_override == 0:
         raise ValueError(f"{op} divisor_override must be non-zero, got {divisor_override}")
     return divisor_override
+
+
+def adaptive_output_size(output_size: Any, op: str) -> tuple[int | None, int | None]:
+    """Adaptive pooling's ``output_size``: an int, or an ``(h, w)`` pair of ints or ``None``.
+
+    ``None`` keeps that input size (filled in per call). Zero, and sizes above the
+    input, are valid, as in PyTorch.
+
+    >>> adaptive_output_size((5, None), "adaptive_avg_pool2d")
+    (5, None)
+    """
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) != 2:
+            raise ValueError(
+                f"{op} output_size must be an int or a pair (h, w), got {len(output_size)} "
+                f"values: {output_size!r}"
+            )
+        values = tuple(output_size)
+    elif output_size is None:
+        raise TypeError(f"{op} output_size must be an int or a pair (h, w), got None")
+    else:
+        values = (output_size, output_size)
+    result = []
+    for v in values:
+        if v is None:
+            result.append(None)
+            continue
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(
+                f"{op} output_size must hold ints or None, got {output_size!r} "
+                f"({type(v).__name__})"
+            )
+        if v < 0:
+            raise ValueError(f"{op} output_size must be >= 0, got {output_size!r}")
+        result.append(int(v))
+    return result[0], result[1]
+
+
+def unpool_output_size(
+    output_size: Any, in_hw: Pair, kernel: Pair, stride: Pair, padding: Pair, op: str
+) -> Pair:
+    """``max_unpool2d``'s output ``(H, W)``, PyTorch's rule.
+
+    The default is ``(H_in - 1) * stride - 2 * padding + kernel_size`` per axis. An explicit
+    ``output_size``, ``(H, W)`` or a full ``(N, C, H, W)`` shape, must lie strictly within
+    ``stride`` of that default: the sizes a ``max_pool2d`` with these arguments maps to
+    ``H_in``.
+
+    >>> unpool_output_size((5, 7), (2, 3), (2, 2), (2, 2), (0, 0), "max_unpool2d")
+    (5, 7)
+    """
+    default = tuple((in_hw[a] - 1) * stride[a] - 2 * padding[a] + kernel[a] for a in range(2))
+    if output_size is None:
+        size = default
+    else:
+        if not isinstance(output_size, (tuple, list)) or len(output_size) not in (2, 4):
+            raise TypeError(
+                f"{op} output_size must be (H, W) or a full (N, C, H, W) shape, "
+                f"got {output_size!r}"
+            )
+        size = tuple(_as_int(v, op, "output_size", output_size) for v in output_size[-2:])
+        for a in range(2):
+            lo, hi = default[a] - stride[a], default[a] + stride[a]
+            if not lo < size[a] < hi:
+                raise ValueError(
+                    f"{op} output_size {tuple(output_size)} is invalid: dim {a} must be "
+                    f"strictly between {lo} and {hi} for an input of {tuple(in_hw)} with "
+                    f"kernel_size={kernel}, stride={stride}, padding={padding}"
+                )
+    if min(size) < 0:
+        raise ValueError(
+            f"{op} output size must be non-negative, got {size} for an input of {tuple(in_hw)} "
+            f"with kernel_size={kernel}, stride={stride}, padding={padding}"
+        )
+    return size[0], size[1]
+
+
+def check_indices(indices: Any, shape: tuple[int, ...], plane: int, op: str) -> Any:
+    """Pooling ``indices``: integers of the input's ``shape``, each in ``[0, plane)``.
+
+    The range is checked only where the values are known (outside ``jax.jit``); traced
+    indices are taken as they come.
+    """
+    indices = check_array(indices, op, "indices", floating=False)
+    dtype = jnp.result_type(indices)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"{op} expected integer indices, got {dtype}")
+    if tuple(indices.shape) != tuple(shape):
+        raise ValueError(
+            f"{op} expected indices of the input's shape {tuple(shape)}, "
+            f"got {tuple(indices.shape)}"
+        )
+    if not isinstance(indices, jax.core.Tracer) and indices.size:
+        values = np.asarray(indices)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high >= plane:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"{op} found an invalid index {bad}: indices must lie in [0, {plane}), "
+                f"the cells of one output plane"
+            )
+    return indices

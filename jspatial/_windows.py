@@ -43,6 +43,14 @@ class Geometry(NamedTuple):
         """Whether two taps can read the same input cell (windows overlap, or taps coincide)."""
         return any((self.kernel[a] - 1) * self.dilation[a] + 1 > self.stride[a] for a in range(2))
 
+    @property
+    def reads_outside(self) -> bool:
+        """Whether some window reads a cell outside the input (padding, or ceil_mode's extra)."""
+        return any(
+            self.padding[a][0] > 0 or self._extent(a) > self.padding[a][0] + self.in_hw[a]
+            for a in range(2)
+        )
+
     def _extent(self, axis: int) -> int:
         # Rows of the padded input that some window actually reads.
         return (
@@ -107,6 +115,21 @@ def add_to_window(buf, t, value, geom: Geometry):
         return lax.dynamic_update_slice(buf, value, start)
     block = lax.dynamic_slice(buf, start, value.shape)
     return lax.dynamic_update_slice(buf, block + value, start)
+
+
+def adaptive_windows(size: int, out: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(starts, lengths)`` of the ``out`` windows of adaptive pooling over ``size`` cells.
+
+    PyTorch's rule: window ``i`` covers ``[floor(i * size / out), ceil((i + 1) * size / out))``,
+    so every window holds at least one cell and at most ``ceil(size / out) + 1``; neighbours
+    overlap by a cell where ``size / out`` is not an integer, and repeat when ``out > size``.
+
+    >>> adaptive_windows(5, 3)
+    ((0, 1, 3), (2, 3, 2))
+    """
+    starts = tuple(i * size // out for i in range(out))
+    ends = tuple(-(-(i + 1) * size // out) for i in range(out))
+    return starts, tuple(e - s for s, e in zip(starts, ends))
 
 
 def accum_dtype(dtype):

@@ -29,6 +29,12 @@ whichever loop runs last)
 
 A transposed convolution *is* the input gradient of a convolution, run as an op.
 
+The body of each loop, the code that runs once per tap, is a named function of a few
+lines: ``conv_tap`` (``y += window(x, t) @ w[t]``), ``conv_transpose_tap``
+(``dx[window t] += g @ w[t].T``) and ``conv_weight_grad_tap``
+(``dw[t] += window(x, t).T @ g``); ``conv_backward_tap`` is ``conv2d``'s backward
+body, the last two together. ``jspatial.steps`` runs them one tap at a time, to watch.
+
 Memory: both passes run the tap loop once per batch chunk (up to 8 chunks of at
 least 4096 output pixels, ``jspatial._windows.batch_chunks``), converting each
 chunk to channels-last on the way in and back on the way out. The padded
@@ -136,13 +142,18 @@ def conv2d_checked(
 # Compiled once per shape and configuration, so eager calls do not re-trace the loops.
 @partial(jax.jit, static_argnums=(3, 4, 5))
 def _conv2d(x, weight, bias, geom, groups, method):
-    w = weight.astype(x.dtype)
-    if method == "winograd":
-        y = winograd.conv3x3(x, w, geom)
-    elif method == "im2col":
-        y = _conv_im2col(x, w, geom)
-    else:
-        y = _conv_direct(x, w, geom, groups)
+    from jspatial._accel import dispatch  # the Pallas kernels load only when a conv traces
+
+    def portable(x, w):
+        if method == "winograd":
+            return winograd.conv3x3(x, w, geom)
+        if method == "im2col":
+            return _conv_im2col(x, w, geom)
+        return _conv_direct(x, w, geom, groups)
+
+    # Lowered for a TPU, the same tap loop runs on-chip as a Pallas kernel (jspatial/_accel);
+    # CPUs and GPUs keep the loops above.
+    y = dispatch.conv2d(x, weight.astype(x.dtype), geom, groups, portable)
     if bias is not None:
         y = y + bias.astype(y.dtype)[:, None, None]
     return y.astype(x.dtype)
@@ -262,17 +273,83 @@ def _tap_input_grad(g, wt):
     return jnp.einsum("mgo,gco->mgc", g, wt, preferred_element_type=acc)
 
 
-def _add_weight_grad(dw, t, xw, gm):
-    """``dw[t] += window(x, t).T @ g``: one tap of the weight gradient."""
-    dw_t = _tap_weight_grad(xw, gm) + lax.dynamic_index_in_dim(dw, t, keepdims=False)
+# ------------------------------------------------------------------ the loop bodies
+#
+# One kernel tap each, on one batch chunk, channels-last. "Input side": the (padded,
+# phase-split) array the windows read, ``xph`` of ``win.to_phases``. "Output side": a
+# matrix ``(N * H_out * W_out, G, C/G)`` whose rows are output pixels. ``G`` is ``groups``.
+
+
+def conv_tap(t, y, xph, w_taps, geom):
+    """Kernel tap ``t`` of the direct convolution: ``y += window(x, t) @ w[t]``.
+
+    Tap ``t = i * kw + j`` reads, for every output pixel, the input cell at offset
+    ``(i * dilation, j * dilation)`` of its window: one block of the padded input, a
+    matrix with a row per output pixel, ``(N * H_out * W_out, C_in)``. Times the tap's
+    weights ``(C_in, C_out)`` that is the tap's share of every output at once:
+    ``N * H_out * W_out * C_in * C_out / G`` MACs in one matrix product.
+
+    Args:
+        t: the tap number.
+        y: ``(N * H_out * W_out, G, C_out / G)``, the sum so far (float32 or float64).
+        xph: the padded input split into stride phases (``win.to_phases``).
+        w_taps: ``(kh * kw, G, C_in / G, C_out / G)``: a weight matrix per tap and group.
+        geom: the window geometry.
+    """
+    groups, cg = w_taps.shape[1], w_taps.shape[2]
+    xw = win.window(xph, t, geom).reshape(y.shape[0], groups, cg)
+    return y + _tap_product(xw, w_taps[t])
+
+
+def conv_transpose_tap(t, out, g, w_taps, geom):
+    """Kernel tap ``t`` of the transposed convolution: ``out[window t] += g @ w[t].T``.
+
+    ``conv_tap`` run backwards, so it is also ``conv2d``'s input gradient: each row of
+    ``g`` (an output pixel's ``C_out`` values) goes back through the tap's weights to the
+    input cell that the tap read for that pixel; where windows overlap, the products
+    add up. ``N * H_out * W_out * C_in * C_out / G`` MACs, one matrix product.
+
+    Args:
+        t: the tap number.
+        out: the input-side buffer the products are added into, padded and
+            phase-split like ``xph`` (float32 or float64).
+        g: ``(N * H_out * W_out, G, C_out / G)``: a row per output pixel.
+        w_taps: as for ``conv_tap``.
+        geom: the geometry of the convolution (``out`` is its input side).
+    """
+    ho, wo = geom.out_hw
+    groups, cg = w_taps.shape[1], w_taps.shape[2]
+    dx_t = _tap_input_grad(g, w_taps[t]).reshape(out.shape[0], ho, wo, groups * cg)
+    return win.add_to_window(out, t, dx_t, geom)
+
+
+def conv_weight_grad_tap(t, dw, xph, g, geom):
+    """Kernel tap ``t`` of the weight gradient: ``dw[t] += window(x, t).T @ g``.
+
+    The block that tap ``t`` read, transposed, times the output gradient (a row per
+    output pixel): ``N * H_out * W_out * C_in * C_out / G`` MACs, one matrix product.
+    ``dw`` is ``(kh * kw, G, C_in / G, C_out / G)``, like ``w_taps``.
+    """
+    groups, cg = dw.shape[1], dw.shape[2]
+    xw = win.window(xph, t, geom).reshape(g.shape[0], groups, cg)
+    dw_t = _tap_weight_grad(xw, g) + lax.dynamic_index_in_dim(dw, t, keepdims=False)
     return lax.dynamic_update_index_in_dim(dw, dw_t, t, 0)
 
 
+def conv_backward_tap(t, carry, xph, g, w_taps, geom):
+    """Kernel tap ``t`` of ``conv2d``'s backward pass: both gradients from one window::
+
+        dw[t]         += window(x, t).T @ g         # conv_weight_grad_tap
+        dx[window t]  += g @ w[t].T                 # conv_transpose_tap
+
+    ``carry = (dxph, dw)``; twice the forward tap's MACs.
+    """
+    dxph, dw = carry
+    dw = conv_weight_grad_tap(t, dw, xph, g, geom)
+    return conv_transpose_tap(t, dxph, g, w_taps, geom), dw
+
+
 # ------------------------------------------------------------------ the two tap loops
-#
-# Both work on one batch chunk, channels-last. "Input side": the (padded, phase-split)
-# array the windows read, ``xph`` of ``win.to_phases``. "Output side": a matrix
-# ``(N * H_out * W_out, G, C/G)`` whose rows are output pixels.
 
 
 def _forward_loop(xph, w_taps, geom, gm=None, dw=None):
@@ -283,20 +360,18 @@ def _forward_loop(xph, w_taps, geom, gm=None, dw=None):
     ``dw[t] += window(xph, t).T @ gm`` (``conv_transpose2d``'s, with ``xph`` its output
     gradient and ``gm`` its input); returns ``(out, dw)`` then.
     """
-    n, c = xph.shape[0], xph.shape[-1]
-    groups = w_taps.shape[1]
-    m = n * geom.out_hw[0] * geom.out_hw[1]
+    m = xph.shape[0] * geom.out_hw[0] * geom.out_hw[1]
+    out = jnp.zeros((m, w_taps.shape[1], w_taps.shape[-1]), win.accum_dtype(xph.dtype))
+    if gm is None:
+        tap = partial(conv_tap, xph=xph, w_taps=w_taps, geom=geom)
+        return lax.fori_loop(0, geom.taps, tap, out, unroll=UNROLL)
 
-    def tap(t, carry):
+    def tap_and_grad(t, carry):
         out, dw = carry
-        xw = win.window(xph, t, geom).reshape(m, groups, c // groups)
-        if gm is not None:
-            dw = _add_weight_grad(dw, t, xw, gm)
-        return out + _tap_product(xw, w_taps[t]), dw
+        dw = conv_weight_grad_tap(t, dw, xph, gm, geom)
+        return conv_tap(t, out, xph, w_taps, geom), dw
 
-    out = jnp.zeros((m, groups, w_taps.shape[-1]), win.accum_dtype(xph.dtype))
-    out, dw = lax.fori_loop(0, geom.taps, tap, (out, dw), unroll=UNROLL)
-    return out if gm is None else (out, dw)
+    return lax.fori_loop(0, geom.taps, tap_and_grad, (out, dw), unroll=UNROLL)
 
 
 def _input_grad_loop(gm, w_taps, geom, phased_shape, xph=None, dw=None):
@@ -308,21 +383,12 @@ def _input_grad_loop(gm, w_taps, geom, phased_shape, xph=None, dw=None):
     the loop also accumulates ``conv2d``'s weight gradient ``window(xph, t).T @ gm``
     and returns ``(dxph, dw)``.
     """
-    n = phased_shape[0]
-    ho, wo = geom.out_hw
-    groups, cg = w_taps.shape[1], w_taps.shape[2]
-
-    def tap(t, carry):
-        dxph, dw = carry
-        if xph is not None:
-            xw = win.window(xph, t, geom).reshape(gm.shape[0], groups, cg)
-            dw = _add_weight_grad(dw, t, xw, gm)
-        dx_t = _tap_input_grad(gm, w_taps[t]).reshape(n, ho, wo, groups * cg)
-        return win.add_to_window(dxph, t, dx_t, geom), dw
-
     dxph = jnp.zeros(phased_shape, win.accum_dtype(gm.dtype))
-    dxph, dw = lax.fori_loop(0, geom.taps, tap, (dxph, dw), unroll=UNROLL)
-    return dxph if xph is None else (dxph, dw)
+    if xph is None:
+        tap = partial(conv_transpose_tap, g=gm, w_taps=w_taps, geom=geom)
+        return lax.fori_loop(0, geom.taps, tap, dxph, unroll=UNROLL)
+    tap = partial(conv_backward_tap, xph=xph, g=gm, w_taps=w_taps, geom=geom)
+    return lax.fori_loop(0, geom.taps, tap, (dxph, dw), unroll=UNROLL)
 
 
 def _phased_shape(n, c, geom):

@@ -1,4 +1,4 @@
-"""Max and average pooling as loops over window taps.
+"""Max, average and adaptive pooling as loops over window taps, and max unpooling.
 
 Pooling is the convolution loop without the matrix product: for every tap of
 the window take the block of the padded input that the tap sees for every
@@ -8,10 +8,22 @@ output cell, and fold it into the result with ``max`` or ``+``::
     for t in range(kh * kw):                       # lax.fori_loop
         y = max(y, window(x, t))
 
+The bodies of those loops are ``max_pool_tap`` and ``avg_pool_tap``, each a few
+lines; ``jspatial.steps`` runs them one tap at a time, in Python, to watch.
+
 Cost: ``N * C * H_out * W_out * kh * kw`` comparisons (or adds) and no weights.
-The max-pool forward also records which tap won (an int8 per output cell, like
-PyTorch's indices), so its backward needs neither the input nor the output:
-each tap sends back the gradient of the cells it won.
+The max-pool forward also records which tap won (an int8 per output cell), so
+its backward needs neither the input nor the output: each tap sends back the
+gradient of the cells it won. The tap that won, plus where its window starts,
+is PyTorch's ``return_indices`` (``h * W + w``), and ``max_unpool2d`` writes
+values back to those cells.
+
+Adaptive pooling chooses the windows from the sizes instead: window ``i`` covers
+rows ``floor(i * H / H_out)`` to ``ceil((i + 1) * H / H_out)``. When ``H_out``
+divides ``H`` that is the ordinary pool with ``kernel_size = stride = H // H_out``;
+otherwise the windows differ in length by a cell, and the loop runs over the
+``ceil(H / H_out) + 1`` (at most) tap offsets with a mask for the windows that
+are shorter.
 """
 
 from __future__ import annotations
@@ -31,12 +43,15 @@ from jspatial.shapes import output_hw
 UNROLL_TAPS = 16
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, *, dilation=1, ceil_mode=False):
+def max_pool2d(
+    x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
     """2-D max pooling with PyTorch's ``torch.nn.functional.max_pool2d`` semantics.
 
     Padded cells never win (they act as ``-inf``); a window lying entirely in
     padding (possible only with dilation) outputs ``-inf`` and passes no gradient.
-    Ties send the gradient to the first maximum in window order, as PyTorch does.
+    Ties send the gradient to the first maximum in window order, a NaN wins its
+    window (the last NaN, if several), as PyTorch does.
 
     Args:
         x: input ``(N, C, H, W)``.
@@ -45,29 +60,71 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, *, dilation=1, ceil_mode=
         padding: int or ``(ph, pw)``, at most half the kernel on each axis.
         dilation: int or ``(dh, dw)``: spacing between window taps.
         ceil_mode: round the output size up instead of down.
+        return_indices: also return where each maximum was.
 
     Returns:
-        ``(N, C, H_out, W_out)`` in the dtype of ``x``.
+        ``y: (N, C, H_out, W_out)`` in the dtype of ``x``; with ``return_indices``
+        the pair ``(y, indices)``, ``indices`` of the same shape holding PyTorch's
+        flat position ``h * W + w`` of each maximum in its input plane (int64 in
+        JAX's 64-bit mode, int32 otherwise). A window entirely in padding gets
+        PyTorch's index of it too (its first row and column past the padding).
 
     Example:
         >>> import jax.numpy as jnp, jspatial as js
         >>> x = jnp.arange(16.0).reshape(1, 1, 4, 4)
         >>> js.max_pool2d(x, 2)[0, 0].tolist()
         [[5.0, 7.0], [13.0, 15.0]]
+        >>> js.max_pool2d(x, 2, return_indices=True)[1][0, 0].tolist()
+        [[5, 7], [13, 15]]
     """
-    return max_pool2d_checked(x, kernel_size, stride, padding, dilation, ceil_mode, op="max_pool2d")
+    return max_pool2d_checked(
+        x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, op="max_pool2d"
+    )
 
 
-def max_pool2d_checked(x, kernel_size, stride, padding, dilation, ceil_mode, *, op):
+def max_pool2d_checked(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, *, op):
     """``max_pool2d`` with errors attributed to ``op`` (the layer uses ``"MaxPool2d"``)."""
-    geom = pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
-    return _max_pool2d(x, geom)
+    x, geom = pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
+    return _max_pool2d(x, geom, _args.check_bool(return_indices, op, "return_indices"))
 
 
 # Compiled once per shape and configuration, so eager calls do not re-trace the loops.
-@partial(jax.jit, static_argnums=(1,))
-def _max_pool2d(x, geom):
-    return win.nhwc_to_nchw(_max_pool_nhwc(win.nchw_to_nhwc(x), geom))
+@partial(jax.jit, static_argnums=(1, 2))
+def _max_pool2d(x, geom, return_indices):
+    y, arg = _max_pool_nhwc(win.nchw_to_nhwc(x), geom)
+    if not return_indices:
+        return win.nhwc_to_nchw(y)
+    (sh, sw), (dh, dw) = geom.stride, geom.dilation
+    row0 = np.arange(geom.out_hw[0]) * sh - geom.padding[0][0]
+    col0 = np.arange(geom.out_hw[1]) * sw - geom.padding[1][0]
+    width = geom.in_hw[1]
+    indices = _flat_indices(arg, row0, col0, geom.kernel[1], geom.dilation, width)
+    if geom.reads_outside:
+        # A window with no real cell keeps PyTorch's starting index: its first row
+        # and column past the padding (which may lie outside the plane).
+        first = lambda start, d: start + d * np.maximum(0, -(start // d))  # noqa: E731
+        start = first(row0, dh)[:, None] * width + first(col0, dw)[None, :]
+        indices = jnp.where(arg < 0, jnp.asarray(start, indices.dtype)[:, :, None], indices)
+    return win.nhwc_to_nchw(y), win.nhwc_to_nchw(indices)
+
+
+def _flat_indices(arg, row0, col0, kw, step, width):
+    """PyTorch's indices ``h * W + w`` of the cells that won, from the winning taps.
+
+    ``arg: (N, H_out, W_out, C)`` holds tap numbers (row-major over windows ``kw``
+    wide); ``row0``/``col0`` the input row/column of each window's first tap;
+    ``step`` the spacing between taps. Int64 in JAX's 64-bit mode, int32 otherwise.
+    """
+    dtype = _index_dtype()
+    t = arg.astype(dtype)
+    rows = jnp.asarray(row0, dtype)[:, None, None] + (t // kw) * step[0]
+    cols = jnp.asarray(col0, dtype)[:, None] + (t % kw) * step[1]
+    return rows * width + cols
+
+
+def _index_dtype():
+    # PyTorch's indices are int64; JAX has 64-bit integers only in its 64-bit mode.
+    return jax.dtypes.canonicalize_dtype(jnp.int64)
 
 
 @partial(jax.jit, static_argnums=(1, 2))
@@ -80,7 +137,6 @@ def avg_pool2d(
     kernel_size,
     stride=None,
     padding=0,
-    *,
     ceil_mode=False,
     count_include_pad=True,
     divisor_override=None,
@@ -117,9 +173,9 @@ def avg_pool2d_checked(
     x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, *, op
 ):
     """``avg_pool2d`` with errors attributed to ``op`` (the layer uses ``"AvgPool2d"``)."""
-    geom = pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode, op)
-    _args.check_divisor_override(divisor_override, op)
-    return _avg_pool2d(x, geom, (bool(count_include_pad), divisor_override))
+    x, geom = pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode, op)
+    include = _args.check_bool(count_include_pad, op, "count_include_pad")
+    return _avg_pool2d(x, geom, (include, _args.check_divisor_override(divisor_override, op)))
 
 
 def global_avg_pool2d(x):
@@ -130,37 +186,27 @@ def global_avg_pool2d(x):
         >>> js.global_avg_pool2d(jnp.ones((2, 8, 5, 5))).shape
         (2, 8)
     """
-    _args.check_input(x, "global_avg_pool2d")
+    # As an array: a NumPy float64 input is float32 here, as the jitted ops make it.
+    x = jnp.asarray(_args.check_input(x, "global_avg_pool2d"))
     return jnp.mean(x, axis=(2, 3), dtype=win.accum_dtype(x.dtype)).astype(x.dtype)
 
 
 def pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op):
-    """Validate pooling arguments and return the window geometry."""
-    _args.check_input(x, op)
+    """Validate pooling arguments: the input as an array, and the window geometry."""
+    x = _args.check_input(x, op)
     kernel, strides, pads, dil = _args.pool_params(kernel_size, stride, padding, dilation, op)
-    if not isinstance(ceil_mode, (bool, np.bool_)):
-        raise TypeError(f"{op} ceil_mode must be a bool, got {ceil_mode!r}")
+    ceil_mode = _args.check_bool(ceil_mode, op, "ceil_mode")
     hw = tuple(x.shape[2:])
     padded = (hw[0] + 2 * pads[0], hw[1] + 2 * pads[1])
     _args.check_fits(hw, padded, kernel, dil, op)
-    out_hw = output_hw(hw, kernel, strides, pads, dil, bool(ceil_mode))
-    return win.Geometry(hw, out_hw, kernel, strides, dil, ((pads[0],) * 2, (pads[1],) * 2))
+    out_hw = output_hw(hw, kernel, strides, pads, dil, ceil_mode)
+    return x, win.Geometry(hw, out_hw, kernel, strides, dil, ((pads[0],) * 2, (pads[1],) * 2))
 
 
-def _unroll(geom):
+def _unroll(taps):
     # Unrolling a small window's loop lets XLA fuse all its taps into one pass over
     # memory instead of one pass per tap; large windows keep a rolled loop.
-    return min(geom.taps, UNROLL_TAPS)
-
-
-def _has_padding(geom):
-    """Whether any window reads cells outside the input (explicit or ceil_mode padding)."""
-    return any(
-        geom.padding[a][0] > 0
-        or (geom.out_hw[a] - 1) * geom.stride[a] + (geom.kernel[a] - 1) * geom.dilation[a]
-        >= geom.in_hw[a] + geom.padding[a][0]
-        for a in range(2)
-    )
+    return min(taps, UNROLL_TAPS)
 
 
 # ---------------------------------------------------------------------------- max
@@ -168,34 +214,64 @@ def _has_padding(geom):
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool_nhwc(x, geom):
+    """``(max, winning tap)`` per output cell; the tap numbers carry no gradient."""
     return _max_fwd(x, geom)[0]
 
 
-def _max_fwd(x, geom):
+def max_pool_tap(t, carry, xph, real, geom):
+    """Window tap ``t`` of max pooling: ``best = max(best, window(x, t))``, noting who won.
+
+    Tap ``t = i * kw + j`` is the cell at offset ``(i, j)`` of every window, so
+    ``window(xph, t, geom)`` is one ``(N, H_out, W_out, C)`` block of the input (padded
+    with ``-inf``), one cell per output. Each tap costs one comparison per output cell.
+
+    Args:
+        t: the tap number.
+        carry: ``(best, arg)``: the maximum so far, ``(N, H_out, W_out, C)``, and the tap
+            it came from (``-1``: no tap yet).
+        xph: the input padded with ``-inf`` and split into stride phases
+            (``jspatial._windows.to_phases``).
+        real: the same split of a mask of the real (unpadded) cells, or ``None`` when
+            no window reaches into the padding.
+        geom: the window geometry.
+    """
+    best, arg = carry
+    xw = win.window(xph, t, geom)
+    # PyTorch's rule: a strictly larger value or a NaN takes over, and the first real
+    # cell of the window is the winner until then.
+    take = (xw > best) | jnp.isnan(xw) | (arg < 0)
+    if real is not None:
+        take = take & win.window(real, t, geom)
+    return jnp.where(take, xw, best), jnp.where(take, t, arg).astype(arg.dtype)
+
+
+def max_pool_start(x, geom):
+    """What ``max_pool_tap`` loops over: the phased input, its mask (or ``None``) and
+    the initial ``(best, arg)`` for an ``(N, H, W, C)`` input."""
     n, c = x.shape[0], x.shape[-1]
     xph = win.to_phases(x, geom, -jnp.inf)
-    # Which cells are real input (not padding); broadcast over batch and channels.
-    real = win.to_phases(jnp.ones((1, *geom.in_hw, 1), jnp.bool_), geom, False)
-    padded = _has_padding(geom)
-
-    def tap(t, carry):
-        best, arg = carry
-        xw = win.window(xph, t, geom)
-        # PyTorch's rule: a strictly larger value or a NaN takes over, and the first
-        # real cell of the window is the winner until then.
-        take = (xw > best) | jnp.isnan(xw) | (arg < 0)
-        if padded:
-            take = take & win.window(real, t, geom)
-        return jnp.where(take, xw, best), jnp.where(take, t, arg).astype(arg.dtype)
-
+    real = None
+    if geom.reads_outside:  # which cells are real input; broadcast over batch and channels
+        real = win.to_phases(jnp.ones((1, *geom.in_hw, 1), jnp.bool_), geom, False)
     shape = (n, *geom.out_hw, c)
-    arg_dtype = jnp.int8 if geom.taps < 127 else jnp.int32
-    init = (jnp.full(shape, -jnp.inf, x.dtype), jnp.full(shape, -1, arg_dtype))
-    best, arg = lax.fori_loop(0, geom.taps, tap, init, unroll=_unroll(geom))
-    return best, arg
+    init = (jnp.full(shape, -jnp.inf, x.dtype), jnp.full(shape, -1, _tap_dtype(geom.taps)))
+    return xph, real, init
 
 
-def _max_bwd(geom, arg, g):
+def _max_fwd(x, geom):
+    xph, real, init = max_pool_start(x, geom)
+    tap = partial(max_pool_tap, xph=xph, real=real, geom=geom)
+    best, arg = lax.fori_loop(0, geom.taps, tap, init, unroll=_unroll(geom.taps))
+    return (best, arg), arg
+
+
+def _tap_dtype(taps):
+    # One byte per output cell while the tap numbers fit, like PyTorch's indices but smaller.
+    return jnp.int8 if taps < 127 else jnp.int32
+
+
+def _max_bwd(geom, arg, cotangents):
+    g = cotangents[0]
     n, c = g.shape[0], g.shape[-1]
     acc = win.accum_dtype(g.dtype)
     hq_shape = win.to_phases(jnp.zeros((n, *geom.in_hw, c), acc), geom, 0).shape
@@ -203,7 +279,7 @@ def _max_bwd(geom, arg, g):
     def tap(t, dxph):
         return win.add_to_window(dxph, t, jnp.where(arg == t, g, 0), geom)
 
-    dxph = lax.fori_loop(0, geom.taps, tap, jnp.zeros(hq_shape, acc), unroll=_unroll(geom))
+    dxph = lax.fori_loop(0, geom.taps, tap, jnp.zeros(hq_shape, acc), unroll=_unroll(geom.taps))
     return (win.from_phases(dxph, geom).astype(g.dtype),)
 
 
@@ -233,20 +309,33 @@ def _avg_scale(geom, divisor, dtype):
     return jnp.asarray((1.0 / np.outer(counts[0], counts[1]))[None, :, :, None], dtype)
 
 
+def avg_pool_tap(t, total, xph, geom):
+    """Window tap ``t`` of average pooling: ``total += window(x, t)``.
+
+    Tap ``t = i * kw + j`` is the cell at offset ``(i, j)`` of every window: one
+    ``(N, H_out, W_out, C)`` block of the zero-padded, phase-split input ``xph``, one
+    cell per output. Each tap costs one addition per output cell; the sum is divided
+    by the window size once, after the loop.
+
+    Args:
+        t: the tap number.
+        total: ``(N, H_out, W_out, C)`` sum so far, in float32 (or float64).
+        xph: the input padded with zeros and split into stride phases.
+        geom: the window geometry.
+    """
+    return total + win.window(xph, t, geom).astype(total.dtype)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _avg_pool_nhwc(x, geom, divisor):
     n, c = x.shape[0], x.shape[-1]
     xph = win.to_phases(x, geom, 0)
     acc = win.accum_dtype(x.dtype)
-
-    def tap(t, total):
-        return total + win.window(xph, t, geom).astype(acc)
-
-    scale = _avg_scale(geom, divisor, acc)
+    tap = partial(avg_pool_tap, xph=xph, geom=geom)
     total = lax.fori_loop(
-        0, geom.taps, tap, jnp.zeros((n, *geom.out_hw, c), acc), unroll=_unroll(geom)
+        0, geom.taps, tap, jnp.zeros((n, *geom.out_hw, c), acc), unroll=_unroll(geom.taps)
     )
-    return (total * scale).astype(x.dtype)
+    return (total * _avg_scale(geom, divisor, acc)).astype(x.dtype)
 
 
 def _avg_fwd(x, geom, divisor):
@@ -263,8 +352,341 @@ def _avg_bwd(geom, divisor, token, g):
     def tap(t, dxph):
         return win.add_to_window(dxph, t, gs, geom)
 
-    dxph = lax.fori_loop(0, geom.taps, tap, jnp.zeros(hq_shape, acc), unroll=_unroll(geom))
+    dxph = lax.fori_loop(0, geom.taps, tap, jnp.zeros(hq_shape, acc), unroll=_unroll(geom.taps))
     return (win.from_phases(dxph, geom).astype(token.dtype),)
 
 
 _avg_pool_nhwc.defvjp(_avg_fwd, _avg_bwd)
+
+
+# ---------------------------------------------------------------------------- adaptive
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """Adaptive average pooling with ``torch.nn.functional.adaptive_avg_pool2d``'s semantics.
+
+    Output cell ``(i, j)`` is the mean of input rows ``floor(i * H / H_out)`` to
+    ``ceil((i + 1) * H / H_out)`` (exclusive) and the matching columns, so the output
+    has the size asked for whatever the input size; it may be larger than the input
+    (windows then repeat).
+
+    Cost: ``N * C * H_out * W_out * kh * kw`` additions with ``kh <= ceil(H / H_out) + 1``.
+    When ``H_out`` divides ``H`` and ``W_out`` divides ``W`` this is ``avg_pool2d``
+    with ``kernel_size = stride = (H // H_out, W // W_out)``; otherwise each tap
+    gathers its cells, which is slower than the strided slices of the ordinary pool.
+
+    Args:
+        x: input ``(N, C, H, W)``.
+        output_size: int or ``(H_out, W_out)``; an entry ``None`` keeps that input size.
+
+    Returns:
+        ``(N, C, H_out, W_out)`` in the dtype of ``x`` (summed in float32).
+
+    Example:
+        >>> import jax.numpy as jnp, jspatial as js
+        >>> x = jnp.arange(5.0).reshape(1, 1, 1, 5)
+        >>> js.adaptive_avg_pool2d(x, (1, 3))[0, 0].tolist()  # windows [0, 2), [1, 4), [3, 5)
+        [[0.5, 2.0, 3.5]]
+    """
+    return adaptive_avg_pool2d_checked(x, output_size, op="adaptive_avg_pool2d")
+
+
+def adaptive_avg_pool2d_checked(x, output_size, *, op):
+    """``adaptive_avg_pool2d`` with errors attributed to ``op`` (the layer's name)."""
+    x, out_hw = adaptive_geometry(x, output_size, op)
+    return _adaptive_avg_pool2d(x, out_hw)
+
+
+def adaptive_max_pool2d(x, output_size, return_indices=False):
+    """Adaptive max pooling with ``torch.nn.functional.adaptive_max_pool2d``'s semantics.
+
+    The windows are those of ``adaptive_avg_pool2d``; ties and NaNs follow
+    ``max_pool2d`` (the first maximum in row-major order wins, a NaN wins its window).
+
+    Args:
+        x: input ``(N, C, H, W)``.
+        output_size: int or ``(H_out, W_out)``; an entry ``None`` keeps that input size.
+        return_indices: also return where each maximum was.
+
+    Returns:
+        ``y: (N, C, H_out, W_out)`` in the dtype of ``x``; with ``return_indices``
+        the pair ``(y, indices)``, with PyTorch's flat indices ``h * W + w`` (int64 in
+        JAX's 64-bit mode, int32 otherwise).
+
+    Example:
+        >>> import jax.numpy as jnp, jspatial as js
+        >>> x = jnp.array([[[[3.0, 1.0, 4.0, 1.0, 5.0]]]])
+        >>> y, indices = js.adaptive_max_pool2d(x, (1, 2), return_indices=True)
+        >>> y[0, 0].tolist(), indices[0, 0].tolist()  # windows [0, 3) and [2, 5)
+        ([[4.0, 5.0]], [[2, 4]])
+    """
+    return adaptive_max_pool2d_checked(x, output_size, return_indices, op="adaptive_max_pool2d")
+
+
+def adaptive_max_pool2d_checked(x, output_size, return_indices, *, op):
+    """``adaptive_max_pool2d`` with errors attributed to ``op`` (the layer's name)."""
+    x, out_hw = adaptive_geometry(x, output_size, op)
+    return _adaptive_max_pool2d(x, out_hw, _args.check_bool(return_indices, op, "return_indices"))
+
+
+def adaptive_geometry(x, output_size, op):
+    """Validate adaptive pooling arguments: the input as an array, and ``(H_out, W_out)``."""
+    x = _args.check_input(x, op)
+    out = _args.adaptive_output_size(output_size, op)
+    hw = tuple(x.shape[2:])
+    if 0 in hw:
+        raise ValueError(f"{op} expected an input with non-empty planes, got {tuple(x.shape)}")
+    return x, tuple(hw[a] if out[a] is None else out[a] for a in range(2))
+
+
+def _uniform_geometry(in_hw, out_hw):
+    """The ordinary pool's geometry when every adaptive window has the same size, else None."""
+    if in_hw[0] % out_hw[0] or in_hw[1] % out_hw[1]:
+        return None
+    k = (in_hw[0] // out_hw[0], in_hw[1] // out_hw[1])
+    return win.Geometry(in_hw, out_hw, k, k, (1, 1), ((0, 0), (0, 0)))
+
+
+@partial(jax.jit, static_argnums=(1,))
+def _adaptive_avg_pool2d(x, out_hw):
+    in_hw = tuple(x.shape[2:])
+    if 0 in out_hw:
+        return jnp.zeros((*x.shape[:2], *out_hw), x.dtype)
+    geom = _uniform_geometry(in_hw, out_hw)
+    if geom is not None:
+        return _avg_pool2d(x, geom, (True, None))
+    return win.nhwc_to_nchw(_adaptive_avg_nhwc(win.nchw_to_nhwc(x), (in_hw, out_hw)))
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _adaptive_max_pool2d(x, out_hw, return_indices):
+    in_hw = tuple(x.shape[2:])
+    if 0 in out_hw:
+        y = jnp.zeros((*x.shape[:2], *out_hw), x.dtype)
+        return (y, jnp.zeros(y.shape, _index_dtype())) if return_indices else y
+    geom = _uniform_geometry(in_hw, out_hw)
+    if geom is not None:
+        return _max_pool2d(x, geom, return_indices)
+    y, arg = _adaptive_max_nhwc(win.nchw_to_nhwc(x), (in_hw, out_hw))
+    if not return_indices:
+        return win.nhwc_to_nchw(y)
+    (rows, _), (cols, _), (_, kw) = _adaptive_plan((in_hw, out_hw))
+    indices = _flat_indices(arg, rows, cols, kw, (1, 1), in_hw[1])
+    return win.nhwc_to_nchw(y), win.nhwc_to_nchw(indices)
+
+
+def _adaptive_plan(sizes):
+    """``(starts, lengths)`` of the windows along each axis, and the taps ``(kh, kw)``
+    of the longest window: every window reads tap offsets ``0 .. kh - 1`` and masks
+    those past its own length."""
+    (h, w), (oh, ow) = sizes
+    rows, cols = win.adaptive_windows(h, oh), win.adaptive_windows(w, ow)
+    return rows, cols, (max(rows[1]), max(cols[1]))
+
+
+def _adaptive_tap(t, sizes):
+    """Input rows ``(H_out,)`` and columns ``(W_out,)`` that tap ``t`` reads for each
+    window, and whether the tap lies inside the window, ``(1, H_out, W_out, 1)``."""
+    (h, w), _ = sizes
+    (row0, len_h), (col0, len_w), (_, kw) = _adaptive_plan(sizes)
+    i, j = t // kw, t % kw
+    # Taps past a short window are clipped into the plane and masked out.
+    rows = jnp.minimum(jnp.asarray(row0, t.dtype) + i, h - 1)
+    cols = jnp.minimum(jnp.asarray(col0, t.dtype) + j, w - 1)
+    inside = (i < jnp.asarray(len_h))[:, None] & (j < jnp.asarray(len_w))[None, :]
+    return rows, cols, inside[None, :, :, None]
+
+
+def _gather(x, rows, cols):
+    """``x[:, rows[a], cols[b], :]`` for every ``(a, b)``: ``(N, H_out, W_out, C)``."""
+    return x.at[:, rows[:, None], cols[None, :], :].get(
+        mode="promise_in_bounds", wrap_negative_indices=False
+    )
+
+
+def _scatter_add(buf, rows, cols, value):
+    """The transpose of ``_gather``: ``buf[:, rows[a], cols[b], :] += value[:, a, b, :]``."""
+    return buf.at[:, rows[:, None], cols[None, :], :].add(
+        value, mode="promise_in_bounds", wrap_negative_indices=False
+    )
+
+
+def _adaptive_taps(sizes):
+    return int(np.prod(_adaptive_plan(sizes)[2]))
+
+
+def _adaptive_scale(sizes, dtype):
+    """``1 / window size`` per output cell, ``(1, H_out, W_out, 1)``."""
+    (_, len_h), (_, len_w), _ = _adaptive_plan(sizes)
+    return jnp.asarray((1.0 / np.outer(len_h, len_w))[None, :, :, None], dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _adaptive_avg_nhwc(x, sizes):
+    n, c = x.shape[0], x.shape[-1]
+    acc = win.accum_dtype(x.dtype)
+
+    def tap(t, total):
+        rows, cols, inside = _adaptive_tap(t, sizes)
+        return total + jnp.where(inside, _gather(x, rows, cols).astype(acc), 0)
+
+    taps = _adaptive_taps(sizes)
+    init = jnp.zeros((n, *sizes[1], c), acc)
+    total = lax.fori_loop(0, taps, tap, init, unroll=_unroll(taps))
+    return (total * _adaptive_scale(sizes, acc)).astype(x.dtype)
+
+
+def _adaptive_avg_fwd(x, sizes):
+    # Linear, like the ordinary average: the backward needs only the input's dtype.
+    return _adaptive_avg_nhwc(x, sizes), jnp.zeros((0,), x.dtype)
+
+
+def _adaptive_avg_bwd(sizes, token, g):
+    n, c = g.shape[0], g.shape[-1]
+    acc = win.accum_dtype(g.dtype)
+    gs = g.astype(acc) * _adaptive_scale(sizes, acc)
+
+    def tap(t, dx):
+        rows, cols, inside = _adaptive_tap(t, sizes)
+        return _scatter_add(dx, rows, cols, jnp.where(inside, gs, 0))
+
+    taps = _adaptive_taps(sizes)
+    dx = lax.fori_loop(0, taps, tap, jnp.zeros((n, *sizes[0], c), acc), unroll=_unroll(taps))
+    return (dx.astype(token.dtype),)
+
+
+_adaptive_avg_nhwc.defvjp(_adaptive_avg_fwd, _adaptive_avg_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _adaptive_max_nhwc(x, sizes):
+    """``(max, winning tap)`` per output cell, as ``_max_pool_nhwc``."""
+    return _adaptive_max_fwd(x, sizes)[0]
+
+
+def _adaptive_max_fwd(x, sizes):
+    n, c = x.shape[0], x.shape[-1]
+
+    def tap(t, carry):
+        best, arg = carry
+        rows, cols, inside = _adaptive_tap(t, sizes)
+        xw = _gather(x, rows, cols)
+        # max_pool2d's rule; tap 0 lies in every window, so arg < 0 only before it.
+        take = inside & ((xw > best) | jnp.isnan(xw) | (arg < 0))
+        return jnp.where(take, xw, best), jnp.where(take, t, arg).astype(arg.dtype)
+
+    taps = _adaptive_taps(sizes)
+    shape = (n, *sizes[1], c)
+    init = (jnp.full(shape, -jnp.inf, x.dtype), jnp.full(shape, -1, _tap_dtype(taps)))
+    best, arg = lax.fori_loop(0, taps, tap, init, unroll=_unroll(taps))
+    return (best, arg), arg
+
+
+def _adaptive_max_bwd(sizes, arg, cotangents):
+    g = cotangents[0]
+    n, c = g.shape[0], g.shape[-1]
+    acc = win.accum_dtype(g.dtype)
+
+    def tap(t, dx):
+        rows, cols, _ = _adaptive_tap(t, sizes)
+        return _scatter_add(dx, rows, cols, jnp.where(arg == t, g, 0))
+
+    taps = _adaptive_taps(sizes)
+    dx = lax.fori_loop(0, taps, tap, jnp.zeros((n, *sizes[0], c), acc), unroll=_unroll(taps))
+    return (dx.astype(g.dtype),)
+
+
+_adaptive_max_nhwc.defvjp(_adaptive_max_fwd, _adaptive_max_bwd)
+
+
+# ---------------------------------------------------------------------------- unpooling
+
+
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
+    """The partial inverse of ``max_pool2d``, with ``torch.nn.functional.max_unpool2d``'s semantics.
+
+    Every value of ``x`` is written to the cell its index names in an output plane
+    of zeros: ``y.reshape(N, C, -1)[n, c, indices[n, c, i, j]] = x[n, c, i, j]``.
+    The pooling arguments only set the default output size,
+    ``(H_in - 1) * stride - 2 * padding + kernel_size`` per axis. No window loop:
+    one scatter forward, and the gradient is one gather (each value receives the
+    output gradient at its cell, as in PyTorch, also where two values share a cell;
+    the value kept in such a cell is one of them, unspecified, as on PyTorch's GPU).
+
+    Indices out of the plane raise a ``ValueError`` when their values are known
+    (outside ``jax.jit``); under ``jax.jit`` such values are dropped.
+
+    Args:
+        x: input ``(N, C, H_in, W_in)``.
+        indices: integers of ``x``'s shape, as returned by ``max_pool2d(...,
+            return_indices=True)``; int32 or int64.
+        kernel_size: int or ``(kh, kw)`` of the pooling being inverted.
+        stride: int or ``(sh, sw)``; ``None`` means ``kernel_size``.
+        padding: int or ``(ph, pw)``.
+        output_size: ``(H, W)`` or a full ``(N, C, H, W)`` shape (e.g. the pooling's
+            input shape), which must be within ``stride`` of the default.
+
+    Returns:
+        ``(N, C, H, W)`` in the dtype of ``x``.
+
+    Example:
+        >>> import jax.numpy as jnp, jspatial as js
+        >>> x = jnp.arange(16.0).reshape(1, 1, 4, 4)
+        >>> y, indices = js.max_pool2d(x, 2, return_indices=True)
+        >>> js.max_unpool2d(y, indices, 2)[0, 0].tolist()
+        [[0.0, 0.0, 0.0, 0.0], [0.0, 5.0, 0.0, 7.0], [0.0, 0.0, 0.0, 0.0], [0.0, 13.0, 0.0, 15.0]]
+    """
+    return max_unpool2d_checked(
+        x, indices, kernel_size, stride, padding, output_size, op="max_unpool2d"
+    )
+
+
+def max_unpool2d_checked(x, indices, kernel_size, stride, padding, output_size, *, op):
+    """``max_unpool2d`` with errors attributed to ``op`` (the layer uses ``"MaxUnpool2d"``)."""
+    x = _args.check_input(x, op)
+    kernel, strides, pads = unpool_params(kernel_size, stride, padding, op)
+    out_hw = _args.unpool_output_size(output_size, x.shape[2:], kernel, strides, pads, op)
+    indices = _args.check_indices(indices, x.shape, out_hw[0] * out_hw[1], op)
+    return _max_unpool2d(x, indices, out_hw)
+
+
+def unpool_params(kernel_size, stride, padding, op):
+    """``max_unpool2d``'s ``kernel_size``, ``stride`` (``None``: the kernel) and ``padding``."""
+    kernel = _args.pair(kernel_size, op, "kernel_size")
+    strides = kernel if stride is None else _args.pair(stride, op, "stride")
+    return kernel, strides, _args.pair(padding, op, "padding", minimum=0)
+
+
+@partial(jax.jit, static_argnums=(2,))
+def _max_unpool2d(x, indices, out_hw):
+    n, c, h, w = x.shape
+    planes = _scatter_planes(
+        x.reshape(n * c, h * w), indices.reshape(n * c, h * w), out_hw[0] * out_hw[1]
+    )
+    return planes.reshape(n, c, *out_hw)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _scatter_planes(x, idx, size):
+    """Row ``r``: ``size`` zeros with ``x[r, k]`` written at ``idx[r, k]``."""
+    rows = lax.broadcasted_iota(idx.dtype, idx.shape, 0)
+    return (
+        jnp.zeros((x.shape[0], size), x.dtype)
+        .at[rows, idx]
+        .set(x, mode="drop", wrap_negative_indices=False)
+    )
+
+
+def _scatter_planes_fwd(x, idx, size):
+    return _scatter_planes(x, idx, size), idx
+
+
+def _scatter_planes_bwd(size, idx, g):
+    # PyTorch's derivative: every value gets the gradient of the cell it names, even
+    # where two values name one cell (autodiff of the scatter would pick one of them).
+    rows = lax.broadcasted_iota(idx.dtype, idx.shape, 0)
+    dx = g.at[rows, idx].get(mode="fill", fill_value=0, wrap_negative_indices=False)
+    return dx, None
+
+
+_scatter_planes.defvjp(_scatter_planes_fwd, _scatter_planes_bwd)

@@ -35,15 +35,16 @@ class Case:
     divisor_override: int | None = None  # avg only
     torch: bool = True  # PyTorch is a valid oracle for this case
 
-    def call(self, x):
+    def call(self, x, return_indices=False):
+        # Positional, in PyTorch's order: a call copied from torch must mean the same.
         if self.op == "max":
             return js.max_pool2d(
-                x, self.kernel, self.stride, self.padding, dilation=self.dilation,
-                ceil_mode=self.ceil_mode,
+                x, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode,
+                return_indices,
             )  # fmt: skip
         return js.avg_pool2d(
-            x, self.kernel, self.stride, self.padding, ceil_mode=self.ceil_mode,
-            count_include_pad=self.count_include_pad, divisor_override=self.divisor_override,
+            x, self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+            self.divisor_override,
         )  # fmt: skip
 
     def pairs(self):
@@ -163,9 +164,7 @@ def torch_pool(case: Case, x, cot):
     F = torch.nn.functional
     tx = torch.tensor(np.asarray(x, np.float32), requires_grad=True)
     if case.op == "max":
-        y = F.max_pool2d(
-            tx, case.kernel, case.stride, case.padding, case.dilation, ceil_mode=case.ceil_mode
-        )
+        y = F.max_pool2d(tx, case.kernel, case.stride, case.padding, case.dilation, case.ceil_mode)
     else:
         y = F.avg_pool2d(
             tx, case.kernel, case.stride, case.padding, case.ceil_mode,
@@ -481,3 +480,161 @@ def test_max_pool_dilation_errors(kwargs, err, match):
 def test_avg_pool_divisor_override_errors(value, err, match):
     with pytest.raises(err, match=match):
         js.avg_pool2d(X, 2, divisor_override=value)
+
+
+# ------------------------------------------------------------------- return_indices
+
+
+@functools.cache
+def js_indices(name):
+    case = CASES[name]
+    y, indices = fast_jit(lambda x: case.call(x, return_indices=True))(make_data(case)[0])
+    return np.asarray(y), np.asarray(indices)
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.op == "max"])
+def test_max_pool_indices_match_torch(name):
+    # Torch's forward is sound even where its backward is not (windows all in padding).
+    torch = pytest.importorskip("torch")
+    case = CASES[name]
+    x = make_data(case)[0]
+    t_y, t_indices = torch.nn.functional.max_pool2d(
+        torch.from_numpy(x), case.kernel, case.stride, case.padding, case.dilation,
+        case.ceil_mode, True,
+    )  # fmt: skip
+    y, indices = js_indices(name)
+    assert indices.dtype == np.int32  # no 64-bit integers outside JAX's x64 mode
+    np.testing.assert_array_equal(indices, t_indices.numpy())
+    np.testing.assert_array_equal(y, js_results(name)[0])  # the same y as without indices
+    assert_close(y, t_y.numpy())
+
+
+def test_max_pool_indices_of_ties_and_nans_match_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 3, (2, 2, 7, 9)).astype(np.float32)  # ties in every window
+    x[0, 0, 2, 3] = x[0, 0, 2, 4] = np.nan
+    x[1, 1, :4] = -np.inf
+    kw = dict(kernel_size=3, stride=2, padding=1, dilation=(1, 2))
+    y, indices = js.max_pool2d(x, return_indices=True, **kw)  # eager
+    t_y, t_indices = torch.nn.functional.max_pool2d(torch.from_numpy(x), return_indices=True, **kw)
+    np.testing.assert_array_equal(np.asarray(indices), t_indices.numpy())
+    np.testing.assert_array_equal(np.asarray(y), t_y.numpy())
+
+
+def test_max_pool_indices_are_int64_in_x64_mode(x64):
+    torch = pytest.importorskip("torch")
+    case = X64_CASES["max"]
+    x = make_data(case, np.float64)[0]
+    y, indices = jax.jit(lambda x: case.call(x, return_indices=True))(x)
+    assert y.dtype == jnp.float64 and indices.dtype == jnp.int64
+    t_y, t_indices = torch.nn.functional.max_pool2d(
+        torch.from_numpy(x), 3, 2, 1, (1, 2), True, return_indices=True
+    )
+    np.testing.assert_array_equal(np.asarray(indices), t_indices.numpy())
+    assert_close(y, t_y.numpy(), jnp.float64)
+
+
+def test_gradient_flows_through_y_with_indices():
+    case = CASES["max_rect_3x2_s12_p10"]
+    x, cot = make_data(case)
+    y, pull = jax.vjp(lambda x: case.call(x, return_indices=True), x)
+    dx = pull((cot, np.zeros(y[1].shape, jax.dtypes.float0)))[0]
+    assert_close(dx, js_results("max_rect_3x2_s12_p10")[1])
+
+
+def test_positional_arguments_follow_torch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = make_data(CASES["max_rect_3x2_s12_p10"])[0]
+    tx = torch.from_numpy(x)
+    # max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    y, indices = js.max_pool2d(x, 3, 2, 1, 2, True, True)
+    t_y, t_indices = F.max_pool2d(tx, 3, 2, 1, 2, True, True)
+    assert_close(y, t_y.numpy())
+    np.testing.assert_array_equal(np.asarray(indices), t_indices.numpy())
+    # avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    assert_close(js.avg_pool2d(x, 3, 2, 1, True, False), F.avg_pool2d(tx, 3, 2, 1, True, False))
+    y = js.avg_pool2d(x, 2, 1, 0, False, True, 3)
+    assert_close(y, F.avg_pool2d(tx, 2, 1, 0, False, True, 3))
+
+
+# ------------------------------------------------------ empty batch, foreign inputs, jaxpr
+
+EMPTY_OPS = {
+    "max": lambda x: js.max_pool2d(x, 3, 2, 1, (1, 2), True),
+    "max_indices": lambda x: js.max_pool2d(x, 3, 2, 1, return_indices=True)[0],
+    "avg": lambda x: js.avg_pool2d(x, 3, 2, 1, True, False),
+    "global_avg": js.global_avg_pool2d,
+}
+
+
+@pytest.mark.parametrize("name", EMPTY_OPS)
+def test_empty_batch_forward_and_backward(name):
+    torch = pytest.importorskip("torch")
+    fn = EMPTY_OPS[name]
+    x = jnp.zeros((0, 3, 7, 9))
+    y, pull = jax.vjp(fn, x)
+    expected = {
+        "global_avg": (0, 3),
+        "max": torch.nn.functional.max_pool2d(torch.zeros(0, 3, 7, 9), 3, 2, 1, (1, 2), True).shape,
+    }.get(name, (0, 3, 4, 5))
+    assert y.shape == tuple(expected)
+    dx = pull(jnp.zeros_like(y))[0]
+    assert dx.shape == x.shape and dx.dtype == x.dtype
+
+
+def test_max_pool_empty_batch_indices():
+    y, indices = js.max_pool2d(jnp.zeros((0, 2, 5, 5)), 2, return_indices=True)
+    assert y.shape == indices.shape == (0, 2, 2, 2)
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d", "global_avg_pool2d"])
+def test_torch_tensor_is_refused_and_nested_lists_convert(op):
+    torch = pytest.importorskip("torch")
+    fn = {
+        "max_pool2d": lambda x: js.max_pool2d(x, 2),
+        "avg_pool2d": lambda x: js.avg_pool2d(x, 2),
+        "global_avg_pool2d": js.global_avg_pool2d,
+    }[op]
+    with pytest.raises(TypeError, match=rf"^{op} input is a torch.Tensor.*jnp.asarray\(t.detach"):
+        fn(torch.ones(1, 2, 4, 4))
+    nested = np.arange(32.0).reshape(1, 2, 4, 4)
+    np.testing.assert_array_equal(np.asarray(fn(nested.tolist())), np.asarray(fn(nested)))
+
+
+FORBIDDEN = ("conv_general_dilated", "reduce_window", "select_and_scatter", "select_and_gather")
+
+
+def primitives(jaxpr) -> set[str]:
+    """Every primitive name in ``jaxpr``, including nested (loop, call, custom_vjp) jaxprs."""
+    names = set()
+
+    def visit(j):
+        j = getattr(j, "jaxpr", j)  # ClosedJaxpr -> Jaxpr
+        for eqn in j.eqns:
+            names.add(eqn.primitive.name)
+            for value in eqn.params.values():
+                for v in value if isinstance(value, (tuple, list)) else (value,):
+                    if hasattr(v, "eqns") or hasattr(getattr(v, "jaxpr", None), "eqns"):
+                        visit(v)
+
+    visit(jaxpr)
+    return names
+
+
+def forward_and_backward_primitives(fn, x) -> list[set[str]]:
+    """The primitives of ``fn(x)`` and of its gradient, after checking for window primitives."""
+    found = []
+    for f in (fn, jax.grad(lambda x: jnp.sum(fn(x) ** 2))):
+        names = primitives(jax.make_jaxpr(f)(x))
+        for bad in FORBIDDEN:
+            assert not any(bad in n for n in names), (bad, names)
+        found.append(names)
+    return found
+
+
+def test_max_pool_with_indices_is_a_tap_loop():
+    fn = lambda x: js.max_pool2d(x, 3, 2, 1, (1, 2), True, True)[0]  # noqa: E731
+    for names in forward_and_backward_primitives(fn, jnp.ones((2, 2, 7, 9))):
+        assert names & {"while", "scan"}, names

@@ -23,29 +23,37 @@ Example:
 """
 
 from jspatial.layers.conv import Conv2d as Conv2d
+from jspatial.layers.conv import ConvTranspose2d as ConvTranspose2d
 from jspatial.layers.conv import he_normal_oihw as he_normal_oihw
 from jspatial.layers.module import Module as Module
 from jspatial.layers.module import named_parameters as named_parameters
 from jspatial.layers.module import named_variables as named_variables
 from jspatial.layers.module import parameters as parameters
 from jspatial.layers.norm import BatchNorm2d as BatchNorm2d
+from jspatial.layers.pool import AdaptiveAvgPool2d as AdaptiveAvgPool2d
+from jspatial.layers.pool import AdaptiveMaxPool2d as AdaptiveMaxPool2d
 from jspatial.layers.pool import AvgPool2d as AvgPool2d
 from jspatial.layers.pool import Flatten as Flatten
 from jspatial.layers.pool import GlobalAvgPool2d as GlobalAvgPool2d
 from jspatial.layers.pool import MaxPool2d as MaxPool2d
+from jspatial.layers.pool import MaxUnpool2d as MaxUnpool2d
 from jspatial.layers.torch_interop import LoadResult as LoadResult
 from jspatial.layers.torch_interop import StateDictError as StateDictError
 from jspatial.layers.torch_interop import load_torch_state_dict as load_torch_state_dict
 from jspatial.layers.torch_interop import to_torch_state_dict as to_torch_state_dict
 
 __all__ = [
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
     "AvgPool2d",
     "BatchNorm2d",
     "Conv2d",
+    "ConvTranspose2d",
     "Flatten",
     "GlobalAvgPool2d",
     "LoadResult",
     "MaxPool2d",
+    "MaxUnpool2d",
     "Module",
     "StateDictError",
     "he_normal_oihw",

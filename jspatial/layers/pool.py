@@ -1,4 +1,4 @@
-"""Parameter-free layers: ``MaxPool2d``, ``AvgPool2d``, ``GlobalAvgPool2d``, ``Flatten``.
+"""Parameter-free layers: max, average and adaptive pooling, unpooling, ``Flatten``.
 
 Each one validates its hyper-parameters at construction (a typo fails where it
 is written, not at the first batch) and calls the matching ``jspatial.pool``
@@ -11,22 +11,18 @@ import math
 from typing import Any
 
 import jax
-import numpy as np
 
 from jspatial import _args
 from jspatial.layers.module import Module
 from jspatial.pool import (
+    adaptive_avg_pool2d_checked,
+    adaptive_max_pool2d_checked,
     avg_pool2d_checked,
     global_avg_pool2d,
     max_pool2d_checked,
-    pool_geometry,
+    max_unpool2d_checked,
+    unpool_params,
 )
-
-
-def _check_bool(value: Any, op: str, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{op} {name} must be a bool, got {value!r}")
-    return bool(value)
 
 
 def _pool_repr(layer: Any, extra: dict[str, tuple[Any, Any]]) -> str:
@@ -50,6 +46,8 @@ class MaxPool2d(Module):
         stride: int or ``(sh, sw)``; ``None`` means ``kernel_size``.
         padding: int or ``(ph, pw)`` of ``-inf`` on each side, at most half the kernel.
         dilation: int or ``(dh, dw)``: spacing between window taps.
+        return_indices: return ``(y, indices)``, PyTorch's flat indices ``h * W + w``
+            of the maxima, as ``MaxUnpool2d`` takes them.
         ceil_mode: round the output size up instead of down.
 
     Example:
@@ -67,24 +65,22 @@ class MaxPool2d(Module):
         kernel_size: Any,
         stride: Any = None,
         padding: Any = 0,
-        *,
         dilation: Any = 1,
+        return_indices: bool = False,
         ceil_mode: bool = False,
     ):
         op = type(self).__name__
         self.kernel_size, self.stride, self.padding, self.dilation = _args.pool_params(
             kernel_size, stride, padding, dilation, op
         )
-        self.ceil_mode = _check_bool(ceil_mode, op, "ceil_mode")
+        self.return_indices = _args.check_bool(return_indices, op, "return_indices")
+        self.ceil_mode = _args.check_bool(ceil_mode, op, "ceil_mode")
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
-        # Validated outside the jit, so errors carry no note about JAX's frames.
-        pool_geometry(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                      self.ceil_mode, type(self).__name__)  # fmt: skip
+    def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """``(N, C, H, W) -> (N, C, H_out, W_out)``, and the indices with ``return_indices``."""
         return max_pool2d_checked(
             x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-            op=type(self).__name__,
+            self.return_indices, op=type(self).__name__,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
@@ -93,6 +89,7 @@ class MaxPool2d(Module):
             {
                 "padding": (self.padding, (0, 0)),
                 "dilation": (self.dilation, (1, 1)),
+                "return_indices": (self.return_indices, False),
                 "ceil_mode": (self.ceil_mode, False),
             },
         )
@@ -130,7 +127,6 @@ class AvgPool2d(Module):
         kernel_size: Any,
         stride: Any = None,
         padding: Any = 0,
-        *,
         ceil_mode: bool = False,
         count_include_pad: bool = True,
         divisor_override: int | float | None = None,
@@ -139,15 +135,12 @@ class AvgPool2d(Module):
         self.kernel_size, self.stride, self.padding, _ = _args.pool_params(
             kernel_size, stride, padding, 1, op
         )
-        self.ceil_mode = _check_bool(ceil_mode, op, "ceil_mode")
-        self.count_include_pad = _check_bool(count_include_pad, op, "count_include_pad")
+        self.ceil_mode = _args.check_bool(ceil_mode, op, "ceil_mode")
+        self.count_include_pad = _args.check_bool(count_include_pad, op, "count_include_pad")
         self.divisor_override = _args.check_divisor_override(divisor_override, op)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
-        # Validated outside the jit, so errors carry no note about JAX's frames.
-        pool_geometry(x, self.kernel_size, self.stride, self.padding, 1, self.ceil_mode,
-                      type(self).__name__)  # fmt: skip
         return avg_pool2d_checked(
             x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
             self.count_include_pad, self.divisor_override, op=type(self).__name__,
@@ -163,6 +156,119 @@ class AvgPool2d(Module):
                 "divisor_override": (self.divisor_override, None),
             },
         )
+
+
+class AdaptiveAvgPool2d(Module):
+    """Adaptive average pooling with ``torch.nn.AdaptiveAvgPool2d``'s signature and semantics.
+
+    Shapes: ``(N, C, H, W) -> (N, C, H_out, W_out)`` for any ``(H, W)``: output cell
+    ``i`` averages input rows ``floor(i * H / H_out)`` to ``ceil((i + 1) * H / H_out)``
+    (exclusive), and the same for columns (see ``jspatial.adaptive_avg_pool2d``).
+
+    Cost: ``N * C * H_out * W_out`` window sums of at most ``ceil(H / H_out) + 1``
+    by ``ceil(W / W_out) + 1`` cells; no parameters.
+
+    Args:
+        output_size: int or ``(H_out, W_out)``; an entry ``None`` keeps that input size.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jspatial.layers import AdaptiveAvgPool2d
+        >>> pool = AdaptiveAvgPool2d((5, None))
+        >>> pool
+        AdaptiveAvgPool2d(output_size=(5, None))
+        >>> pool(jnp.ones((1, 16, 13, 9))).shape
+        (1, 16, 5, 9)
+    """
+
+    def __init__(self, output_size: Any):
+        self.output_size = _args.adaptive_output_size(output_size, type(self).__name__)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
+        return adaptive_avg_pool2d_checked(x, self.output_size, op=type(self).__name__)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveMaxPool2d(Module):
+    """Adaptive max pooling with ``torch.nn.AdaptiveMaxPool2d``'s signature and semantics.
+
+    The windows of ``AdaptiveAvgPool2d``, reduced with ``max`` (ties and NaNs as
+    ``MaxPool2d``).
+
+    Args:
+        output_size: int or ``(H_out, W_out)``; an entry ``None`` keeps that input size.
+        return_indices: return ``(y, indices)``, PyTorch's flat indices ``h * W + w``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jspatial.layers import AdaptiveMaxPool2d
+        >>> pool = AdaptiveMaxPool2d(3, return_indices=True)
+        >>> pool
+        AdaptiveMaxPool2d(output_size=(3, 3), return_indices=True)
+        >>> [a.shape for a in pool(jnp.ones((1, 16, 7, 7)))]
+        [(1, 16, 3, 3), (1, 16, 3, 3)]
+    """
+
+    def __init__(self, output_size: Any, return_indices: bool = False):
+        op = type(self).__name__
+        self.output_size = _args.adaptive_output_size(output_size, op)
+        self.return_indices = _args.check_bool(return_indices, op, "return_indices")
+
+    def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """``(N, C, H, W) -> (N, C, H_out, W_out)``, and the indices with ``return_indices``."""
+        return adaptive_max_pool2d_checked(
+            x, self.output_size, self.return_indices, op=type(self).__name__
+        )
+
+    def extra_repr(self) -> str:
+        text = f"output_size={self.output_size}"
+        return text + (", return_indices=True" if self.return_indices else "")
+
+
+class MaxUnpool2d(Module):
+    """The partial inverse of ``MaxPool2d``, with ``torch.nn.MaxUnpool2d``'s signature.
+
+    Writes each value to the cell its index names in a plane of zeros (see
+    ``jspatial.max_unpool2d``). Shapes: ``(N, C, H_in, W_in) -> (N, C, H, W)`` with
+    ``H = (H_in - 1) * stride - 2 * padding + kernel_size`` unless ``output_size``
+    is given: pass the pooling's input shape when its size was odd, as in PyTorch.
+
+    Cost: one write (and, backwards, one read) per input value; no parameters.
+
+    Args:
+        kernel_size: int or ``(kh, kw)`` of the pooling being inverted.
+        stride: int or ``(sh, sw)``; ``None`` means ``kernel_size``.
+        padding: int or ``(ph, pw)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jspatial.layers import MaxPool2d, MaxUnpool2d
+        >>> pool, unpool = MaxPool2d(2, return_indices=True), MaxUnpool2d(2)
+        >>> unpool
+        MaxUnpool2d(kernel_size=(2, 2), stride=(2, 2))
+        >>> x = jnp.ones((1, 16, 7, 7))
+        >>> y, indices = pool(x)
+        >>> unpool(y, indices, output_size=x.shape).shape
+        (1, 16, 7, 7)
+    """
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0):
+        self.kernel_size, self.stride, self.padding = unpool_params(
+            kernel_size, stride, padding, type(self).__name__
+        )
+
+    def __call__(self, x: jax.Array, indices: jax.Array, output_size: Any = None) -> jax.Array:
+        """``(N, C, H_in, W_in)`` and its indices ``-> (N, C, H, W)``."""
+        return max_unpool2d_checked(
+            x, indices, self.kernel_size, self.stride, self.padding, output_size,
+            op=type(self).__name__,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return _pool_repr(self, {"padding": (self.padding, (0, 0))})
 
 
 class GlobalAvgPool2d(Module):
@@ -181,8 +287,7 @@ class GlobalAvgPool2d(Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C, H, W) -> (N, C)``."""
         # Checked here so the message names the layer, not ``global_avg_pool2d``.
-        _args.check_input(x, type(self).__name__)
-        return global_avg_pool2d(x)
+        return global_avg_pool2d(_args.check_input(x, type(self).__name__))
 
     _one_line_repr = True  # no hyper-parameters: ``GlobalAvgPool2d()``
 

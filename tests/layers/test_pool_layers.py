@@ -1,4 +1,4 @@
-"""MaxPool2d, AvgPool2d, GlobalAvgPool2d and Flatten: shapes, errors, repr, PyTorch equivalence."""
+"""The pooling layers, MaxUnpool2d and Flatten: shapes, errors, repr, PyTorch equivalence."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jspatial.layers import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
+from jspatial.layers import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
+    AvgPool2d,
+    Flatten,
+    GlobalAvgPool2d,
+    MaxPool2d,
+    MaxUnpool2d,
+)
 from tests.layers.helpers import assert_close, output_spec, random_input
 
 # ---------------------------------------------------------------- shapes and values
@@ -70,16 +78,25 @@ def test_no_parameters():
          r"for kernel_size=\(3, 3\)$"),
         (lambda: MaxPool2d(2, dilation=0), ValueError, r"^MaxPool2d dilation must be positive"),
         (lambda: MaxPool2d(2, ceil_mode="yes"), TypeError,
-         r"^MaxPool2d ceil_mode must be a bool, got 'yes'$"),
+         r"^MaxPool2d ceil_mode must be a bool, got 'yes' \(str\)$"),
+        (lambda: MaxPool2d(2, 2, 0, 1, 1), TypeError,
+         r"^MaxPool2d return_indices must be a bool, got 1 \(int\)$"),
         (lambda: AvgPool2d(2.5), TypeError, r"^AvgPool2d kernel_size must be an int or a pair"),
         (lambda: AvgPool2d(2, padding=-1), ValueError, r"^AvgPool2d padding must be >= 0"),
         (lambda: AvgPool2d(2, count_include_pad=1), TypeError,
-         r"^AvgPool2d count_include_pad must be a bool, got 1$"),
+         r"^AvgPool2d count_include_pad must be a bool, got 1 \(int\)$"),
         (lambda: AvgPool2d(2, divisor_override=0), ValueError,
          r"^AvgPool2d divisor_override must be non-zero, got 0$"),
         (lambda: AvgPool2d(2, divisor_override="4"), TypeError,
          r"^AvgPool2d divisor_override must be a number, got '4'$"),
         (lambda: Flatten(1.0), TypeError, r"^Flatten start_dim must be an int, got 1.0$"),
+        (lambda: AdaptiveAvgPool2d((1, 2, 3)), ValueError,
+         r"^AdaptiveAvgPool2d output_size must be an int or a pair \(h, w\), got 3 values"),
+        (lambda: AdaptiveMaxPool2d(-1), ValueError, r"^AdaptiveMaxPool2d output_size must be >= 0"),
+        (lambda: AdaptiveMaxPool2d(2, "no"), TypeError,
+         r"^AdaptiveMaxPool2d return_indices must be a bool"),
+        (lambda: MaxUnpool2d(0), ValueError, r"^MaxUnpool2d kernel_size must be positive"),
+        (lambda: MaxUnpool2d(2, padding=-1), ValueError, r"^MaxUnpool2d padding must be >= 0"),
     ],
 )  # fmt: skip
 def test_constructor_errors(make, error, message):
@@ -93,6 +110,8 @@ def test_constructor_errors(make, error, message):
         (MaxPool2d(2), "MaxPool2d"),
         (AvgPool2d(2), "AvgPool2d"),
         (GlobalAvgPool2d(), "GlobalAvgPool2d"),
+        (AdaptiveAvgPool2d(2), "AdaptiveAvgPool2d"),
+        (AdaptiveMaxPool2d(2), "AdaptiveMaxPool2d"),
     ],
 )
 def test_input_errors_name_the_layer(layer, name):
@@ -134,8 +153,14 @@ def test_flatten_dims_out_of_range():
         (AvgPool2d(3, 1, 1, count_include_pad=False, divisor_override=2),
          "AvgPool2d(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), count_include_pad=False, "
          "divisor_override=2)"),
+        (MaxPool2d(2, return_indices=True),
+         "MaxPool2d(kernel_size=(2, 2), stride=(2, 2), return_indices=True)"),
         (GlobalAvgPool2d(), "GlobalAvgPool2d()"),
         (Flatten(), "Flatten(start_dim=1, end_dim=-1)"),
+        (AdaptiveAvgPool2d(7), "AdaptiveAvgPool2d(output_size=(7, 7))"),
+        (AdaptiveMaxPool2d((None, 3), True),
+         "AdaptiveMaxPool2d(output_size=(None, 3), return_indices=True)"),
+        (MaxUnpool2d(3, 2, 1), "MaxUnpool2d(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))"),
     ],
 )  # fmt: skip
 def test_repr(layer, text):
@@ -173,3 +198,83 @@ def test_global_avg_pool_and_flatten_match_torch():
     np.testing.assert_array_equal(
         Flatten(1, 2)(jnp.asarray(x)), torch.nn.Flatten(1, 2)(torch.from_numpy(x)).numpy()
     )
+
+
+# ---------------------------------------------------------------- PyTorch's positional order
+
+
+def test_positional_arguments_follow_torch():
+    torch = pytest.importorskip("torch")
+    x = np.array(random_input((2, 3, 9, 8)))
+    tx = torch.from_numpy(x)
+    # MaxPool2d(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
+    y, indices = MaxPool2d(3, 2, 1, 2, True, True)(jnp.asarray(x))
+    t_y, t_indices = torch.nn.MaxPool2d(3, 2, 1, 2, True, True)(tx)
+    assert_close(y, t_y.numpy())
+    np.testing.assert_array_equal(np.asarray(indices), t_indices.numpy())
+    # AvgPool2d(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    for args in [(3, 2, 1, True, False), (2, 1, 0, False, True, 3)]:
+        expected = torch.nn.AvgPool2d(*args)(tx).numpy()
+        assert_close(AvgPool2d(*args)(jnp.asarray(x)), expected)
+
+
+@pytest.mark.parametrize("output_size", [(3, 4), 5, (None, 2), (11, 9)])
+def test_adaptive_layers_match_torch(output_size):
+    torch = pytest.importorskip("torch")
+    x = np.array(random_input((2, 3, 7, 6)))
+    tx = torch.from_numpy(x)
+    expected = torch.nn.AdaptiveAvgPool2d(output_size)(tx).numpy()
+    assert_close(AdaptiveAvgPool2d(output_size)(jnp.asarray(x)), expected)
+    y, indices = AdaptiveMaxPool2d(output_size, True)(jnp.asarray(x))
+    t_y, t_indices = torch.nn.AdaptiveMaxPool2d(output_size, True)(tx)
+    assert_close(y, t_y.numpy())
+    np.testing.assert_array_equal(np.asarray(indices), t_indices.numpy())
+    assert_close(AdaptiveMaxPool2d(output_size)(jnp.asarray(x)), t_y.numpy())
+
+
+def test_max_unpool_layer_round_trip_matches_torch():
+    torch = pytest.importorskip("torch")
+    x = np.array(random_input((2, 3, 9, 8)))
+    tx = torch.from_numpy(x)
+    y, indices = MaxPool2d(3, 2, 1, return_indices=True)(jnp.asarray(x))
+    t_y, t_indices = torch.nn.MaxPool2d(3, 2, 1, return_indices=True)(tx)
+    out = MaxUnpool2d(3, 2, 1)(y, indices, output_size=x.shape)
+    expected = torch.nn.MaxUnpool2d(3, 2, 1)(t_y, t_indices, output_size=x.shape).numpy()
+    assert out.shape == expected.shape == x.shape
+    assert_close(out, expected)
+    assert_close(MaxUnpool2d(3, 2, 1).forward(y, indices, x.shape), expected)
+    with pytest.raises(ValueError, match=r"^MaxUnpool2d expected indices of the input's shape"):
+        MaxUnpool2d(3, 2, 1)(y, indices[:1])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MaxPool2d(3, 2, 1),
+        lambda: MaxPool2d(2, return_indices=True),
+        lambda: AvgPool2d(3, 2, 1, True, False),
+        lambda: AdaptiveAvgPool2d((3, 4)),
+        lambda: AdaptiveMaxPool2d((3, 4), True),
+    ],
+)
+def test_empty_batch(make):
+    out = make()(jnp.zeros((0, 3, 9, 8)))
+    expected = output_spec(make, (2, 3, 9, 8))
+    for got, full in zip(*(o if isinstance(o, tuple) else (o,) for o in (out, expected))):
+        assert got.shape == (0, *full.shape[1:])
+
+
+@pytest.mark.parametrize(
+    ("layer", "name"),
+    [
+        (MaxPool2d(2), "MaxPool2d"),
+        (AvgPool2d(2), "AvgPool2d"),
+        (AdaptiveAvgPool2d(2), "AdaptiveAvgPool2d"),
+        (AdaptiveMaxPool2d(2), "AdaptiveMaxPool2d"),
+        (GlobalAvgPool2d(), "GlobalAvgPool2d"),
+    ],
+)
+def test_torch_tensor_input_is_refused(layer, name):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=rf"^{name} input is a torch.Tensor"):
+        layer(torch.ones(1, 2, 4, 4))
