@@ -1,0 +1,161 @@
+"""Max pooling with non-overlapping windows as a Pallas tap loop, batch on the lanes.
+
+A TPU stores an activation ``(N, C, H, W)`` whose batch is a multiple of 128 with the
+batch as its fastest axis (physically ``(C, H, W, N)``: rows of 128 images). Pooling
+needs no matrix product, so the kernel works in exactly that order, and the
+``NCHW -> CHWN`` transposes around it cost nothing. For every tap of the window the
+kernel loads the strided block of rows and columns that the tap sees, on-chip::
+
+    best = -inf
+    for t, (i, j) in enumerate(taps):                   # kh * kw strided loads
+        window = x[:, i::sh, j::sw, :]                  # (C, H_out, W_out, N)
+        take = window > best  (or NaN, or first tap)    # PyTorch's rule
+        best = where(take, window, best)
+
+The input is read once and the output written once. The backward kernel reruns the
+comparison on the saved input to find each window's winner (as XLA's
+``select_and_scatter`` does) and stores the gradient through the same strided
+windows, so it reads ``x`` and ``g`` once and writes ``dx`` once. Supported: stride
+equal to the kernel, no padding, no dilation, floor mode (the 2x2 pool of most CNNs).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from jspatial import _windows as win
+
+BLOCK_BYTES = 2 * 2**20
+
+
+def supports(geom: win.Geometry) -> bool:
+    kh, kw = geom.kernel
+    return (
+        geom.stride == geom.kernel
+        and geom.dilation == (1, 1)
+        and geom.padding == ((0, 0), (0, 0))
+        and geom.out_hw == (geom.in_hw[0] // kh, geom.in_hw[1] // kw)
+    )
+
+
+def _blocks(x_shape, itemsize):
+    """``(channels, images)`` per grid step: 128 images (or all), channels to fit."""
+    c, h, w, n = x_shape
+    nb = 128 if n % 128 == 0 else n
+    per_channel = h * w * nb * itemsize * 2  # input and input gradient / output
+    cb = max(d for d in range(1, c + 1) if c % d == 0 and d * per_channel <= BLOCK_BYTES or d == 1)
+    return cb, nb
+
+
+def _window(ref, t, geom):
+    (kh, kw), (ho, wo) = geom.kernel, geom.out_hw
+    i, j = divmod(t, kw)
+    return pl.ds(i, ho, stride=kh), pl.ds(j, wo, stride=kw)
+
+
+def _winners(x_ref, geom):
+    """``(best, arg)`` over the taps, PyTorch's rule: larger or NaN takes over."""
+    rows, cols = _window(x_ref, 0, geom)
+    best = x_ref[:, rows, cols, :]
+    arg = jnp.zeros(best.shape, jnp.int32)
+    for t in range(1, geom.taps):  # a handful of taps: unrolled
+        rows, cols = _window(x_ref, t, geom)
+        window = x_ref[:, rows, cols, :]
+        take = (window > best) | jnp.isnan(window)
+        best, arg = jnp.where(take, window, best), jnp.where(take, t, arg)
+    return best, arg
+
+
+def _specs(x_shape, y_shape, itemsize):
+    cb, nb = _blocks(x_shape, itemsize)
+    grid = (x_shape[0] // cb, x_shape[3] // nb)
+    spec = lambda s: pl.BlockSpec((cb, s[1], s[2], nb), lambda c, n: (c, 0, 0, n))  # noqa: E731
+    return grid, spec(x_shape), spec(y_shape)
+
+
+def _pool_chwn(x, geom, interpret):
+    c, h, w, n = x.shape
+    y_shape = (c, *geom.out_hw, n)
+    grid, x_spec, y_spec = _specs(x.shape, y_shape, x.dtype.itemsize)
+
+    def kernel(x_ref, y_ref):
+        y_ref[...] = _winners(x_ref, geom)[0]
+
+    size = x.dtype.itemsize
+    return pl.pallas_call(
+        kernel,
+        grid=grid,
+        in_specs=[x_spec],
+        out_specs=y_spec,
+        out_shape=jax.ShapeDtypeStruct(y_shape, x.dtype),
+        # Each grid step reads its input block once and writes its output block once.
+        cost_estimate=pl.CostEstimate(
+            flops=(geom.taps - 1) * c * n * geom.out_hw[0] * geom.out_hw[1],
+            transcendentals=0,
+            bytes_accessed=size * (x.size + c * n * geom.out_hw[0] * geom.out_hw[1]),
+        ),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
+        interpret=interpret,
+    )(x)
+
+
+def _pool_chwn_grad(x, g, geom, interpret):
+    grid, x_spec, y_spec = _specs(x.shape, g.shape, x.dtype.itemsize)
+    (kh, kw), (ho, wo) = geom.kernel, geom.out_hw
+
+    def kernel(x_ref, g_ref, dx_ref):
+        if (ho * kh, wo * kw) != geom.in_hw:  # floor mode: rows no window reads get zero
+            dx_ref[...] = jnp.zeros(dx_ref.shape, dx_ref.dtype)
+        _, arg = _winners(x_ref, geom)
+        gv = g_ref[...]
+        for t in range(geom.taps):
+            rows, cols = _window(x_ref, t, geom)
+            dx_ref[:, rows, cols, :] = jnp.where(arg == t, gv, jnp.zeros((), gv.dtype))
+
+    size = x.dtype.itemsize
+    return pl.pallas_call(
+        kernel,
+        grid=grid,
+        in_specs=[x_spec, y_spec],
+        out_specs=x_spec,
+        out_shape=jax.ShapeDtypeStruct(x.shape, g.dtype),
+        # Reads x and g once, writes dx once.
+        cost_estimate=pl.CostEstimate(
+            flops=2 * geom.taps * g.size,
+            transcendentals=0,
+            bytes_accessed=size * (2 * x.size + g.size),
+        ),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
+        interpret=interpret,
+    )(x, g)
+
+
+def _to_chwn(x):
+    return jnp.transpose(x, (1, 2, 3, 0))
+
+
+def _from_chwn(x):
+    return jnp.transpose(x, (3, 0, 1, 2))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool2d(x, geom: win.Geometry, interpret=False):
+    """``(N, C, H, W) -> (N, C, H_out, W_out)``, NCHW, PyTorch's tie and NaN rules."""
+    return _from_chwn(_pool_chwn(_to_chwn(x), geom, interpret))
+
+
+def _fwd(x, geom, interpret):
+    return max_pool2d(x, geom, interpret), x
+
+
+def _bwd(geom, interpret, x, g):
+    dx = _pool_chwn_grad(_to_chwn(x), _to_chwn(g.astype(x.dtype)), geom, interpret)
+    return (_from_chwn(dx),)
+
+
+max_pool2d.defvjp(_fwd, _bwd)
