@@ -5,6 +5,9 @@ that ``stride=2`` and ``stride=(2, 2)`` mean the same everywhere and every bad
 value produces the same kind of message: the op, the argument as spelled in the
 signature, and the value seen. ``op`` is the name the user called (``conv2d``
 for the function, ``Conv2d`` for the layer).
+
+The kinds of argument the public signatures take are named here too (``IntOrPair``,
+``Padding``, ``OutputSize``); the ops' docstrings say what each value means.
 """
 
 from __future__ import annotations
@@ -19,10 +22,22 @@ import numpy as np
 Pair = tuple[int, int]
 Padding2d = tuple[Pair, Pair]  # ((top, bottom), (left, right))
 
+# The argument kinds of the public signatures (PyTorch's ``_size_2_t`` and friends).
+IntOrPair = int | tuple[int, int]  # kernel_size, stride, dilation, ...: both axes, or (h, w)
+# conv2d's padding: per side ``p``, per axis ``(ph, pw)``, per edge ``((top, bottom),
+# (left, right))``, or ``'valid'`` / ``'same'``.
+Padding = int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] | str
+# Adaptive pooling's output size: ``s``, or ``(h, w)`` where ``None`` keeps the input's size.
+OutputSize = int | tuple[int | None, int | None]
+
+
+def is_int(value: Any) -> bool:
+    """A Python or NumPy integer, not a bool (``stride=True`` is always a mistake)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
 
 def _as_int(value: Any, op: str, name: str, seen: Any) -> int:
-    # bool is an int subclass, but stride=True is always a mistake.
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if not is_int(value):
         raise TypeError(
             f"{op} {name} must be an int or a pair of ints, got {seen!r} ({type(seen).__name__})"
         )
@@ -173,7 +188,7 @@ def check_bool(value: Any, op: str, name: str) -> bool:
 
 def positive_int(value: Any, op: str, name: str) -> int:
     """A count (channels, features): a positive int."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if not is_int(value):
         raise TypeError(f"{op} {name} must be a positive int, got {value!r}")
     if value < 1:
         raise ValueError(f"{op} {name} must be a positive int, got {value!r}")
@@ -193,7 +208,7 @@ def check_fits(spatial: Pair, padded: Pair, kernel: Pair, dilation: Pair, op: st
 
 def check_groups(in_channels: int, out_channels: int, groups: Any, op: str) -> int:
     """``groups`` must be a positive int dividing both channel counts."""
-    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
+    if not is_int(groups):
         raise TypeError(f"{op} groups must be a positive int, got {groups!r}")
     if groups < 1:
         raise ValueError(f"{op} groups must be positive, got {groups}")
@@ -285,10 +300,9 @@ def adaptive_output_size(output_size: Any, op: str) -> tuple[int | None, int | N
         if v is None:
             result.append(None)
             continue
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        if not is_int(v):
             raise TypeError(
-                f"{op} output_size must hold ints or None, got {output_size!r} "
-                f"({type(v).__name__})"
+                f"{op} output_size must hold ints or None, got {output_size!r} ({type(v).__name__})"
             )
         if v < 0:
             raise ValueError(f"{op} output_size must be >= 0, got {output_size!r}")
@@ -315,8 +329,7 @@ def unpool_output_size(
     else:
         if not isinstance(output_size, (tuple, list)) or len(output_size) not in (2, 4):
             raise TypeError(
-                f"{op} output_size must be (H, W) or a full (N, C, H, W) shape, "
-                f"got {output_size!r}"
+                f"{op} output_size must be (H, W) or a full (N, C, H, W) shape, got {output_size!r}"
             )
         size = tuple(_as_int(v, op, "output_size", output_size) for v in output_size[-2:])
         for a in range(2):
@@ -347,8 +360,7 @@ def check_indices(indices: Any, shape: tuple[int, ...], plane: int, op: str) -> 
         raise TypeError(f"{op} expected integer indices, got {dtype}")
     if tuple(indices.shape) != tuple(shape):
         raise ValueError(
-            f"{op} expected indices of the input's shape {tuple(shape)}, "
-            f"got {tuple(indices.shape)}"
+            f"{op} expected indices of the input's shape {tuple(shape)}, got {tuple(indices.shape)}"
         )
     if not isinstance(indices, jax.core.Tracer) and indices.size:
         values = np.asarray(indices)
@@ -360,3 +372,56 @@ def check_indices(indices: Any, shape: tuple[int, ...], plane: int, op: str) -> 
                 f"the cells of one output plane"
             )
     return indices
+
+
+def check_int(value: Any, op: str, name: str) -> int:
+    """An int of any sign (``Flatten``'s ``start_dim``, ``end_dim``)."""
+    if not is_int(value):
+        raise TypeError(f"{op} {name} must be an int, got {value!r}")
+    return int(value)
+
+
+def check_number(value: Any, op: str, name: str) -> int | float:
+    """A Python or NumPy real number, not a bool (``pad``'s fill ``value``)."""
+    if isinstance(value, (bool, np.bool_, str)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"{op} {name} must be a number, got {value!r}")
+    return value
+
+
+def one_of(value: Any, choices: tuple[str, ...], op: str, name: str) -> str:
+    """A string option (``mode``, ``padding_mode``, ``algorithm``) among ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{op} {name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_bias(bias: Any, op: str) -> Any:
+    """A convolution's ``bias``: ``None`` or an array (see ``check_array``).
+
+    A number here is almost always a stride in torch's bias slot
+    (``conv2d(x, w, 2)``), so the message says where the bias goes.
+    """
+    if bias is None:
+        return None
+    ints = isinstance(bias, (tuple, list)) and all(isinstance(v, int) for v in bias)
+    if isinstance(bias, (bool, int, float, str)) or ints:
+        raise TypeError(
+            f"{op} bias must be an array of shape (C_out,) or None, got {bias!r}: the third "
+            f"positional argument is bias, as in torch.nn.functional.{op.lower()}; pass "
+            "stride, padding, ... by keyword or after the bias"
+        )
+    return check_array(bias, op, "bias")
+
+
+def output_padding(value: Any, stride: Pair, dilation: Pair, op: str) -> Pair:
+    """A transposed convolution's ``output_padding``: a pair, each entry smaller than the
+    stride or the dilation on its axis (PyTorch's rule)."""
+    out_pads = pair(value, op, "output_padding", minimum=0)
+    if any(o >= max(s, d) for o, s, d in zip(out_pads, stride, dilation)):
+        raise ValueError(
+            f"{op} output_padding must be smaller than either stride or dilation on each "
+            f"axis, got output_padding={out_pads}, stride={stride}, dilation={dilation}"
+        )
+    return out_pads

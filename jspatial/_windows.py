@@ -21,6 +21,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import lax
 
+from jspatial import _tuning
 from jspatial._args import Padding2d, Pair
 
 
@@ -166,20 +167,14 @@ def set_batch_chunk(x, i, value, chunks: int):
     return y.reshape(x.shape)
 
 
-# Batch chunks of the direct and im2col convolutions: at most this many, each with at
-# least this many rows (output pixels) in its matrix products. Winograd sets its own.
-MAX_CHUNKS = 8
-MIN_CHUNK_ROWS = 4096
-
-
 def batch_chunks(n: int, rows_per_image: int, min_rows=None, max_chunks=None) -> int:
     """How many pieces to split a batch of ``n`` into: the most (up to ``max_chunks``,
-    default ``MAX_CHUNKS``) that divide ``n`` and still give every piece ``min_rows``
-    (default ``MIN_CHUNK_ROWS``) matrix rows."""
+    default ``_tuning.CONV_MAX_CHUNKS``) that divide ``n`` and still give every piece
+    ``min_rows`` (default ``_tuning.CONV_MIN_CHUNK_ROWS``) matrix rows."""
     if n == 0:  # an empty batch: one (empty) chunk
         return 1
-    min_rows = MIN_CHUNK_ROWS if min_rows is None else min_rows
-    max_chunks = MAX_CHUNKS if max_chunks is None else max_chunks
+    min_rows = _tuning.CONV_MIN_CHUNK_ROWS if min_rows is None else min_rows
+    max_chunks = _tuning.CONV_MAX_CHUNKS if max_chunks is None else max_chunks
     return next(
         k
         for k in range(min(max_chunks, n), 0, -1)

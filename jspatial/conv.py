@@ -34,9 +34,11 @@ lines: ``conv_tap`` (``y += window(x, t) @ w[t]``), ``conv_transpose_tap``
 (``dx[window t] += g @ w[t].T``) and ``conv_weight_grad_tap``
 (``dw[t] += window(x, t).T @ g``); ``conv_backward_tap`` is ``conv2d``'s backward
 body, the last two together. ``jspatial.steps`` runs them one tap at a time, to watch.
+The loop bodies are public for reading (the notebook prints them); the API is
+``jspatial.__all__``, and the names with a leading underscore are internal.
 
 Memory: both passes run the tap loop once per batch chunk (up to 8 chunks of at
-least 4096 output pixels, ``jspatial._windows.batch_chunks``), converting each
+least 4096 output pixels, ``jspatial._tuning``), converting each
 chunk to channels-last on the way in and back on the way out. The padded
 windows, the float32 gradient buffer and the channels-last copies then exist for
 one chunk at a time, and the saved input is the caller's own NCHW array: the
@@ -51,26 +53,32 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 
-from jspatial import _args, winograd
+from jspatial import _args, _tuning, winograd
 from jspatial import _windows as win
-from jspatial.pad import check_pad, pad_normalised
+from jspatial._args import IntOrPair, Padding
+from jspatial.pad import _check_pad, _pad_normalised
 from jspatial.shapes import output_hw
 
-# Taps per loop iteration: lets XLA overlap consecutive matrix products.
-UNROLL = 1
-# algorithm='auto' uses Winograd where it measured faster (bench/RESULTS.md): wide layers
-# whose output is large enough that the 2x2 output tiles waste little on the edges.
-WINOGRAD_MIN_CHANNELS = 64
-WINOGRAD_MIN_SIZE = 6
-# ... and im2col (all taps in one product) when C_in * kh * kw is at most this: a layer with
-# few input channels makes thin per-tap products, and its im2col matrix stays small.
-IM2COL_MAX_DEPTH = 32
+# The speed settings (unroll, chunk sizes, algorithm='auto''s thresholds) are in
+# jspatial/_tuning.py, with where and for which backend they were measured.
 
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_ALGORITHMS = ("auto", "direct", "winograd", "im2col")
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto"):
+def conv2d(
+    x: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: IntOrPair = 1,
+    padding: Padding = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+    *,
+    algorithm: str = "auto",
+) -> jax.Array:
     """2-D cross-correlation with PyTorch's ``torch.nn.functional.conv2d`` semantics.
 
     The arguments are torch's, in torch's order: ``conv2d(x, w, b, 2)`` is stride 2
@@ -90,8 +98,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
         algorithm: keyword only, not in torch. ``'direct'`` (the tap loop),
             ``'winograd'`` (F(2x2, 3x3), for ungrouped 3x3 stride-1 convolutions; see
             ``jspatial.winograd``), ``'im2col'`` (the taps copied into one matrix, one
-            product; ungrouped) or ``'auto'``, which picks by layer shape where each
-            measured fastest.
+            product; ungrouped) or ``'auto'``, which picks by layer shape. On a CPU,
+            ``'auto'`` takes im2col when ``C_in * kh * kw <= 32`` (a first layer),
+            Winograd for 3x3 stride-1 layers with at least 64 channels on both sides
+            and an output of at least 6x6, the direct loop otherwise: where each measured
+            fastest (``bench/RESULTS.md``). A GPU makes the same choice, not yet measured
+            there. Compiled for a TPU, a convolution that the on-chip tap kernel supports
+            (ungrouped, stride 1, output the size of the input) runs that kernel whatever
+            ``algorithm`` says, the others as on a CPU (``jspatial._tuning``).
 
     Returns:
         ``(N, C_out, H_out, W_out)`` in the dtype of ``x`` (accumulated in float32),
@@ -105,12 +119,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
         >>> js.conv2d(x, w, padding=1, stride=2).shape
         (2, 64, 16, 16)
     """
-    return conv2d_checked(
+    return _conv2d_checked(
         x, weight, bias, stride, padding, dilation, groups, op="conv2d", algorithm=algorithm
     )
 
 
-def conv2d_checked(
+def _conv2d_checked(
     x, weight, bias, stride, padding, dilation, groups, *, op, algorithm="auto", dtype=None,
     padding_mode="zeros",
 ):  # fmt: skip
@@ -123,20 +137,29 @@ def conv2d_checked(
     integer input. Non-zero padding modes pad with ``jspatial.pad`` and then
     convolve unpadded, as torch does.
     """
-    x = _args.check_input(x, op)
-    weight = _args.check_array(weight, op, "weight")
-    bias = _check_bias(bias, op)
-    geom, groups = conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
-    method = choose_method(algorithm, geom, groups, x.shape[1], weight.shape[0], op)
+    x, weight, bias, geom, groups, method = _check_conv2d(
+        x, weight, bias, stride, padding, dilation, groups, algorithm, op
+    )
     if dtype is not None:
         x, weight = x.astype(dtype), weight.astype(dtype)
         bias = None if bias is None else bias.astype(dtype)
     if padding_mode != "zeros":
         (top, bottom), (left, right) = geom.padding
-        pads = check_pad(x.shape, (left, right, top, bottom), padding_mode, op)
-        x = pad_normalised(x, pads, padding_mode, 0.0)
+        pads = _check_pad(x.shape, (left, right, top, bottom), padding_mode, op)
+        x = _pad_normalised(x, pads, padding_mode, 0.0)
         geom = geom._replace(in_hw=tuple(x.shape[2:]), padding=((0, 0), (0, 0)))
     return _conv2d(x, weight, bias, geom, groups, method)
+
+
+def _check_conv2d(x, weight, bias, stride, padding, dilation, groups, algorithm, op):
+    """Every check of ``conv2d`` (``jspatial.steps`` runs them too): the arrays as
+    arrays, the window geometry, ``groups`` and the resolved algorithm."""
+    x = _args.check_input(x, op)
+    weight = _args.check_array(weight, op, "weight")
+    bias = _args.check_bias(bias, op)
+    geom, groups = _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
+    method = _choose_method(algorithm, geom, groups, x.shape[1], weight.shape[0], op)
+    return x, weight, bias, geom, groups, method
 
 
 # Compiled once per shape and configuration, so eager calls do not re-trace the loops.
@@ -146,7 +169,7 @@ def _conv2d(x, weight, bias, geom, groups, method):
 
     def portable(x, w):
         if method == "winograd":
-            return winograd.conv3x3(x, w, geom)
+            return winograd._conv3x3(x, w, geom)
         if method == "im2col":
             return _conv_im2col(x, w, geom)
         return _conv_direct(x, w, geom, groups)
@@ -159,20 +182,6 @@ def _conv2d(x, weight, bias, geom, groups, method):
     return y.astype(x.dtype)
 
 
-def _check_bias(bias, op):
-    """``None`` or an array; a number here is almost always a stride in torch's bias slot."""
-    if bias is None:
-        return None
-    ints = isinstance(bias, (tuple, list)) and all(isinstance(v, int) for v in bias)
-    if isinstance(bias, (bool, int, float, str)) or ints:
-        raise TypeError(
-            f"{op} bias must be an array of shape (C_out,) or None, got {bias!r}: the third "
-            f"positional argument is bias, as in torch.nn.functional.{op.lower()}; pass "
-            "stride, padding, ... by keyword or after the bias"
-        )
-    return _args.check_array(bias, op, "bias")
-
-
 def _check_weight_shape(weight, op, layout):
     w_shape = tuple(weight.shape)
     if len(w_shape) != 4:
@@ -180,9 +189,9 @@ def _check_weight_shape(weight, op, layout):
     return w_shape
 
 
-def conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
+def _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
     """Validate ``conv2d``'s shapes and hyper-parameters; return the window geometry and
-    ``groups``. ``x``, ``weight`` and ``bias`` are arrays already (``conv2d_checked``)."""
+    ``groups``. ``x``, ``weight`` and ``bias`` are arrays already (``_conv2d_checked``)."""
     w_shape = _check_weight_shape(weight, op, "(out_channels, in_channels // groups, kh, kw)")
     n, c_in, h, w = x.shape
     c_out, c_per_group, kh, kw = w_shape
@@ -204,14 +213,14 @@ def conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
     return win.Geometry((h, w), out_hw, kernel, strides, dil, pads), groups
 
 
-ALGORITHMS = ("auto", "direct", "winograd", "im2col")
+def _choose_method(algorithm, geom, groups, c_in, c_out, op) -> str:
+    """Resolve ``algorithm`` for one convolution; rejects a method that does not apply.
 
-
-def choose_method(algorithm, geom, groups, c_in, c_out, op) -> str:
-    """Resolve ``algorithm`` for one convolution; rejects a method that does not apply."""
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"{op} algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    if algorithm == "winograd" and not winograd.supports(geom, groups):
+    ``'auto'`` uses the CPU's thresholds of ``jspatial._tuning`` (see there for the GPU
+    and the TPU).
+    """
+    _args.one_of(algorithm, _ALGORITHMS, op, "algorithm")
+    if algorithm == "winograd" and not winograd._supports(geom, groups):
         raise ValueError(
             f"{op} algorithm='winograd' needs an ungrouped 3x3 kernel with stride 1 and "
             f"dilation 1, got kernel {geom.kernel}, stride {geom.stride}, "
@@ -222,12 +231,12 @@ def choose_method(algorithm, geom, groups, c_in, c_out, op) -> str:
     if algorithm != "auto":
         return algorithm
     if (
-        winograd.supports(geom, groups)
-        and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
-        and min(geom.out_hw) >= WINOGRAD_MIN_SIZE
+        winograd._supports(geom, groups)
+        and min(c_in, c_out) >= _tuning.WINOGRAD_MIN_CHANNELS
+        and min(geom.out_hw) >= _tuning.WINOGRAD_MIN_SIZE
     ):
         return "winograd"
-    if groups == 1 and c_in * geom.taps <= IM2COL_MAX_DEPTH:
+    if groups == 1 and c_in * geom.taps <= _tuning.IM2COL_MAX_DEPTH:
         return "im2col"
     return "direct"
 
@@ -364,14 +373,14 @@ def _forward_loop(xph, w_taps, geom, gm=None, dw=None):
     out = jnp.zeros((m, w_taps.shape[1], w_taps.shape[-1]), win.accum_dtype(xph.dtype))
     if gm is None:
         tap = partial(conv_tap, xph=xph, w_taps=w_taps, geom=geom)
-        return lax.fori_loop(0, geom.taps, tap, out, unroll=UNROLL)
+        return lax.fori_loop(0, geom.taps, tap, out, unroll=_tuning.CONV_UNROLL)
 
     def tap_and_grad(t, carry):
         out, dw = carry
         dw = conv_weight_grad_tap(t, dw, xph, gm, geom)
         return conv_tap(t, out, xph, w_taps, geom), dw
 
-    return lax.fori_loop(0, geom.taps, tap_and_grad, (out, dw), unroll=UNROLL)
+    return lax.fori_loop(0, geom.taps, tap_and_grad, (out, dw), unroll=_tuning.CONV_UNROLL)
 
 
 def _input_grad_loop(gm, w_taps, geom, phased_shape, xph=None, dw=None):
@@ -386,9 +395,9 @@ def _input_grad_loop(gm, w_taps, geom, phased_shape, xph=None, dw=None):
     dxph = jnp.zeros(phased_shape, win.accum_dtype(gm.dtype))
     if xph is None:
         tap = partial(conv_transpose_tap, g=gm, w_taps=w_taps, geom=geom)
-        return lax.fori_loop(0, geom.taps, tap, dxph, unroll=UNROLL)
+        return lax.fori_loop(0, geom.taps, tap, dxph, unroll=_tuning.CONV_UNROLL)
     tap = partial(conv_backward_tap, xph=xph, g=gm, w_taps=w_taps, geom=geom)
-    return lax.fori_loop(0, geom.taps, tap, (dxph, dw), unroll=UNROLL)
+    return lax.fori_loop(0, geom.taps, tap, (dxph, dw), unroll=_tuning.CONV_UNROLL)
 
 
 def _phased_shape(n, c, geom):
@@ -404,7 +413,8 @@ def _output_side(a, groups):
 
 def _chunks(n, geom):
     """Batch chunks of the direct and im2col loops (rows: the chunk's output pixels)."""
-    return win.batch_chunks(n, geom.out_hw[0] * geom.out_hw[1])
+    rows = geom.out_hw[0] * geom.out_hw[1]
+    return win.batch_chunks(n, rows, _tuning.CONV_MIN_CHUNK_ROWS, _tuning.CONV_MAX_CHUNKS)
 
 
 # ---------------------------------------------------------------------------- direct
@@ -528,8 +538,15 @@ _conv_im2col.defvjp(_im2col_fwd, _im2col_bwd)
 
 
 def conv_transpose2d(
-    x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
-):
+    x: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    groups: int = 1,
+    dilation: IntOrPair = 1,
+) -> jax.Array:
     """2-D transposed convolution, ``torch.nn.functional.conv_transpose2d``.
 
     A transposed convolution is the input gradient of a convolution, run as an op.
@@ -576,21 +593,18 @@ def conv_transpose2d(
                [2., 4., 2.],
                [1., 2., 1.]], dtype=float32)
     """
-    return conv_transpose2d_checked(
+    return _conv_transpose2d_checked(
         x, weight, bias, stride, padding, output_padding, groups, dilation,
         op="conv_transpose2d",
     )  # fmt: skip
 
 
-def conv_transpose2d_checked(
+def _conv_transpose2d_checked(
     x, weight, bias, stride, padding, output_padding, groups, dilation, *, op, dtype=None
 ):
     """``conv_transpose2d`` with errors attributed to ``op`` (the layer's path too):
     validated here, outside the jit, before the cast to ``dtype``."""
-    x = _args.check_input(x, op)
-    weight = _args.check_array(weight, op, "weight")
-    bias = _check_bias(bias, op)
-    geom, groups = conv_transpose_geometry(
+    x, weight, bias, geom, groups = _check_conv_transpose2d(
         x, weight, bias, stride, padding, output_padding, groups, dilation, op
     )
     if dtype is not None:
@@ -599,12 +613,25 @@ def conv_transpose2d_checked(
     return _conv_transpose2d(x, weight, bias, geom, groups)
 
 
+def _check_conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation, op):
+    """Every check of ``conv_transpose2d`` (``jspatial.steps`` runs them too)."""
+    x = _args.check_input(x, op)
+    weight = _args.check_array(weight, op, "weight")
+    bias = _args.check_bias(bias, op)
+    geom, groups = _conv_transpose_geometry(
+        x, weight, bias, stride, padding, output_padding, groups, dilation, op
+    )
+    return x, weight, bias, geom, groups
+
+
 def _transposed_size(size, kernel, stride, padding, output_padding, dilation):
     """One axis of the transposed output: the input size of the ``conv2d`` it transposes."""
     return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
 
 
-def conv_transpose_geometry(x, weight, bias, stride, padding, output_padding, groups, dilation, op):
+def _conv_transpose_geometry(
+    x, weight, bias, stride, padding, output_padding, groups, dilation, op
+):
     """Validate ``conv_transpose2d``'s arguments; return the window geometry of the
     transposed ``conv2d`` (its input: our output, its output: our input) and ``groups``."""
     w_shape = _check_weight_shape(weight, op, "(in_channels, out_channels // groups, kh, kw)")
@@ -625,12 +652,7 @@ def conv_transpose_geometry(x, weight, bias, stride, padding, output_padding, gr
     strides = _args.pair(stride, op, "stride")
     dil = _args.pair(dilation, op, "dilation")
     pads = _args.pair(padding, op, "padding", minimum=0)
-    out_pads = _args.pair(output_padding, op, "output_padding", minimum=0)
-    if any(o >= max(s, d) for o, s, d in zip(out_pads, strides, dil)):
-        raise ValueError(
-            f"{op} output_padding must be smaller than either stride or dilation on each "
-            f"axis, got output_padding={out_pads}, stride={strides}, dilation={dil}"
-        )
+    out_pads = _args.output_padding(output_padding, strides, dil, op)
     out_hw = tuple(map(_transposed_size, (h, w), kernel, strides, pads, out_pads, dil))
     if min(out_hw) < 1:
         raise ValueError(

@@ -15,6 +15,10 @@ merged with Chan et al.'s pairwise update (``merge_stats``), which stays accurat
 when the mean is large compared with the spread (the naive ``E[x^2] - E[x]^2``
 does not). Cost: about ``5 N C H W`` flops forward, a few passes over ``x`` in the
 hand-written backward.
+
+The loop bodies (``chunk_stats``, ``merge_stats``) are public for reading (the notebook
+prints them); the API is ``jspatial.__all__``, and the names with a leading underscore
+are internal.
 """
 
 from __future__ import annotations
@@ -24,19 +28,22 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 
-from jspatial import _args
+from jspatial import _args, _tuning
 from jspatial import _windows as win
-
-# Batch statistics are merged over at most this many chunks: each chunk's two-pass
-# variance stays accurate when the mean is large against the spread, and the merge
-# (Chan et al.) keeps the whole accurate without a pass over the full batch at once.
-BN_MAX_CHUNKS = 4
 
 
 def batch_norm(
-    x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5
-):
+    x: ArrayLike,
+    running_mean: ArrayLike | None,
+    running_var: ArrayLike | None,
+    weight: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    training: bool = False,
+    momentum: float | ArrayLike = 0.1,
+    eps: float = 1e-5,
+) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
     """Batch normalisation with PyTorch's ``torch.nn.functional.batch_norm`` signature.
 
     The arguments, their order and defaults are PyTorch's, so
@@ -48,9 +55,11 @@ def batch_norm(
     Args:
         x: input ``(N, C, H, W)``. ``N == 0`` gives an empty output (and, in
             training, leaves the running statistics as they were), as in PyTorch.
-        running_mean, running_var: ``(C,)`` running statistics; may be ``None``
-            when ``training`` (nothing is tracked then).
-        weight, bias: ``(C,)`` affine parameters, or ``None`` for 1 and 0.
+        running_mean: ``(C,)`` running mean; may be ``None`` when ``training``
+            (nothing is tracked then).
+        running_var: ``(C,)`` running variance; ``None`` exactly when ``running_mean`` is.
+        weight: ``(C,)`` scale, or ``None`` for 1.
+        bias: ``(C,)`` shift, or ``None`` for 0.
         training: normalise with batch statistics and update the running ones.
         momentum: weight of the new batch statistic in the running average, in
             ``[0, 1]``: a number or a 0-d array (a traced value is fine).
@@ -68,12 +77,12 @@ def batch_norm(
         >>> round(float(y.mean()), 6), round(float(mean[0]), 4), round(float(var[0]), 4)
         (0.0, 0.35, 1.5)
     """
-    return batch_norm_checked(
+    return _batch_norm_checked(
         x, running_mean, running_var, weight, bias, training, momentum, eps, op="batch_norm"
     )
 
 
-def batch_norm_checked(
+def _batch_norm_checked(
     x,
     running_mean,
     running_var,
@@ -137,7 +146,11 @@ def _batch_norm_core(x, running_mean, running_var, weight, bias, training, momen
     count = x.shape[0] * x.shape[2] * x.shape[3]
     if count == 0:  # nothing to normalise, no statistics to fold in (PyTorch's behaviour)
         return _affine(x, w, b), running_mean, running_var
-    y, mean, var = _bn_train(x, w, b, eps)
+    from jspatial._accel import dispatch  # the Pallas kernels load only when a norm traces
+
+    # Lowered for a TPU, the statistics are whole-array reductions XLA fuses (jspatial/_accel);
+    # everywhere else the chunked loop of ``_bn_train``.
+    y, mean, var = dispatch.bn_train(x, w, b, eps, _bn_train)
     if running_mean is None:
         return y, None, None
     unbiased = var * (count / (count - 1))
@@ -150,15 +163,15 @@ _batch_norm_static = jax.jit(_batch_norm_core, static_argnums=(5, 6, 7))
 _batch_norm_traced = jax.jit(_batch_norm_core, static_argnums=(5, 7))
 
 
-def batch_stats(x):
+def _batch_stats(x):
     """Per-channel mean and biased variance of ``(N, C, H, W)``, in float32 or wider.
 
-    A ``fori_loop`` over up to ``BN_MAX_CHUNKS`` equal batch chunks
+    A ``fori_loop`` over up to ``_tuning.BN_MAX_CHUNKS`` equal batch chunks
     (``jspatial._windows.batch_chunks``): ``chunk_stats`` of each chunk, merged into
     the running total by ``merge_stats`` (Chan's formula).
     """
     n, c, h, w = x.shape
-    chunks = win.batch_chunks(n, 1, min_rows=1, max_chunks=BN_MAX_CHUNKS)
+    chunks = win.batch_chunks(n, 1, min_rows=1, max_chunks=_tuning.BN_MAX_CHUNKS)
     acc = win.accum_dtype(x.dtype)
 
     def step(i, total):
@@ -206,7 +219,7 @@ def _bn_train(x, weight, bias, eps):
 
 
 def _bn_train_fwd(x, weight, bias, eps):
-    mean, var = batch_stats(x)
+    mean, var = _batch_stats(x)
     inv_std = lax.rsqrt(var + eps)
     scale = weight * inv_std
     y = _affine(x, scale, bias - mean * scale)

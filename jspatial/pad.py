@@ -12,6 +12,7 @@ Rows are padded first, then columns, so the corners of ``reflect`` are reflected
 twice, as in torch. A negative amount crops that side instead. The gradient of a
 slice is the slice run backwards (the gradient added back into the cells it came
 from), so plain autodiff is exact and cheap: padding copies, it never multiplies.
+The API is ``jspatial.pad``; the names with a leading underscore are internal.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 
 from jspatial import _args
 
-MODES = ("constant", "reflect", "replicate", "circular")
+_MODES = ("constant", "reflect", "replicate", "circular")
 
 
-def pad(x, pad, mode="constant", value=None):
+def pad(
+    x: ArrayLike, pad: tuple[int, ...], mode: str = "constant", value: float | None = None
+) -> jax.Array:
     """Pad (or crop) the height and width of ``x``, as ``torch.nn.functional.pad``.
 
     Args:
@@ -57,10 +61,10 @@ def pad(x, pad, mode="constant", value=None):
         Array([[9., 9., 9., 9.],
                [9., 0., 1., 2.]], dtype=float32)
     """
-    return pad_checked(x, pad, mode, value, op="pad")
+    return _pad_checked(x, pad, mode, value, op="pad")
 
 
-def pad_checked(x, pad, mode, value, *, op):
+def _pad_checked(x, pad, mode, value, *, op):
     """``pad`` with errors attributed to ``op``."""
     x = _args.check_array(x, op, "input", floating=False)
     if x.ndim != 4:
@@ -68,16 +72,15 @@ def pad_checked(x, pad, mode, value, *, op):
             f"{op} expected 4D input (batch, channels, height, width), got {x.ndim}D: "
             f"{tuple(x.shape)}"
         )
-    if mode not in MODES:
-        raise ValueError(f"{op} mode must be one of {MODES}, got {mode!r}")
+    _args.one_of(mode, _MODES, op, "mode")
     if value is None:
         value = 0.0
     elif mode != "constant":
         raise ValueError(f"{op} mode {mode!r} does not take a value (only 'constant' does)")
-    elif isinstance(value, (bool, str)) or not isinstance(value, (int, float)):
-        raise TypeError(f"{op} value must be a number, got {value!r}")
-    pads = check_pad(x.shape, pad, mode, op)
-    return pad_normalised(x, pads, mode, value)
+    else:
+        value = _args.check_number(value, op, "value")
+    pads = _check_pad(x.shape, pad, mode, op)
+    return _pad_normalised(x, pads, mode, value)
 
 
 def _amounts(pad, op):
@@ -96,7 +99,7 @@ def _amounts(pad, op):
     return (top, bottom), (left, right)
 
 
-def check_pad(shape, pad, mode, op):
+def _check_pad(shape, pad, mode, op):
     """Validate ``pad`` (torch's order) for an input of ``shape`` in ``mode``.
 
     Returns ``((top, bottom), (left, right))``.
@@ -128,8 +131,8 @@ def check_pad(shape, pad, mode, op):
 
 # Compiled once per shape, amounts and mode, so eager calls do not re-trace the slices.
 @partial(jax.jit, static_argnums=(1, 2))
-def pad_normalised(x, pads, mode, value):
-    """Pad validated ``((top, bottom), (left, right))`` amounts (``check_pad``)."""
+def _pad_normalised(x, pads, mode, value):
+    """Pad validated ``((top, bottom), (left, right))`` amounts (``_check_pad``)."""
     fill = jnp.asarray(value, x.dtype)
     for axis, (lo, hi) in zip((2, 3), pads):
         x = _pad_axis(x, axis, lo, hi, mode, fill)

@@ -24,28 +24,38 @@ divides ``H`` that is the ordinary pool with ``kernel_size = stride = H // H_out
 otherwise the windows differ in length by a cell, and the loop runs over the
 ``ceil(H / H_out) + 1`` (at most) tap offsets with a mask for the windows that
 are shorter.
+
+The loop bodies (``max_pool_tap``, ``max_pool_start``, ``avg_pool_tap``) are public for
+reading (the notebook prints them); the API is ``jspatial.__all__``, and the names with a
+leading underscore are internal.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
-from jspatial import _args
+from jspatial import _args, _tuning
 from jspatial import _windows as win
+from jspatial._args import IntOrPair, OutputSize
 from jspatial.shapes import output_hw
-
-# Windows with at most this many taps have their loop unrolled (see _unroll).
-UNROLL_TAPS = 16
 
 
 def max_pool2d(
-    x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
-):
+    x: ArrayLike,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """2-D max pooling with PyTorch's ``torch.nn.functional.max_pool2d`` semantics.
 
     Padded cells never win (they act as ``-inf``); a window lying entirely in
@@ -77,23 +87,30 @@ def max_pool2d(
         >>> js.max_pool2d(x, 2, return_indices=True)[1][0, 0].tolist()
         [[5, 7], [13, 15]]
     """
-    return max_pool2d_checked(
+    return _max_pool2d_checked(
         x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, op="max_pool2d"
     )
 
 
-def max_pool2d_checked(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, *, op):
+def _max_pool2d_checked(
+    x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, *, op
+):
     """``max_pool2d`` with errors attributed to ``op`` (the layer uses ``"MaxPool2d"``)."""
-    x, geom = pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
+    x, geom = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
     return _max_pool2d(x, geom, _args.check_bool(return_indices, op, "return_indices"))
 
 
 # Compiled once per shape and configuration, so eager calls do not re-trace the loops.
 @partial(jax.jit, static_argnums=(1, 2))
 def _max_pool2d(x, geom, return_indices):
-    y, arg = _max_pool_nhwc(win.nchw_to_nhwc(x), geom)
     if not return_indices:
-        return win.nhwc_to_nchw(y)
+        from jspatial._accel import dispatch  # the Pallas kernels load only when a pool traces
+
+        # Lowered for a TPU, non-overlapping windows run as a Pallas kernel (jspatial/_accel);
+        # everywhere else this is the tap loop below.
+        portable = lambda x: win.nhwc_to_nchw(_max_pool_nhwc(win.nchw_to_nhwc(x), geom)[0])  # noqa: E731
+        return dispatch.max_pool2d(x, geom, portable)
+    y, arg = _max_pool_nhwc(win.nchw_to_nhwc(x), geom)
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
     row0 = np.arange(geom.out_hw[0]) * sh - geom.padding[0][0]
     col0 = np.arange(geom.out_hw[1]) * sw - geom.padding[1][0]
@@ -133,14 +150,14 @@ def _avg_pool2d(x, geom, divisor):
 
 
 def avg_pool2d(
-    x,
-    kernel_size,
-    stride=None,
-    padding=0,
-    ceil_mode=False,
-    count_include_pad=True,
-    divisor_override=None,
-):
+    x: ArrayLike,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: float | None = None,
+) -> jax.Array:
     """2-D average pooling with PyTorch's ``torch.nn.functional.avg_pool2d`` semantics.
 
     Args:
@@ -163,22 +180,34 @@ def avg_pool2d(
         >>> js.avg_pool2d(x, 2)[0, 0].tolist()
         [[2.5, 4.5], [10.5, 12.5]]
     """
-    return avg_pool2d_checked(
+    return _avg_pool2d_checked(
         x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
         op="avg_pool2d",
     )  # fmt: skip
 
 
-def avg_pool2d_checked(
+def _avg_pool2d_checked(
     x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, *, op
 ):
     """``avg_pool2d`` with errors attributed to ``op`` (the layer uses ``"AvgPool2d"``)."""
-    x, geom = pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode, op)
+    return _avg_pool2d(
+        *_check_avg_pool2d(
+            x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, op
+        )
+    )
+
+
+def _check_avg_pool2d(
+    x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, op
+):
+    """Every check of ``avg_pool2d`` (``jspatial.steps`` runs them too): the input, the
+    window geometry and the divisor, ``(count_include_pad, divisor_override)``."""
+    x, geom = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode, op)
     include = _args.check_bool(count_include_pad, op, "count_include_pad")
-    return _avg_pool2d(x, geom, (include, _args.check_divisor_override(divisor_override, op)))
+    return x, geom, (include, _args.check_divisor_override(divisor_override, op))
 
 
-def global_avg_pool2d(x):
+def global_avg_pool2d(x: ArrayLike) -> jax.Array:
     """Mean over the spatial axes: ``(N, C, H, W) -> (N, C)``, summed in float32.
 
     Example:
@@ -186,12 +215,17 @@ def global_avg_pool2d(x):
         >>> js.global_avg_pool2d(jnp.ones((2, 8, 5, 5))).shape
         (2, 8)
     """
+    return _global_avg_pool2d_checked(x, op="global_avg_pool2d")
+
+
+def _global_avg_pool2d_checked(x, *, op):
+    """``global_avg_pool2d`` with errors attributed to ``op`` (the layer's name)."""
     # As an array: a NumPy float64 input is float32 here, as the jitted ops make it.
-    x = jnp.asarray(_args.check_input(x, "global_avg_pool2d"))
+    x = jnp.asarray(_args.check_input(x, op))
     return jnp.mean(x, axis=(2, 3), dtype=win.accum_dtype(x.dtype)).astype(x.dtype)
 
 
-def pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op):
+def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op):
     """Validate pooling arguments: the input as an array, and the window geometry."""
     x = _args.check_input(x, op)
     kernel, strides, pads, dil = _args.pool_params(kernel_size, stride, padding, dilation, op)
@@ -206,7 +240,7 @@ def pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op):
 def _unroll(taps):
     # Unrolling a small window's loop lets XLA fuse all its taps into one pass over
     # memory instead of one pass per tap; large windows keep a rolled loop.
-    return min(taps, UNROLL_TAPS)
+    return min(taps, _tuning.POOL_UNROLL_TAPS)
 
 
 # ---------------------------------------------------------------------------- max
@@ -362,7 +396,7 @@ _avg_pool_nhwc.defvjp(_avg_fwd, _avg_bwd)
 # ---------------------------------------------------------------------------- adaptive
 
 
-def adaptive_avg_pool2d(x, output_size):
+def adaptive_avg_pool2d(x: ArrayLike, output_size: OutputSize) -> jax.Array:
     """Adaptive average pooling with ``torch.nn.functional.adaptive_avg_pool2d``'s semantics.
 
     Output cell ``(i, j)`` is the mean of input rows ``floor(i * H / H_out)`` to
@@ -388,16 +422,18 @@ def adaptive_avg_pool2d(x, output_size):
         >>> js.adaptive_avg_pool2d(x, (1, 3))[0, 0].tolist()  # windows [0, 2), [1, 4), [3, 5)
         [[0.5, 2.0, 3.5]]
     """
-    return adaptive_avg_pool2d_checked(x, output_size, op="adaptive_avg_pool2d")
+    return _adaptive_avg_pool2d_checked(x, output_size, op="adaptive_avg_pool2d")
 
 
-def adaptive_avg_pool2d_checked(x, output_size, *, op):
+def _adaptive_avg_pool2d_checked(x, output_size, *, op):
     """``adaptive_avg_pool2d`` with errors attributed to ``op`` (the layer's name)."""
-    x, out_hw = adaptive_geometry(x, output_size, op)
+    x, out_hw = _adaptive_geometry(x, output_size, op)
     return _adaptive_avg_pool2d(x, out_hw)
 
 
-def adaptive_max_pool2d(x, output_size, return_indices=False):
+def adaptive_max_pool2d(
+    x: ArrayLike, output_size: OutputSize, return_indices: bool = False
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Adaptive max pooling with ``torch.nn.functional.adaptive_max_pool2d``'s semantics.
 
     The windows are those of ``adaptive_avg_pool2d``; ties and NaNs follow
@@ -420,16 +456,16 @@ def adaptive_max_pool2d(x, output_size, return_indices=False):
         >>> y[0, 0].tolist(), indices[0, 0].tolist()  # windows [0, 3) and [2, 5)
         ([[4.0, 5.0]], [[2, 4]])
     """
-    return adaptive_max_pool2d_checked(x, output_size, return_indices, op="adaptive_max_pool2d")
+    return _adaptive_max_pool2d_checked(x, output_size, return_indices, op="adaptive_max_pool2d")
 
 
-def adaptive_max_pool2d_checked(x, output_size, return_indices, *, op):
+def _adaptive_max_pool2d_checked(x, output_size, return_indices, *, op):
     """``adaptive_max_pool2d`` with errors attributed to ``op`` (the layer's name)."""
-    x, out_hw = adaptive_geometry(x, output_size, op)
+    x, out_hw = _adaptive_geometry(x, output_size, op)
     return _adaptive_max_pool2d(x, out_hw, _args.check_bool(return_indices, op, "return_indices"))
 
 
-def adaptive_geometry(x, output_size, op):
+def _adaptive_geometry(x, output_size, op):
     """Validate adaptive pooling arguments: the input as an array, and ``(H_out, W_out)``."""
     x = _args.check_input(x, op)
     out = _args.adaptive_output_size(output_size, op)
@@ -602,7 +638,14 @@ _adaptive_max_nhwc.defvjp(_adaptive_max_fwd, _adaptive_max_bwd)
 # ---------------------------------------------------------------------------- unpooling
 
 
-def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
+def max_unpool2d(
+    x: ArrayLike,
+    indices: ArrayLike,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    output_size: Sequence[int] | None = None,
+) -> jax.Array:
     """The partial inverse of ``max_pool2d``, with ``torch.nn.functional.max_unpool2d``'s semantics.
 
     Every value of ``x`` is written to the cell its index names in an output plane
@@ -636,21 +679,21 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
         >>> js.max_unpool2d(y, indices, 2)[0, 0].tolist()
         [[0.0, 0.0, 0.0, 0.0], [0.0, 5.0, 0.0, 7.0], [0.0, 0.0, 0.0, 0.0], [0.0, 13.0, 0.0, 15.0]]
     """
-    return max_unpool2d_checked(
+    return _max_unpool2d_checked(
         x, indices, kernel_size, stride, padding, output_size, op="max_unpool2d"
     )
 
 
-def max_unpool2d_checked(x, indices, kernel_size, stride, padding, output_size, *, op):
+def _max_unpool2d_checked(x, indices, kernel_size, stride, padding, output_size, *, op):
     """``max_unpool2d`` with errors attributed to ``op`` (the layer uses ``"MaxUnpool2d"``)."""
     x = _args.check_input(x, op)
-    kernel, strides, pads = unpool_params(kernel_size, stride, padding, op)
+    kernel, strides, pads = _unpool_params(kernel_size, stride, padding, op)
     out_hw = _args.unpool_output_size(output_size, x.shape[2:], kernel, strides, pads, op)
     indices = _args.check_indices(indices, x.shape, out_hw[0] * out_hw[1], op)
     return _max_unpool2d(x, indices, out_hw)
 
 
-def unpool_params(kernel_size, stride, padding, op):
+def _unpool_params(kernel_size, stride, padding, op):
     """``max_unpool2d``'s ``kernel_size``, ``stride`` (``None``: the kernel) and ``padding``."""
     kernel = _args.pair(kernel_size, op, "kernel_size")
     strides = kernel if stride is None else _args.pair(stride, op, "stride")

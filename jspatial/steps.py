@@ -75,7 +75,8 @@ def steps(op: Callable, *args: Any, **kwargs: Any) -> Iterator[Step]:
 
     Args:
         op: one of the four ops above.
-        *args, **kwargs: the op's arguments. ``max_pool2d``'s ``return_indices`` is
+        *args: the op's positional arguments.
+        **kwargs: the op's keyword arguments. ``max_pool2d``'s ``return_indices`` is
             accepted and ignored (every step carries its ``argmax``); ``conv2d``'s
             ``algorithm`` must be ``'auto'`` or ``'direct'``.
 
@@ -125,7 +126,8 @@ def loop_jaxpr(op: Callable, *args: Any, index_math: bool = False, **kwargs: Any
 
     Args:
         op: any jspatial op (or function of arrays) containing a loop.
-        *args, **kwargs: its arguments.
+        *args: its positional arguments.
+        **kwargs: its keyword arguments.
         index_math: keep the scalar index arithmetic: the body exactly as traced.
 
     Returns:
@@ -282,12 +284,9 @@ def _tap_weight(w, i, j):
 
 
 def _conv2d_steps(x, weight, bias, stride, padding, dilation, groups, algorithm):
-    op = "conv2d"
-    x = _args.check_input(x, op)
-    weight = _args.check_array(weight, op, "weight")
-    bias = conv._check_bias(bias, op)
-    geom, groups = conv.conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
-    conv.choose_method(algorithm, geom, groups, x.shape[1], weight.shape[0], op)
+    x, weight, bias, geom, groups, _ = conv._check_conv2d(
+        x, weight, bias, stride, padding, dilation, groups, algorithm, "conv2d"
+    )
     if algorithm not in ("auto", "direct"):
         raise ValueError(f"steps runs conv2d's tap loop (algorithm='direct'), got {algorithm!r}")
     return _conv_loop(x, weight.astype(x.dtype), bias, geom, groups)
@@ -307,12 +306,8 @@ def _conv_loop(x, w, bias, geom, groups):
 
 
 def _conv_transpose2d_steps(x, weight, bias, stride, padding, output_padding, groups, dilation):
-    op = "conv_transpose2d"
-    x = _args.check_input(x, op)
-    weight = _args.check_array(weight, op, "weight")
-    bias = conv._check_bias(bias, op)
-    geom, groups = conv.conv_transpose_geometry(
-        x, weight, bias, stride, padding, output_padding, groups, dilation, op
+    x, weight, bias, geom, groups = conv._check_conv_transpose2d(
+        x, weight, bias, stride, padding, output_padding, groups, dilation, "conv_transpose2d"
     )
     return _conv_transpose_loop(x, weight.astype(x.dtype), bias, geom, groups)
 
@@ -331,7 +326,7 @@ def _conv_transpose_loop(x, w, bias, geom, groups):
 
 def _max_pool2d_steps(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     op = "max_pool2d"
-    x, geom = pool.pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
+    x, geom = pool._pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
     _args.check_bool(return_indices, op, "return_indices")
     return _max_pool_loop(x, geom)
 
@@ -347,10 +342,10 @@ def _max_pool_loop(x, geom):
 def _avg_pool2d_steps(
     x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
 ):
-    op = "avg_pool2d"
-    x, geom = pool.pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode, op)
-    include = _args.check_bool(count_include_pad, op, "count_include_pad")
-    divisor = (include, _args.check_divisor_override(divisor_override, op))
+    x, geom, divisor = pool._check_avg_pool2d(
+        x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+        "avg_pool2d",
+    )  # fmt: skip
     return _avg_pool_loop(x, geom, divisor)
 
 

@@ -21,6 +21,9 @@ instead of storing it.
 Tiles are 4x4 windows with stride 2, so the tile geometry is exactly the
 window geometry of ``jspatial._windows`` with kernel 4 and stride 2: row ``r`` of
 tile ``a`` is phase ``r % 2`` of block row ``a + r // 2``.
+
+Internal: ``jspatial.conv2d(..., algorithm='winograd')`` is the way in; this module is
+there to read.
 """
 
 from __future__ import annotations
@@ -32,13 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jspatial import _tuning
 from jspatial import _windows as win
 
 # F(2x2, 3x3) transform matrices.
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
 
 
-def supports(geom: win.Geometry, groups: int) -> bool:
+def _supports(geom: win.Geometry, groups: int) -> bool:
     """Winograd F(2x2, 3x3) applies to ungrouped 3x3 convolutions with stride and dilation 1."""
     return (
         geom.kernel == (3, 3) and geom.stride == (1, 1) and geom.dilation == (1, 1) and groups == 1
@@ -143,8 +147,8 @@ def _weight_transform_transpose(du, c_out, c_in):
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv3x3(x, weight, geom):
-    """Winograd convolution of NCHW ``x`` with OIHW ``weight``; ``geom`` from ``conv_geometry``.
+def _conv3x3(x, weight, geom):
+    """Winograd convolution of NCHW ``x`` with OIHW ``weight``; ``geom`` from ``_conv_geometry``.
 
     Returns NCHW in the accumulation dtype. The batch is processed in chunks
     (``jspatial._windows.batch_chunks``): the transformed tiles take four times the
@@ -154,15 +158,10 @@ def conv3x3(x, weight, geom):
     return _fwd(x, weight, geom)[0]
 
 
-# A chunk's transformed tiles and products take 12 times its input's memory (V, M and,
-# backward, dV), so Winograd splits the batch finer than the direct loop: 16 chunks keep
-# them under one input's worth, and 128 tiles still make efficient matrix products.
-MAX_CHUNKS = 16
-MIN_CHUNK_TILES = 128
-
-
 def _chunks(n, tg):
-    return win.batch_chunks(n, tg.out_hw[0] * tg.out_hw[1], MIN_CHUNK_TILES, MAX_CHUNKS)
+    # Finer than the direct loop's: a chunk's tiles and products take 12 times its input.
+    tiles = tg.out_hw[0] * tg.out_hw[1]
+    return win.batch_chunks(n, tiles, _tuning.WINOGRAD_MIN_CHUNK_TILES, _tuning.WINOGRAD_MAX_CHUNKS)
 
 
 def _products(v, u, acc):
@@ -219,4 +218,4 @@ def _bwd(geom, residuals, g):
     return dx, dw.astype(weight.dtype)
 
 
-conv3x3.defvjp(_fwd, _bwd)
+_conv3x3.defvjp(_fwd, _bwd)

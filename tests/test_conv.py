@@ -494,7 +494,7 @@ OPS = {
         (2, 2, 4, 5),
     ),
     "conv2d_padding_mode": (
-        lambda x: js.conv.conv2d_checked(
+        lambda x: js.conv._conv2d_checked(
             x, jnp.ones((3, 2, 3, 3)), None, 1, 1, 1, 1, op="Conv2d", padding_mode="reflect"
         ),
         (2, 2, 5, 6),

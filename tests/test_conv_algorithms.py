@@ -11,6 +11,7 @@ import pytest
 from jax import lax
 
 import jspatial as js
+from jspatial import _tuning
 from jspatial import conv as conv_module
 from tests.tolerances import assert_close
 
@@ -90,15 +91,16 @@ def test_unknown_algorithm_is_rejected():
 
 
 def test_auto_picks_winograd_only_for_wide_layers():
-    wide = conv_module.WINOGRAD_MIN_CHANNELS
-    size = conv_module.WINOGRAD_MIN_SIZE
+    wide = _tuning.WINOGRAD_MIN_CHANNELS
+    size = _tuning.WINOGRAD_MIN_SIZE
 
     def picks(c_in, c_out, hw, **kwargs):
         x, w = jnp.ones((1, c_in, hw, hw)), jnp.ones((c_out, c_in, 3, 3))
-        geom, groups = conv_module.conv_geometry(
+        geom, groups = conv_module._conv_geometry(
             x, w, None, kwargs.get("stride", 1), 1, 1, 1, "conv2d"
         )
-        return conv_module.choose_method("auto", geom, groups, c_in, c_out, "conv2d") == "winograd"
+        method = conv_module._choose_method("auto", geom, groups, c_in, c_out, "conv2d")
+        return method == "winograd"
 
     assert picks(wide, wide, size)
     assert not picks(3, wide, size)  # narrow input: the transforms cost more than they save
@@ -149,8 +151,8 @@ def test_im2col_matches_xla(shape, kernel, stride, padding, dilation):
 
 def test_auto_picks_im2col_for_the_first_layer():
     x, w = jnp.ones((1, 3, 8, 8)), jnp.ones((16, 3, 3, 3))
-    geom, groups = conv_module.conv_geometry(x, w, None, 1, 1, 1, 1, "conv2d")
-    assert conv_module.choose_method("auto", geom, groups, 3, 16, "conv2d") == "im2col"
+    geom, groups = conv_module._conv_geometry(x, w, None, 1, 1, 1, 1, "conv2d")
+    assert conv_module._choose_method("auto", geom, groups, 3, 16, "conv2d") == "im2col"
     with pytest.raises(ValueError, match="algorithm='im2col' needs groups=1"):
         js.conv2d(jnp.ones((1, 4, 8, 8)), jnp.ones((4, 2, 3, 3)), groups=2, algorithm="im2col")
 
@@ -172,7 +174,6 @@ def test_batch_chunks_give_the_unchunked_result(
     """With tiny chunks allowed, the batch loop runs several chunks; values and gradients
     must not change (chunks are strided rows, so a mix-up would show)."""
     from jspatial import _windows as win
-    from jspatial import winograd
 
     kx, kw, kg = jax.random.split(jax.random.key(3), 3)
     x = jax.random.normal(kx, shape)
@@ -185,7 +186,8 @@ def test_batch_chunks_give_the_unchunked_result(
     y, vjp = jax.vjp(f, x, w)  # default chunking: one chunk at these sizes
 
     def chunks():  # what each algorithm's batch loop uses (4 rows per image here or more)
-        wino = win.batch_chunks(shape[0], 4, winograd.MIN_CHUNK_TILES, winograd.MAX_CHUNKS)
+        t = _tuning
+        wino = win.batch_chunks(shape[0], 4, t.WINOGRAD_MIN_CHUNK_TILES, t.WINOGRAD_MAX_CHUNKS)
         return win.batch_chunks(shape[0], 4), wino
 
     assert chunks() == (1, 1)
@@ -193,8 +195,8 @@ def test_batch_chunks_give_the_unchunked_result(
     want = (y, *vjp(g))
 
     jax.clear_caches()  # the jitted op must be traced again with the new setting
-    monkeypatch.setattr(win, "MIN_CHUNK_ROWS", 1)
-    monkeypatch.setattr(winograd, "MIN_CHUNK_TILES", 1)
+    monkeypatch.setattr(_tuning, "CONV_MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(_tuning, "WINOGRAD_MIN_CHUNK_TILES", 1)
     assert chunks() == (shape[0], shape[0])  # one image per chunk
     y, vjp = jax.vjp(f, x, w)
     got = (y, *vjp(g))

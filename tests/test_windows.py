@@ -16,7 +16,7 @@ from jspatial import _windows as win
         (512, 49, 4),  # 7x7 images: 8 chunks of 64 would give 3136 rows < 4096
         (128, 64, 2),
         (7, 4096, 7),  # a prime batch divides only by itself and 1
-        (13, 4096, 1),  # ... and 13 > MAX_CHUNKS, so it stays whole
+        (13, 4096, 1),  # ... and 13 > CONV_MAX_CHUNKS, so it stays whole
         (2, 100, 1),  # too few rows to split at all
         (1, 10**6, 1),
     ],

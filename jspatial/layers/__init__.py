@@ -26,6 +26,7 @@ from jspatial.layers.conv import Conv2d as Conv2d
 from jspatial.layers.conv import ConvTranspose2d as ConvTranspose2d
 from jspatial.layers.conv import he_normal_oihw as he_normal_oihw
 from jspatial.layers.module import Module as Module
+from jspatial.layers.module import named_modules as named_modules
 from jspatial.layers.module import named_parameters as named_parameters
 from jspatial.layers.module import named_variables as named_variables
 from jspatial.layers.module import parameters as parameters
@@ -58,6 +59,7 @@ __all__ = [
     "StateDictError",
     "he_normal_oihw",
     "load_torch_state_dict",
+    "named_modules",
     "named_parameters",
     "named_variables",
     "parameters",

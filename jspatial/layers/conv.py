@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -11,13 +11,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jspatial import _args
+from jspatial._args import IntOrPair, Padding
 from jspatial.conv import (
-    ALGORITHMS,
-    PADDING_MODES,
-    conv2d_checked,
-    conv_transpose2d_checked,
+    _ALGORITHMS,
+    _PADDING_MODES,
+    _conv2d_checked,
+    _conv_transpose2d_checked,
+    _transposed_size,
 )
-from jspatial.layers.module import Module, positive_int
+from jspatial.layers.module import Module
 
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
@@ -40,8 +42,7 @@ def _torch_uniform(key, shape, dtype, fan_in):
 
 
 def _check_common(op, bias, rngs):
-    if not isinstance(bias, bool):
-        raise TypeError(f"{op} bias must be a bool, got {bias!r}")
+    _args.check_bool(bias, op, "bias")
     if not isinstance(rngs, nnx.Rngs):
         raise TypeError(
             f"{op} rngs must be an nnx.Rngs (e.g. rngs=nnx.Rngs(0)), got {type(rngs).__name__}"
@@ -85,7 +86,8 @@ class Conv2d(Module):
     (``jspatial.conv2d_macs``) and ``C_out * C_in / groups * kh * kw (+ C_out)`` parameters.
 
     Args:
-        in_channels, out_channels: channel counts, both divisible by ``groups``.
+        in_channels: input channel count, divisible by ``groups``.
+        out_channels: output channel count, divisible by ``groups``.
         kernel_size: int or ``(kh, kw)``.
         stride: int or ``(sh, sw)``.
         padding: int, ``(ph, pw)``, ``((top, bottom), (left, right))``, ``'valid'``
@@ -123,10 +125,10 @@ class Conv2d(Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: Any,
-        stride: Any = 1,
-        padding: Any = 0,
-        dilation: Any = 1,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: Padding = 0,
+        dilation: IntOrPair = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
@@ -138,22 +140,16 @@ class Conv2d(Module):
         rngs: nnx.Rngs,
     ):
         op = self._OP
-        self.in_channels = positive_int(in_channels, op, "in_channels")
-        self.out_channels = positive_int(out_channels, op, "out_channels")
+        self.in_channels = _args.positive_int(in_channels, op, "in_channels")
+        self.out_channels = _args.positive_int(out_channels, op, "out_channels")
         self.kernel_size = _args.pair(kernel_size, op, "kernel_size")
         self.stride = _args.pair(stride, op, "stride")
         self.dilation = _args.pair(dilation, op, "dilation")
         self.padding = _args.conv_padding(padding, self.kernel_size, self.stride, self.dilation, op)
         self.groups = _args.check_groups(self.in_channels, self.out_channels, groups, op)
         _check_common(op, bias, rngs)
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(
-                f"{op} padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}"
-            )
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"{op} algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-        self.padding_mode = padding_mode
-        self.algorithm = algorithm
+        self.padding_mode = _args.one_of(padding_mode, _PADDING_MODES, op, "padding_mode")
+        self.algorithm = _args.one_of(algorithm, _ALGORITHMS, op, "algorithm")
         self.dtype = dtype
         self.param_dtype = param_dtype
 
@@ -165,8 +161,8 @@ class Conv2d(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``."""
-        # conv2d_checked is the one validating path (outside the jit, before the cast).
-        return conv2d_checked(
+        # _conv2d_checked is the one validating path (outside the jit, before the cast).
+        return _conv2d_checked(
             x, self.weight[...], None if self.bias is None else self.bias[...], self.stride,
             self.padding, self.dilation, self.groups, op=self._OP, algorithm=self.algorithm,
             dtype=self.dtype, padding_mode=self.padding_mode,
@@ -208,7 +204,8 @@ class ConvTranspose2d(Module):
     Cost: ``N * C_in * H * W * C_out / groups * kh * kw`` multiply-accumulates.
 
     Args:
-        in_channels, out_channels: channel counts, both divisible by ``groups``.
+        in_channels: input channel count, divisible by ``groups``.
+        out_channels: output channel count, divisible by ``groups``.
         kernel_size: int or ``(kh, kw)``.
         stride: int or ``(sh, sw)``.
         padding: int or ``(ph, pw)``, cropped from each side of the full output.
@@ -218,7 +215,8 @@ class ConvTranspose2d(Module):
         bias: whether to learn an additive bias.
         dilation: int or ``(dh, dw)``.
         padding_mode: only ``'zeros'``, as in torch.
-        dtype, param_dtype: as ``Conv2d``.
+        dtype: computation dtype, as ``Conv2d``.
+        param_dtype: dtype the parameters are stored in, as ``Conv2d``.
         kernel_init: ``kernel_init(key, shape, dtype)`` for ``weight``; default torch's.
         rngs: ``nnx.Rngs`` supplying the ``params`` key.
 
@@ -242,13 +240,13 @@ class ConvTranspose2d(Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: Any,
-        stride: Any = 1,
-        padding: Any = 0,
-        output_padding: Any = 0,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        output_padding: IntOrPair = 0,
         groups: int = 1,
         bias: bool = True,
-        dilation: Any = 1,
+        dilation: IntOrPair = 1,
         padding_mode: str = "zeros",
         *,
         dtype: Any = None,
@@ -257,19 +255,13 @@ class ConvTranspose2d(Module):
         rngs: nnx.Rngs,
     ):
         op = self._OP
-        self.in_channels = positive_int(in_channels, op, "in_channels")
-        self.out_channels = positive_int(out_channels, op, "out_channels")
+        self.in_channels = _args.positive_int(in_channels, op, "in_channels")
+        self.out_channels = _args.positive_int(out_channels, op, "out_channels")
         self.kernel_size = _args.pair(kernel_size, op, "kernel_size")
         self.stride = _args.pair(stride, op, "stride")
         self.dilation = _args.pair(dilation, op, "dilation")
         self.padding = _args.pair(padding, op, "padding", minimum=0)
-        self.output_padding = _args.pair(output_padding, op, "output_padding", minimum=0)
-        if any(o >= max(s, d) for o, s, d in zip(self.output_padding, self.stride, self.dilation)):
-            raise ValueError(
-                f"{op} output_padding must be smaller than either stride or dilation on each "
-                f"axis, got output_padding={self.output_padding}, stride={self.stride}, "
-                f"dilation={self.dilation}"
-            )
+        self.output_padding = _args.output_padding(output_padding, self.stride, self.dilation, op)
         self.groups = _args.check_groups(self.in_channels, self.out_channels, groups, op)
         _check_common(op, bias, rngs)
         if padding_mode != "zeros":
@@ -293,7 +285,7 @@ class ConvTranspose2d(Module):
             else None
         )
 
-    def __call__(self, x: jax.Array, output_size: Any = None) -> jax.Array:
+    def __call__(self, x: jax.Array, output_size: Sequence[int] | None = None) -> jax.Array:
         """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``.
 
         ``output_size`` (``(H_out, W_out)``, or a full NCHW shape) picks the output
@@ -303,7 +295,7 @@ class ConvTranspose2d(Module):
         output_padding = self.output_padding
         if output_size is not None:
             output_padding = self._output_padding(x, output_size)
-        return conv_transpose2d_checked(
+        return _conv_transpose2d_checked(
             x, self.weight[...], None if self.bias is None else self.bias[...], self.stride,
             self.padding, output_padding, self.groups, self.dilation, op=self._OP,
             dtype=self.dtype,
@@ -314,7 +306,7 @@ class ConvTranspose2d(Module):
         size = tuple(output_size)
         if len(size) == 4:
             size = size[2:]
-        if len(size) != 2 or not all(isinstance(s, int) for s in size):
+        if len(size) != 2 or not all(_args.is_int(s) for s in size):
             raise ValueError(f"{op} output_size must be (H_out, W_out), got {output_size!r}")
         x_shape = tuple(getattr(x, "shape", ()))
         if len(x_shape) != 4:
@@ -323,7 +315,7 @@ class ConvTranspose2d(Module):
         for axis in range(2):
             k, s, p, d = (self.kernel_size[axis], self.stride[axis], self.padding[axis],
                           self.dilation[axis])  # fmt: skip
-            smallest = (x_shape[2 + axis] - 1) * s - 2 * p + d * (k - 1) + 1
+            smallest = _transposed_size(x_shape[2 + axis], k, s, p, 0, d)
             if not smallest <= size[axis] < smallest + s:
                 raise ValueError(
                     f"{op} output_size {size} is not reachable: on axis {2 + axis} the "

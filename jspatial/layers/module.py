@@ -17,7 +17,7 @@ expect definition order, and an optimizer zipping two ``parameters()`` lists
 needs an order that survives ``nnx.split``/``merge`` and ``nnx.jit``, which this
 one does.
 
-Names are PyTorch's (``torch_name``, shared with ``load_torch_state_dict`` and
+Names are PyTorch's (the same translation as ``load_torch_state_dict`` and
 ``to_torch_state_dict``): an ``nnx.Sequential``'s children are ``0``, ``1``, ...
 (not ``layers.0``), and an ``nnx.Linear``'s ``kernel`` is ``weight``, reported in
 PyTorch's ``(out, in)`` layout.
@@ -44,9 +44,6 @@ from typing import Any
 import jax
 from flax import nnx
 from flax.nnx import reprlib
-
-# One check for counts (channels, features), re-exported for the layers.
-from jspatial._args import positive_int as positive_int
 
 Path = tuple[str | int, ...]
 
@@ -112,7 +109,17 @@ def named_variables(
 
 
 def named_modules(model: Any) -> list[tuple[Path, nnx.Module]]:
-    """Every ``nnx.Module`` reachable from ``model`` (itself first), in attribute order."""
+    """Every ``nnx.Module`` reachable from ``model`` (itself first), in attribute order.
+
+    Returns ``(path, module)`` pairs, the path as Flax spells it.
+
+    Example:
+        >>> from flax import nnx
+        >>> from jspatial.layers import Conv2d, named_modules
+        >>> model = nnx.Sequential(Conv2d(3, 8, 3, rngs=nnx.Rngs(0)), nnx.relu)
+        >>> [(path, type(m).__name__) for path, m in named_modules(model)][-1]
+        (('layers', 0), 'Conv2d')
+    """
     seen: set[int] = set()
     return list(_walk_modules(model, (), seen))
 
@@ -136,7 +143,7 @@ def named_parameters(model: Any) -> list[tuple[str, jax.Array]]:
     """``(name, array)`` for every ``nnx.Param`` of ``model``, with PyTorch's names and layout.
 
     The names are those of the PyTorch twin's ``named_parameters()`` and
-    ``state_dict()`` (``torch_name``); a parameter shared by two modules is
+    ``state_dict()`` (``_torch_name``); a parameter shared by two modules is
     listed once, as PyTorch does.
 
     Example:
@@ -148,11 +155,11 @@ def named_parameters(model: Any) -> list[tuple[str, jax.Array]]:
     """
     return [
         (name, var[...].T if transpose else var[...])
-        for name, var, transpose in named_torch_variables(model, nnx.Param)
+        for name, var, transpose in _named_torch_variables(model, nnx.Param)
     ]
 
 
-def torch_name(model: Any, path: Path) -> tuple[str, bool]:
+def _torch_name(model: Any, path: Path) -> tuple[str, bool]:
     """PyTorch's name for the variable (or module) at ``path`` in ``model``, and whether
     PyTorch's array is the transpose of ours.
 
@@ -164,7 +171,7 @@ def torch_name(model: Any, path: Path) -> tuple[str, bool]:
 
     >>> from flax import nnx
     >>> model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
-    >>> torch_name(model, ("layers", 0, "kernel"))
+    >>> _torch_name(model, ("layers", 0, "kernel"))
     ('0.weight', True)
     """
     parts: list[str] = []
@@ -183,7 +190,7 @@ def torch_name(model: Any, path: Path) -> tuple[str, bool]:
     return ".".join(parts), transpose
 
 
-def named_torch_variables(
+def _named_torch_variables(
     model: Any,
     variable_type: type[nnx.Variable] | tuple[type[nnx.Variable], ...] = nnx.Variable,
     *,
@@ -192,12 +199,12 @@ def named_torch_variables(
     """``(PyTorch name, variable, transposed)`` for ``named_variables(model, ...)``."""
     found = []
     for path, var in named_variables(model, variable_type, unique=unique):
-        name, transpose = torch_name(model, path)
+        name, transpose = _torch_name(model, path)
         found.append((name, var, transpose))
     return found
 
 
-def join_path(path: Path) -> str:
+def _join_path(path: Path) -> str:
     return ".".join(str(part) for part in path)
 
 

@@ -10,7 +10,7 @@ from flax import nnx
 
 from jspatial import _args
 from jspatial.layers.module import Module
-from jspatial.norm import batch_norm_checked
+from jspatial.norm import _batch_norm_checked
 
 _OP = "BatchNorm2d"
 
@@ -131,7 +131,7 @@ class BatchNorm2d(Module):
         bias = None if self.bias is None else self.bias[...]
         mean = self.running_mean[...] if tracking else None
         var = self.running_var[...] if tracking else None
-        y, new_mean, new_var = batch_norm_checked(
+        y, new_mean, new_var = _batch_norm_checked(
             x, mean, var, weight, bias, training, momentum, self.eps,
             op=_OP, num_features=self.num_features, dtype=self.dtype,
         )  # fmt: skip

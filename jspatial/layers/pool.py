@@ -8,20 +8,22 @@ function with its own name, so errors read ``MaxPool2d expected 4D input ...``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 
 from jspatial import _args
+from jspatial._args import IntOrPair, OutputSize
 from jspatial.layers.module import Module
 from jspatial.pool import (
-    adaptive_avg_pool2d_checked,
-    adaptive_max_pool2d_checked,
-    avg_pool2d_checked,
-    global_avg_pool2d,
-    max_pool2d_checked,
-    max_unpool2d_checked,
-    unpool_params,
+    _adaptive_avg_pool2d_checked,
+    _adaptive_max_pool2d_checked,
+    _avg_pool2d_checked,
+    _global_avg_pool2d_checked,
+    _max_pool2d_checked,
+    _max_unpool2d_checked,
+    _unpool_params,
 )
 
 
@@ -62,10 +64,10 @@ class MaxPool2d(Module):
 
     def __init__(
         self,
-        kernel_size: Any,
-        stride: Any = None,
-        padding: Any = 0,
-        dilation: Any = 1,
+        kernel_size: IntOrPair,
+        stride: IntOrPair | None = None,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
         return_indices: bool = False,
         ceil_mode: bool = False,
     ):
@@ -78,7 +80,7 @@ class MaxPool2d(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``, and the indices with ``return_indices``."""
-        return max_pool2d_checked(
+        return _max_pool2d_checked(
             x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
             self.return_indices, op=type(self).__name__,
         )  # fmt: skip
@@ -124,12 +126,12 @@ class AvgPool2d(Module):
 
     def __init__(
         self,
-        kernel_size: Any,
-        stride: Any = None,
-        padding: Any = 0,
+        kernel_size: IntOrPair,
+        stride: IntOrPair | None = None,
+        padding: IntOrPair = 0,
         ceil_mode: bool = False,
         count_include_pad: bool = True,
-        divisor_override: int | float | None = None,
+        divisor_override: float | None = None,
     ):
         op = type(self).__name__
         self.kernel_size, self.stride, self.padding, _ = _args.pool_params(
@@ -141,7 +143,7 @@ class AvgPool2d(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
-        return avg_pool2d_checked(
+        return _avg_pool2d_checked(
             x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
             self.count_include_pad, self.divisor_override, op=type(self).__name__,
         )  # fmt: skip
@@ -181,12 +183,12 @@ class AdaptiveAvgPool2d(Module):
         (1, 16, 5, 9)
     """
 
-    def __init__(self, output_size: Any):
+    def __init__(self, output_size: OutputSize):
         self.output_size = _args.adaptive_output_size(output_size, type(self).__name__)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
-        return adaptive_avg_pool2d_checked(x, self.output_size, op=type(self).__name__)
+        return _adaptive_avg_pool2d_checked(x, self.output_size, op=type(self).__name__)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
@@ -212,14 +214,14 @@ class AdaptiveMaxPool2d(Module):
         [(1, 16, 3, 3), (1, 16, 3, 3)]
     """
 
-    def __init__(self, output_size: Any, return_indices: bool = False):
+    def __init__(self, output_size: OutputSize, return_indices: bool = False):
         op = type(self).__name__
         self.output_size = _args.adaptive_output_size(output_size, op)
         self.return_indices = _args.check_bool(return_indices, op, "return_indices")
 
     def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``, and the indices with ``return_indices``."""
-        return adaptive_max_pool2d_checked(
+        return _adaptive_max_pool2d_checked(
             x, self.output_size, self.return_indices, op=type(self).__name__
         )
 
@@ -255,14 +257,18 @@ class MaxUnpool2d(Module):
         (1, 16, 7, 7)
     """
 
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0):
-        self.kernel_size, self.stride, self.padding = unpool_params(
+    def __init__(
+        self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
+    ):
+        self.kernel_size, self.stride, self.padding = _unpool_params(
             kernel_size, stride, padding, type(self).__name__
         )
 
-    def __call__(self, x: jax.Array, indices: jax.Array, output_size: Any = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, indices: jax.Array, output_size: Sequence[int] | None = None
+    ) -> jax.Array:
         """``(N, C, H_in, W_in)`` and its indices ``-> (N, C, H, W)``."""
-        return max_unpool2d_checked(
+        return _max_unpool2d_checked(
             x, indices, self.kernel_size, self.stride, self.padding, output_size,
             op=type(self).__name__,
         )  # fmt: skip
@@ -286,8 +292,7 @@ class GlobalAvgPool2d(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C, H, W) -> (N, C)``."""
-        # Checked here so the message names the layer, not ``global_avg_pool2d``.
-        return global_avg_pool2d(_args.check_input(x, type(self).__name__))
+        return _global_avg_pool2d_checked(x, op=type(self).__name__)
 
     _one_line_repr = True  # no hyper-parameters: ``GlobalAvgPool2d()``
 
@@ -311,11 +316,8 @@ class Flatten(Module):
     """
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
-        for name, value in (("start_dim", start_dim), ("end_dim", end_dim)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"Flatten {name} must be an int, got {value!r}")
-        self.start_dim = start_dim
-        self.end_dim = end_dim
+        self.start_dim = _args.check_int(start_dim, "Flatten", "start_dim")
+        self.end_dim = _args.check_int(end_dim, "Flatten", "end_dim")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, ...) -> (N, prod(...))`` with the defaults."""

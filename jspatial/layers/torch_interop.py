@@ -2,11 +2,10 @@
 
 A PyTorch ``state_dict`` key is the path of a tensor through the module tree,
 ``features.0.weight`` or ``bn1.running_mean``. The same path through a jspatial
-model names the matching variable, translated by ``jspatial.layers.module.torch_name``
-(the names ``named_parameters`` reports too): an ``nnx.Sequential``'s children are
-numbered directly (``features.0.weight``, not ``features.layers.0.weight``), and an
-``nnx.Linear`` ``kernel`` ``(in, out)`` is PyTorch's ``weight`` ``(out, in)``,
-transposed on the way in and out.
+model names the matching variable (the names ``named_parameters`` reports): an
+``nnx.Sequential``'s children are numbered directly (``features.0.weight``, not
+``features.layers.0.weight``), and an ``nnx.Linear`` ``kernel`` ``(in, out)`` is
+PyTorch's ``weight`` ``(out, in)``, transposed on the way in and out.
 
 Every layer's state is PyTorch's, name for name and shape for shape: ``Conv2d``
 and ``ConvTranspose2d`` (``weight`` ``(C_in, C_out // groups, kh, kw)``, as PyTorch
@@ -46,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jspatial.layers.module import named_torch_variables
+from jspatial.layers.module import _named_torch_variables
 
 # State that PyTorch's state_dict has no counterpart for.
 _NOT_STATE = (nnx.RngState, nnx.Cache, nnx.Intermediate, nnx.Perturbation)
@@ -94,7 +93,7 @@ class _Slot(NamedTuple):
 
 def _slots(model: Any) -> dict[str, _Slot]:
     slots: dict[str, _Slot] = {}
-    for key, var, transpose in named_torch_variables(model, nnx.Variable, unique=False):
+    for key, var, transpose in _named_torch_variables(model, nnx.Variable, unique=False):
         if isinstance(var, _NOT_STATE):
             continue
         if key in slots:

@@ -188,7 +188,7 @@ def test_input_errors():
          r"^Conv2d padding='same' needs stride 1"),
         ((0, 8, 3), {}, ValueError, r"^Conv2d in_channels must be a positive int, got 0$"),
         ((4, 8.0, 3), {}, TypeError, r"^Conv2d out_channels must be a positive int, got 8.0$"),
-        ((4, 8, 3), {"bias": "yes"}, TypeError, r"^Conv2d bias must be a bool, got 'yes'$"),
+        ((4, 8, 3), {"bias": "yes"}, TypeError, r"^Conv2d bias must be a bool, got 'yes' \(str\)$"),
     ],
 )  # fmt: skip
 def test_constructor_errors(args, kwargs, error, message):

@@ -1,0 +1,89 @@
+"""Every speed and memory setting of the portable loops, with where it was measured.
+
+Nothing here changes a result, only how fast it comes and how much memory it takes
+(``BN_MAX_CHUNKS`` and the chunk sizes change the order of float summation, within
+rounding). The modules read these names at trace time (``_tuning.NAME``), so a test or
+a benchmark can override one with ``monkeypatch.setattr`` and ``jax.clear_caches()``.
+
+Where measured: ``make bench`` (``python -m bench.ops`` and ``python -m bench.train_step``)
+on a 2-core x86 CPU (AMD EPYC or Intel Xeon, AVX2, JAX 0.10.2 CPU, float32); the tables
+are in ``bench/RESULTS.md``. Every value below is therefore a CPU value. The GPU runs
+the same portable loops with the same values, none of them measured there. Lowered for a
+TPU, the convolution, max pooling and batch-norm statistics can take the versions in
+``jspatial._accel`` instead (``jspatial._accel.dispatch``); their block sizes live with
+their kernels, and ``make bench-accel`` measures their FLOPs and memory traffic from a
+TPU v5e compile, not their speed.
+
+``conv2d(..., algorithm='auto')``, per backend:
+
+- CPU: im2col when ``C_in * kh * kw <= IM2COL_MAX_DEPTH`` (the first layer), Winograd
+  F(2x2, 3x3) for an ungrouped 3x3 stride-1 layer with at least
+  ``WINOGRAD_MIN_CHANNELS`` channels on both sides and an output of at least
+  ``WINOGRAD_MIN_SIZE`` on both axes, the direct tap loop otherwise. Measured.
+- GPU: the same choice, unmeasured. What decides it holds on any matrix unit (one
+  product of depth ``C_in * kh * kw`` beats ``kh * kw`` products of depth 3; Winograd's
+  2.25x fewer multiplies pay once the products outweigh its element-wise transforms), but
+  the break-even sizes will differ; until measured, the CPU's are kept.
+- TPU: the program holds both versions (``lax.platform_dependent``). A convolution the
+  Pallas tap kernel supports (ungrouped, stride 1, output the input's size;
+  ``jspatial._accel.conv.supports``) runs that kernel, whatever ``algorithm`` says: it
+  reads each image from HBM once, which matters more there than the multiplies Winograd
+  saves. Any other convolution takes the CPU's choice. Speed unmeasured.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------------- convolution
+
+# Taps per iteration of the convolution loops (forward, input and weight gradient).
+# Unrolling lets XLA overlap consecutive matrix products, at the price of a larger
+# program. CPU: no gain measured (conv_transpose 256->128 forward, 80-88 ms with unroll
+# 1 or 3, bench/RESULTS.md), so the loop stays rolled and compiles faster.
+CONV_UNROLL = 1
+
+# algorithm='auto' takes Winograd F(2x2, 3x3) for layers at least this wide on both
+# sides (C_in and C_out) ...
+WINOGRAD_MIN_CHANNELS = 64
+# ... whose output is at least this many cells on both axes: the 2x2 output tiles then
+# waste little on the edges. CPU: both set where Winograd measured faster than the
+# direct loop in `bench.ops` (core suite, 3x3 layers of 64-256 channels at 8-32 cells).
+WINOGRAD_MIN_SIZE = 6
+
+# algorithm='auto' takes im2col (every tap copied into one matrix, one product) when
+# C_in * kh * kw is at most this: a layer with few input channels (the first, C_in = 3)
+# makes thin per-tap products, and its im2col matrix stays small. CPU: conv 3->64 @32,
+# batch 128, forward + backward 0.57x XLA's time and 0.62x its memory (bench/RESULTS.md).
+IM2COL_MAX_DEPTH = 32
+
+# The direct and im2col loops run over batch chunks of at most CONV_MAX_CHUNKS pieces,
+# each with at least CONV_MIN_CHUNK_ROWS output pixels in its matrix products. More
+# chunks: less memory (windows, channels-last copies and gradient buffers exist for one
+# chunk at a time); fewer rows: smaller, less efficient products. CPU: backward peak
+# memory 0.62-0.63x XLA's (the im2col and direct rows), in 0.85-1.03x the time of the
+# unchunked loops they replaced (bench/RESULTS.md, "Backward peak memory").
+CONV_MAX_CHUNKS = 8
+CONV_MIN_CHUNK_ROWS = 4096
+
+# Winograd's chunks: its transformed tiles and products take 12 times a chunk's input
+# (V, M and, backward, dV), so it splits finer than the direct loop; 16 chunks keep those
+# under one input's worth, and 128 tiles still make efficient matrix products. CPU: the
+# Winograd rows of bench/RESULTS.md's memory table (0.71-0.86x XLA's).
+WINOGRAD_MAX_CHUNKS = 16
+WINOGRAD_MIN_CHUNK_TILES = 128
+
+# ---------------------------------------------------------------------- pooling
+
+# Pooling windows with at most this many taps have their loop fully unrolled: XLA then
+# fuses all taps into one pass over memory instead of one pass per tap; larger windows
+# keep a rolled loop (program size). CPU: max pool 2x2 forward 0.11-0.16x XLA's time
+# (bench/RESULTS.md).
+POOL_UNROLL_TAPS = 16
+
+# ---------------------------------------------------------------------- batch norm
+
+# Batch statistics are merged over at most this many batch chunks (Chan et al.): each
+# chunk's two-pass variance stays accurate when the mean is large against the spread,
+# without holding a centred copy of the whole batch. An accuracy and memory setting more
+# than a speed one. CPU: batchnorm 256ch @8, batch 128, forward + backward 0.81x XLA's
+# time and 1.00x its memory (bench/RESULTS.md).
+BN_MAX_CHUNKS = 4
