@@ -417,6 +417,13 @@ def _chunks(n, geom):
     return win.batch_chunks(n, rows, _tuning.CONV_MIN_CHUNK_ROWS, _tuning.CONV_MAX_CHUNKS)
 
 
+def _transpose_chunks(n, geom):
+    """Batch chunks of ``conv_transpose2d``: its large buffers (the output and, backward,
+    the phased output gradient) have the size of ``geom.in_hw``, so its pixels set them."""
+    rows = geom.in_hw[0] * geom.in_hw[1]
+    return win.batch_chunks(n, rows, _tuning.CONV_MIN_CHUNK_ROWS, _tuning.CONV_MAX_CHUNKS)
+
+
 # ---------------------------------------------------------------------------- direct
 
 
@@ -689,7 +696,7 @@ def _conv_transpose_fwd(x, weight, geom, groups):
         return (win.nhwc_to_nchw(win.from_phases(yph, geom)),), carry
 
     y = jnp.zeros((n, c_out, *geom.in_hw), win.accum_dtype(x.dtype))
-    (y,), _ = win.over_batch_chunks(chunk, _chunks(n, geom), [x], [y])
+    (y,), _ = win.over_batch_chunks(chunk, _transpose_chunks(n, geom), [x], [y])
     return y, (x, weight)
 
 
@@ -707,7 +714,9 @@ def _conv_transpose_bwd(geom, groups, residuals, g):
         return (win.nhwc_to_nchw(dx.reshape(xc.shape[0], h, w, c_in)),), dw
 
     dw = jnp.zeros(w_taps.shape, win.accum_dtype(x.dtype))
-    (dx,), dw = win.over_batch_chunks(chunk, _chunks(n, geom), [x, g], [jnp.zeros_like(x)], dw)
+    (dx,), dw = win.over_batch_chunks(
+        chunk, _transpose_chunks(n, geom), [x, g], [jnp.zeros_like(x)], dw
+    )
     return dx, _weight_from_taps(dw, geom.kernel).astype(weight.dtype)
 
 
