@@ -68,9 +68,19 @@ $(TPU_STAMP): pyproject.toml
 bench-accel: $(TPU_STAMP)
 	$(TPU_VENV)/bin/python -m bench.accel
 
-# On a machine with a GPU: the op suite and the train step against XLA and PyTorch CUDA.
-bench-device: $(STAMP)
-	$(PY) -m bench.device
+# On a machine with a GPU: the op suite and the train step against XLA (cuDNN) and PyTorch
+# CUDA, in an environment of its own with JAX's CUDA build and PyPI's (CUDA) torch wheel.
+GPU_VENV := .venv-gpu
+GPU_STAMP := $(GPU_VENV)/.installed
+
+$(GPU_STAMP): pyproject.toml
+	@test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install --quiet -e '.[train]' "jax[cuda12]==0.10.2" "torch==2.13.0"
+	@touch $(GPU_STAMP)
+
+bench-device: $(GPU_STAMP)
+	$(GPU_VENV)/bin/python -m bench.device
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
