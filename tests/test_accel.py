@@ -84,6 +84,29 @@ def test_conv_kernel_matches_torch(case):
         assert_close(got, want, scale=10)
 
 
+@pytest.mark.parametrize(
+    "hw, kernel, padding",
+    [((9, 8), (2, 2), ((0, 0), (0, 0))), ((7, 10), (3, 2), ((1, 0), (0, 0)))],
+    ids=str,
+)
+def test_conv_kernel_cropped_from_same_matches_torch(hw, kernel, padding):
+    """A stride-1 layer padded less than 'same' (the 2x2 'valid' whitening layer) runs as
+    the 'same' kernel with the missing padding at the bottom/right, then cropped."""
+    out = tuple(hw[a] + sum(padding[a]) - kernel[a] + 1 for a in range(2))
+    geom = win.Geometry(hw, out, kernel, (1, 1), (1, 1), padding)
+    assert not aconv.supports(geom, 1) and aconv.same_size(geom, 1) is not None
+    x, wt, cot = _random(3, (2, 3, *hw), (4, 3, *kernel), (2, 4, *out))
+    y, grads = _jit_vjp(lambda x, wt: aconv.conv2d_cropped(x, wt, geom, True), cot, x, wt)
+    (top, bottom), (left, right) = padding
+    F = _torch().nn.functional
+    y_ref, grads_ref = _torch_vjp(
+        lambda tx, tw: F.conv2d(F.pad(tx, (left, right, top, bottom)), tw), cot, x, wt
+    )
+    assert_close(y, y_ref, scale=5)
+    for got, want in zip(grads, grads_ref, strict=True):
+        assert_close(got, want, scale=10)
+
+
 def test_conv_kernel_rejects_what_it_cannot_do():
     geom = _same_geom((8, 8), (3, 3), (1, 1))
     assert not aconv.supports(geom, 2)  # groups
@@ -91,6 +114,10 @@ def test_conv_kernel_rejects_what_it_cannot_do():
     assert not aconv.supports(strided, 1)
     valid = win.Geometry((8, 8), (6, 6), (3, 3), (1, 1), (1, 1), ((0, 0), (0, 0)))
     assert not aconv.supports(valid, 1)
+    assert aconv.same_size(valid, 1) is not None  # ... but runs as 'same', cropped
+    wide = win.Geometry((8, 8), (10, 10), (3, 3), (1, 1), (1, 1), ((2, 2), (2, 2)))
+    assert aconv.same_size(wide, 1) is None  # more padding than 'same'
+    assert aconv.same_size(strided, 1) is None
 
 
 @pytest.mark.parametrize("shape,kernel", [((2, 3, 8, 8), 2), ((1, 2, 9, 7), 3)])

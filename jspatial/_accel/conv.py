@@ -59,6 +59,31 @@ def supports(geom: win.Geometry, groups: int) -> bool:
     return groups == 1 and geom.stride == (1, 1) and same and geom.out_hw == geom.in_hw
 
 
+def same_size(geom: win.Geometry, groups: int) -> win.Geometry | None:
+    """The 'same' geometry whose output, cropped, is ``geom``'s; ``None`` if there is none.
+
+    A stride-1 convolution padded less than 'same' (airbench's 2x2 'valid' whitening
+    layer) is the 'same' one with the missing padding added at the bottom and right:
+    output row ``oy`` still reads rows ``oy + i * dh - top``, so its first
+    ``H_out x W_out`` outputs are ``geom``'s and the rest are cropped away.
+    """
+    pads = []
+    for a in range(2):
+        full = geom.dilation[a] * (geom.kernel[a] - 1)
+        top, bottom = geom.padding[a]
+        if top + bottom > full:
+            return None
+        pads.append((top, full - top))
+    same = geom._replace(padding=tuple(pads), out_hw=geom.in_hw)
+    return same if supports(same, groups) else None
+
+
+def conv2d_cropped(x, weight, geom: win.Geometry, interpret=False):
+    """``geom``'s convolution (``same_size(geom, 1)`` must exist) as the 'same' kernel, cropped."""
+    ho, wo = geom.out_hw
+    return conv2d(x, weight, same_size(geom, 1), interpret)[:, :, :ho, :wo]
+
+
 def _offsets(geom: win.Geometry, sign: int):
     """``(di, dj)`` of every tap, row-major; ``sign=-1`` gives the transposed taps."""
     (dh, dw), (top, left) = geom.dilation, (geom.padding[0][0], geom.padding[1][0])

@@ -37,9 +37,9 @@ def _choose(portable, accelerated, *args):
 
 def conv2d(x, weight, geom, groups, portable):
     """``portable(x, weight) -> y`` (NCHW) on CPU/GPU; the Pallas tap kernel on TPU."""
-    if x.shape[0] == 0 or not USE_PALLAS or not _conv.supports(geom, groups):
+    if x.shape[0] == 0 or not USE_PALLAS or _conv.same_size(geom, groups) is None:
         return portable(x, weight)
-    return _choose(portable, lambda x, w: _conv.conv2d(x, w, geom), x, weight)
+    return _choose(portable, lambda x, w: _conv.conv2d_cropped(x, w, geom), x, weight)
 
 
 def max_pool2d(x, geom, portable):
