@@ -24,9 +24,11 @@ TPU v5e compile, not their speed.
   product of depth ``C_in * kh * kw`` beats ``kh * kw`` products of depth 3; Winograd's
   2.25x fewer multiplies pay once the products outweigh its element-wise transforms), but
   the break-even sizes will differ; until measured, the CPU's are kept.
-- TPU: the program holds both versions (``lax.platform_dependent``). A convolution the
-  Pallas tap kernel supports (ungrouped, stride 1, output the input's size;
-  ``jspatial._accel.conv.supports``) runs that kernel, whatever ``algorithm`` says: it
+- TPU: where libtpu is installed (a TPU host, or ahead-of-time compilation for a TPU
+  topology) the program holds both versions (``lax.platform_dependent``); elsewhere only
+  the portable one. A convolution the Pallas tap kernel covers (ungrouped, stride 1,
+  padding at most 'same', which the kernel completes before cropping;
+  ``jspatial._accel.conv.same_size``) runs that kernel, whatever ``algorithm`` says: it
   reads each image from HBM once, which matters more there than the multiplies Winograd
   saves. Any other convolution takes the CPU's choice. Speed unmeasured.
 """

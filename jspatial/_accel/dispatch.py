@@ -13,6 +13,8 @@ apply (unsupported geometry, empty batch).
 
 from __future__ import annotations
 
+import importlib.util
+
 import jax
 from jax import lax
 
@@ -24,6 +26,12 @@ from jspatial._accel import pool as _pool
 # compiled for). Lowering for a TPU from a host without it (a portability check) sets
 # this to False: the TPU branch then takes the portable loops for the convolution.
 USE_PALLAS = True
+
+# The TPU versions can be lowered only where libtpu is installed (a TPU host, or a host
+# compiling ahead of time for a TPU topology). Elsewhere they are not staged at all:
+# tracing them beside the portable loops would only cost trace time (about a second more
+# for the airbench94 train step on a 2-core CPU).
+STAGE_TPU = importlib.util.find_spec("libtpu") is not None
 
 
 def _choose(portable, accelerated, *args):
@@ -37,20 +45,22 @@ def _choose(portable, accelerated, *args):
 
 def conv2d(x, weight, geom, groups, portable):
     """``portable(x, weight) -> y`` (NCHW) on CPU/GPU; the Pallas tap kernel on TPU."""
-    if x.shape[0] == 0 or not USE_PALLAS or _conv.same_size(geom, groups) is None:
+    if not STAGE_TPU or x.shape[0] == 0 or not USE_PALLAS or _conv.same_size(geom, groups) is None:
         return portable(x, weight)
     return _choose(portable, lambda x, w: _conv.conv2d_cropped(x, w, geom), x, weight)
 
 
 def max_pool2d(x, geom, portable):
     """``portable(x) -> y`` (NCHW) on CPU/GPU; the fused strided-slice taps on TPU."""
-    if x.shape[0] == 0 or not _pool.supports(geom):
+    if not STAGE_TPU or x.shape[0] == 0 or not _pool.supports(geom):
         return portable(x)
     return _choose(portable, lambda x: _pool.max_pool2d(x, geom), x)
 
 
 def bn_train(x, weight, bias, eps, portable):
     """``portable(x, weight, bias, eps) -> (y, mean, var)``; fused reductions on TPU."""
+    if not STAGE_TPU:
+        return portable(x, weight, bias, eps)
     return _choose(
         lambda x, w, b: portable(x, w, b, eps), lambda x, w, b: _norm.bn_train(x, w, b, eps),
         x, weight, bias,
