@@ -261,14 +261,23 @@ def conv2d_params(
     >>> _ = conv2d_params(3, 64, 3, explain=True)
     params = C_out*(C_in/groups)*kh*kw + C_out = 64*(3/1)*3*3 + 64 = 1792
     """
-    name = "conv2d_params"
+    return _kernel_params(
+        "conv2d_params", in_channels, out_channels, kernel_size, bias, groups, explain,
+        transposed=False,
+    )  # fmt: skip
+
+
+def _kernel_params(name, in_channels, out_channels, kernel_size, bias, groups, explain, *,
+                   transposed):  # fmt: skip
+    """Weights ``(C_out, C_in/groups, kh, kw)``, or ``(C_in, C_out/groups, kh, kw)`` when
+    ``transposed``, plus ``C_out`` biases."""
     kh, kw = _args.pair(kernel_size, name, "kernel_size")
     _args.check_groups(in_channels, out_channels, groups, name)
-    count = out_channels * (in_channels // groups) * kh * kw + (out_channels if bias else 0)
+    (a, sa), (b, sb) = ((in_channels, "C_in"), (out_channels, "C_out"))[:: 1 if transposed else -1]
+    count = a * (b // groups) * kh * kw + (out_channels if bias else 0)
     if explain:
-        symbols = "C_out*(C_in/groups)*kh*kw" + (" + C_out" if bias else "")
-        numbers = f"{out_channels}*({in_channels}/{groups})*{kh}*{kw}"
-        numbers += f" + {out_channels}" if bias else ""
+        symbols = f"{sa}*({sb}/groups)*kh*kw" + (" + C_out" if bias else "")
+        numbers = f"{a}*({b}/{groups})*{kh}*{kw}" + (f" + {out_channels}" if bias else "")
         _print([f"params = {symbols} = {numbers} = {count}"])
     return count
 
@@ -397,16 +406,10 @@ def conv_transpose2d_params(
     params = C_in*(C_out/groups)*kh*kw + C_out = 64*(32/1)*4*4 + 32 = 32800
     32800
     """
-    name = "conv_transpose2d_params"
-    kh, kw = _args.pair(kernel_size, name, "kernel_size")
-    _args.check_groups(in_channels, out_channels, groups, name)
-    count = in_channels * (out_channels // groups) * kh * kw + (out_channels if bias else 0)
-    if explain:
-        symbols = "C_in*(C_out/groups)*kh*kw" + (" + C_out" if bias else "")
-        numbers = f"{in_channels}*({out_channels}/{groups})*{kh}*{kw}"
-        numbers += f" + {out_channels}" if bias else ""
-        _print([f"params = {symbols} = {numbers} = {count}"])
-    return count
+    return _kernel_params(
+        "conv_transpose2d_params", in_channels, out_channels, kernel_size, bias, groups,
+        explain, transposed=True,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------ adaptive pooling
