@@ -59,7 +59,7 @@ from jspatial import _args, _tuning, winograd
 from jspatial import _windows as win
 from jspatial._args import IntOrPair, Padding
 from jspatial.pad import _check_pad, _pad_normalised
-from jspatial.shapes import output_hw
+from jspatial.shapes import output_hw, transposed_size
 
 # The speed settings (unroll, chunk sizes, algorithm='auto''s thresholds) are in
 # jspatial/_tuning.py, with where and for which backend they were measured.
@@ -631,11 +631,6 @@ def _check_conv_transpose2d(x, weight, bias, stride, padding, output_padding, gr
     return x, weight, bias, geom, groups
 
 
-def _transposed_size(size, kernel, stride, padding, output_padding, dilation):
-    """One axis of the transposed output: the input size of the ``conv2d`` it transposes."""
-    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
-
-
 def _conv_transpose_geometry(
     x, weight, bias, stride, padding, output_padding, groups, dilation, op
 ):
@@ -660,7 +655,7 @@ def _conv_transpose_geometry(
     dil = _args.pair(dilation, op, "dilation")
     pads = _args.pair(padding, op, "padding", minimum=0)
     out_pads = _args.output_padding(output_padding, strides, dil, op)
-    out_hw = tuple(map(_transposed_size, (h, w), kernel, strides, pads, out_pads, dil))
+    out_hw = tuple(map(transposed_size, (h, w), kernel, strides, pads, out_pads, dil))
     if min(out_hw) < 1:
         raise ValueError(
             f"{op} output size {out_hw} is too small: input {(h, w)}, kernel {kernel}, "

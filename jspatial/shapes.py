@@ -126,6 +126,12 @@ def output_hw(hw, kernel, stride, padding, dilation, ceil_mode=False) -> tuple[i
     return h, w
 
 
+def transposed_size(size, kernel, stride, padding, output_padding, dilation) -> int:
+    """One axis of a transposed convolution's output: the input size of the ``conv2d`` it
+    transposes (the formula of ``conv_transpose2d_output_shape``)."""
+    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
 def _output_hw_lines(
     name: str, hw, kernel, stride, padding, dilation, ceil_mode=False
 ) -> tuple[tuple[int, int], list[str]]:
@@ -336,7 +342,7 @@ def _conv_transpose_shape_lines(
         )
     sizes, lines = [], []
     for axis, size, k, s, p, op, d in zip("HW", (h, w), kernel, strides, pads, out_pads, dil):
-        out = (size - 1) * s - 2 * p + d * (k - 1) + op + 1
+        out = transposed_size(size, k, s, p, op, d)
         sizes.append(out)
         lines.append(f"{axis}_out = ({size}-1)*{s} - 2*{p} + {d}*({k}-1) + {op} + 1 = {out}")
     if min(sizes) < 1:

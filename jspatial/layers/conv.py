@@ -17,9 +17,9 @@ from jspatial.conv import (
     _PADDING_MODES,
     _conv2d_checked,
     _conv_transpose2d_checked,
-    _transposed_size,
 )
 from jspatial.layers.module import Module
+from jspatial.shapes import transposed_size
 
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
@@ -315,7 +315,7 @@ class ConvTranspose2d(Module):
         for axis in range(2):
             k, s, p, d = (self.kernel_size[axis], self.stride[axis], self.padding[axis],
                           self.dilation[axis])  # fmt: skip
-            smallest = _transposed_size(x_shape[2 + axis], k, s, p, 0, d)
+            smallest = transposed_size(x_shape[2 + axis], k, s, p, 0, d)
             if not smallest <= size[axis] < smallest + s:
                 raise ValueError(
                     f"{op} output_size {size} is not reachable: on axis {2 + axis} the "
