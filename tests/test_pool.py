@@ -19,6 +19,7 @@ from jax import lax
 
 import jspatial as js
 from jspatial import reference
+from tests.test_conv import FORBIDDEN, _primitives
 from tests.tolerances import assert_close, fast_jit
 
 
@@ -603,31 +604,11 @@ def test_torch_tensor_is_refused_and_nested_lists_convert(op):
     np.testing.assert_array_equal(np.asarray(fn(nested.tolist())), np.asarray(fn(nested)))
 
 
-FORBIDDEN = ("conv_general_dilated", "reduce_window", "select_and_scatter", "select_and_gather")
-
-
-def primitives(jaxpr) -> set[str]:
-    """Every primitive name in ``jaxpr``, including nested (loop, call, custom_vjp) jaxprs."""
-    names = set()
-
-    def visit(j):
-        j = getattr(j, "jaxpr", j)  # ClosedJaxpr -> Jaxpr
-        for eqn in j.eqns:
-            names.add(eqn.primitive.name)
-            for value in eqn.params.values():
-                for v in value if isinstance(value, (tuple, list)) else (value,):
-                    if hasattr(v, "eqns") or hasattr(getattr(v, "jaxpr", None), "eqns"):
-                        visit(v)
-
-    visit(jaxpr)
-    return names
-
-
 def forward_and_backward_primitives(fn, x) -> list[set[str]]:
     """The primitives of ``fn(x)`` and of its gradient, after checking for window primitives."""
     found = []
     for f in (fn, jax.grad(lambda x: jnp.sum(fn(x) ** 2))):
-        names = primitives(jax.make_jaxpr(f)(x))
+        names = _primitives(jax.make_jaxpr(f)(x))
         for bad in FORBIDDEN:
             assert not any(bad in n for n in names), (bad, names)
         found.append(names)
