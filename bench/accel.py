@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import re
 import time
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -40,7 +38,6 @@ import jspatial as js
 import jspatial.conv
 import jspatial.norm
 import jspatial.pool
-from jspatial._accel import dispatch
 
 PEAK_FLOPS = 197e12  # v5e, bf16, per chip
 HBM_BYTES_PER_S = 819e9
@@ -101,53 +98,6 @@ def unrolled_portable_loops():
     finally:
         for m, value in saved.items():
             m.lax = value
-
-
-@contextlib.contextmanager
-def routed_through_dispatch():
-    """Route the public ops through ``jspatial._accel.dispatch`` where not yet wired.
-
-    ``_conv2d`` of ``jspatial.conv`` calls the dispatcher itself once wired; max pooling
-    and batch norm are routed here (the patch the library's dispatchers would carry).
-    """
-    saved = {}
-    if "_accel" not in inspect.getsource(jspatial.conv._conv2d):
-        orig_conv = jspatial.conv._conv2d
-
-        @partial(jax.jit, static_argnums=(3, 4, 5))
-        def conv(x, weight, bias, geom, groups, method):
-            def portable(x, w):
-                return orig_conv(x, w, None, geom, groups, method)
-
-            y = dispatch.conv2d(x, weight.astype(x.dtype), geom, groups, portable)
-            if bias is not None:
-                y = y + bias.astype(y.dtype)[:, None, None]
-            return y.astype(x.dtype)
-
-        saved[(jspatial.conv, "_conv2d")] = orig_conv
-        jspatial.conv._conv2d = conv
-    orig_pool, orig_bn = jspatial.pool._max_pool2d, jspatial.norm._bn_train
-    if "_accel" in inspect.getsource(orig_pool) and "_accel" in inspect.getsource(
-        jspatial.norm._batch_norm_core
-    ):
-        yield  # the library routes pooling and batch norm itself
-        return
-    saved[(jspatial.pool, "_max_pool2d")] = orig_pool
-    saved[(jspatial.norm, "_bn_train")] = orig_bn
-
-    def pool(x, geom, *flags):  # flags: return_indices, where the library has it
-        if any(flags):
-            return orig_pool(x, geom, *flags)
-        return dispatch.max_pool2d(x, geom, lambda x: orig_pool(x, geom, *flags))
-
-    n_static = len(inspect.signature(orig_pool).parameters) - 1
-    jspatial.pool._max_pool2d = jax.jit(pool, static_argnums=tuple(range(1, 1 + n_static)))
-    jspatial.norm._bn_train = lambda x, w, b, eps: dispatch.bn_train(x, w, b, eps, orig_bn)
-    try:
-        yield
-    finally:
-        for (m, name), value in saved.items():
-            setattr(m, name, value)
 
 
 # ----------------------------------------------------------------------------- the ops
@@ -281,7 +231,7 @@ def main(argv=None) -> None:
         *HEAD,
     ]
     detail = ["", "Forward / backward separately, MB accessed ours / XLA:", ""]
-    with routed_through_dispatch(), unrolled_portable_loops():
+    with unrolled_portable_loops():
         for name, ours, xla, xs, ws in op_suite(args.batch):
             if args.only not in name:
                 continue
