@@ -219,7 +219,12 @@ def _bn_train(x, weight, bias, eps):
 
 
 def _bn_train_fwd(x, weight, bias, eps):
-    mean, var = _batch_stats(x)
+    return _normalise(x, weight, bias, eps, *_batch_stats(x))
+
+
+def _normalise(x, weight, bias, eps, mean, var):
+    """The forward pass given the batch statistics: ``((y, mean, var), residuals)``.
+    Shared with the accelerator version, which gathers the statistics its own way."""
     inv_std = lax.rsqrt(var + eps)
     scale = weight * inv_std
     y = _affine(x, scale, bias - mean * scale)
