@@ -66,6 +66,19 @@ def _repr_padding(padding):
     return [f"padding={(top, left) if symmetric else padding}"]
 
 
+def _conv_repr(layer, padding, *optional) -> str:
+    """PyTorch's repr of a convolution layer: the fixed fields, then each ``(name, value,
+    default)`` of ``optional`` that differs from its default, in the order given."""
+    parts = [
+        f"{layer.in_channels}, {layer.out_channels}",
+        f"kernel_size={layer.kernel_size}",
+        f"stride={layer.stride}",
+        *_repr_padding(padding),
+    ]
+    parts += [f"{name}={value}" for name, value, default in optional if value != default]
+    return ", ".join(parts)
+
+
 class Conv2d(Module):
     """2-D convolution layer with ``torch.nn.Conv2d``'s signature, parameters and semantics.
 
@@ -169,21 +182,13 @@ class Conv2d(Module):
         )  # fmt: skip
 
     def extra_repr(self) -> str:
-        parts = [
-            f"{self.in_channels}, {self.out_channels}",
-            f"kernel_size={self.kernel_size}",
-            f"stride={self.stride}",
-            *_repr_padding(self.padding),
-        ]
-        if self.dilation != (1, 1):
-            parts.append(f"dilation={self.dilation}")
-        if self.groups != 1:
-            parts.append(f"groups={self.groups}")
-        if self.bias is None:
-            parts.append("bias=False")
-        if self.padding_mode != "zeros":
-            parts.append(f"padding_mode={self.padding_mode}")
-        return ", ".join(parts)
+        return _conv_repr(
+            self, self.padding,
+            ("dilation", self.dilation, (1, 1)),
+            ("groups", self.groups, 1),
+            ("bias", self.bias is not None, True),
+            ("padding_mode", self.padding_mode, "zeros"),
+        )  # fmt: skip
 
 
 class ConvTranspose2d(Module):
@@ -326,18 +331,10 @@ class ConvTranspose2d(Module):
 
     def extra_repr(self) -> str:
         p = self.padding
-        parts = [
-            f"{self.in_channels}, {self.out_channels}",
-            f"kernel_size={self.kernel_size}",
-            f"stride={self.stride}",
-            *_repr_padding(((p[0], p[0]), (p[1], p[1]))),
-        ]
-        if self.dilation != (1, 1):
-            parts.append(f"dilation={self.dilation}")
-        if self.output_padding != (0, 0):
-            parts.append(f"output_padding={self.output_padding}")
-        if self.groups != 1:
-            parts.append(f"groups={self.groups}")
-        if self.bias is None:
-            parts.append("bias=False")
-        return ", ".join(parts)
+        return _conv_repr(
+            self, ((p[0], p[0]), (p[1], p[1])),
+            ("dilation", self.dilation, (1, 1)),
+            ("output_padding", self.output_padding, (0, 0)),
+            ("groups", self.groups, 1),
+            ("bias", self.bias is not None, True),
+        )  # fmt: skip
