@@ -54,18 +54,22 @@ def _torch_vjp(f, cot, *arrays):
     return y.detach().numpy(), [t.grad.numpy() for t in tensors]
 
 
-# (N, C_in, C_out, H, W, kernel, dilation): odd sizes, H*W below and above 128 lanes,
-# dilation, a rectangular kernel with an even side (asymmetric 'same' padding).
+# (N, C_in, C_out, H, W, kernel, dilation): odd sizes, dilation, a rectangular kernel
+# with an even side (asymmetric 'same' padding), and a batch of two 128-image lane blocks
+# (the weight gradient summed over grid steps, the output written in row blocks).
 CONV_CASES = [
     (2, 3, 5, 6, 7, (3, 3), (1, 1)),
     (3, 4, 6, 5, 5, (3, 3), (2, 2)),
     (1, 2, 3, 12, 11, (2, 3), (1, 1)),
+    (256, 8, 16, 5, 3, (3, 3), (1, 1)),
 ]
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
-def test_conv_kernel_matches_torch(case):
+def test_conv_kernel_matches_torch(case, monkeypatch):
     n, c, o, h, w, kernel, dilation = case
+    if n >= 128:  # one output row per grid step, so the row blocks are exercised too
+        monkeypatch.setattr(aconv, "BLOCK_BYTES", 1)
     geom = _same_geom((h, w), kernel, dilation)
     assert aconv.supports(geom, 1)
     x, wt, cot = _random(0, (n, c, h, w), (o, c, *kernel), (n, o, h, w))

@@ -1,30 +1,30 @@
-"""The tap loop as a Pallas kernel: each image read from HBM once, the taps taken on-chip.
+"""The tap loop as a Pallas kernel: activations read from HBM once, the taps taken on-chip.
 
 On a CPU the tap loop of ``jspatial.conv`` copies one window per tap and runs a
 matrix product on it, which is what a CPU cache likes. On a TPU every such copy
-is a round trip to HBM. This kernel keeps the same loop but moves it on-chip:
-a block of images is loaded into VMEM once, and for every tap::
+is a round trip to HBM. This kernel keeps the same loop but moves it on-chip, in
+the order a TPU stores activations: ``(H, W, C, N)``, the batch on the 128-wide
+lanes and the channels on the sublanes, so that every pixel is one ``(C, N)``
+tile of 128 images (XLA stores a convolution's activations that way itself, and
+the ``NCHW -> HWCN`` transposes around the kernel then cost nothing). A block of
+128 images is loaded into VMEM once, and for every output pixel::
 
-    acc = 0                                            # (C_out, H*W), on-chip
-    for t in range(kh * kw):                           # lax.fori_loop
-        window = mask[t] * roll(x, -shift[t])          # tap t's window, on-chip
-        acc += w[t] @ window                           # (C_out, C_in) @ (C_in, H*W)
-    y = acc                                            # written to HBM once
+    for t in range(kh * kw):                          # the taps, unrolled
+        tile[t] = x[h + di[t], w + dj[t]]             # (C, 128); zeros off the image
+    y[h, w] = W @ concat(tile)                        # (C_out, kh*kw*C) @ (kh*kw*C, 128)
 
-An image is kept as ``(C, H*W)``: pixels on the 128-wide lane axis, channels on
-the sublanes. The window of tap ``(i, j)`` is the image moved by
-``(di, dj) = (i * dh - top, j * dw - left)`` pixels, i.e. the flat pixel axis
-rotated by ``shift = di * W + dj``; the pixels that rotated in from the other
-side of the image are exactly those the zero padding would have supplied, and
-``mask[t]`` zeroes them. No padded copy of the input is ever made.
+The taps of one pixel are stacked into a single product of depth ``kh*kw*C``
+(im2col on-chip, one tile per tap) so that even a 24-channel layer fills the
+matrix unit; a tap whose pixel falls off the image reads zeros, which is the zero
+padding, and no padded copy of the input is ever made.
 
-The backward pass is the same two loops transposed:
+The backward pass is the same loop transposed:
 
-- input gradient: the transpose of "rotate by ``shift`` and mask" is "rotate by
-  ``-shift`` and mask", so ``dx`` is this very kernel run on the output
-  gradient with the offsets negated and each tap's weights transposed;
-- weight gradient: ``dw[t] += g @ window(x, t).T`` summed over the batch, the
-  ``(kh*kw, C_out, C_in)`` result staying on-chip for the whole grid.
+- input gradient: output pixel ``(h, w)`` fed input pixel ``(h + di, w + dj)``
+  through ``W[t]``, so ``dx`` is this very kernel run on the output gradient with
+  the offsets negated and each tap's weights transposed;
+- weight gradient: ``dW += g[h, w] @ concat(tile).T`` for every pixel and block of
+  images, the ``(C_out, kh*kw*C)`` sum staying on-chip for the whole grid.
 
 Supported: ungrouped, stride 1, any kernel and dilation, padding that keeps the
 output the size of the input (``'same'``, e.g. 3x3 with padding 1). Other
@@ -41,16 +41,17 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from jspatial import _windows as win
 
-# Bytes of one grid step's input and output blocks together (each is double-buffered by
-# Pallas, so VMEM holds twice this); well inside the 16 MiB of scoped VMEM on v5e.
+# Bytes of one grid step's output block (double-buffered by Pallas). The input block is a
+# whole (H, W, C, 128) slab, up to 30 MB for a 256-channel 15x15 layer, so the kernels
+# ask for more than the default scoped VMEM; a v5e core has 128 MiB.
 BLOCK_BYTES = 4 * 2**20
+VMEM_LIMIT = 100 * 2**20
 
 
 def supports(geom: win.Geometry, groups: int) -> bool:
@@ -91,183 +92,154 @@ def _offsets(geom: win.Geometry, sign: int):
     return [(sign * (i * dh - top), sign * (j * dw - left)) for i in range(kh) for j in range(kw)]
 
 
-def _masks(geom: win.Geometry, sign: int) -> np.ndarray:
-    """``(taps, 1, L)`` float32: 1 where tap ``t`` reads a real pixel, 0 on the padding.
+def _patch(x_ref, row, col, offsets):
+    """The taps of output pixel ``(row, col)`` stacked: ``(taps * C, lanes)``.
 
-    ``L`` is ``H*W`` rounded up to whole 128-lane vector registers (see ``_lanes``).
+    Tap ``t`` reads the ``(C, lanes)`` tile of pixel ``(row + di, col + dj)``, or zeros
+    where that pixel is off the image (the zero padding).
     """
-    h, w = geom.in_hw
-    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    masks = [
-        ((rows + di >= 0) & (rows + di < h) & (cols + dj >= 0) & (cols + dj < w)).reshape(1, -1)
-        for di, dj in _offsets(geom, sign)
-    ]
-    masks = np.stack(masks).astype(np.float32)
-    return np.pad(masks, ((0, 0), (0, 0), (0, _padded_lanes(h * w) - h * w)))
+    h, w = x_ref.shape[0], x_ref.shape[1]
+    tiles = []
+    for di, dj in offsets:
+        r, c = row + di, col + dj
+        inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+        tile = x_ref[jnp.clip(r, 0, h - 1), jnp.clip(c, 0, w - 1)]
+        tiles.append(jnp.where(inside, tile, jnp.zeros((), tile.dtype)))
+    return jnp.concatenate(tiles, axis=0)
 
 
-def _tap_window(x, t, geom: win.Geometry, sign: int, mask_ref):
-    """Window of tap ``t`` of ``x: (C, H*W)``, taken in VMEM: a lane rotation and a mask."""
-    (dh, dw), (top, left) = geom.dilation, (geom.padding[0][0], geom.padding[1][0])
-    hw = x.shape[-1]  # lanes, H*W rounded up to 128
-    di = sign * ((t // geom.kernel[1]) * dh - top)
-    dj = sign * ((t % geom.kernel[1]) * dw - left)
-    # window[p] = x[p + shift]; roll(x, r)[p] = x[p - r], so r = -shift, kept non-negative.
-    shift = di * geom.in_hw[1] + dj
-    bound = max(abs(a * geom.in_hw[1] + b) for a, b in _offsets(geom, sign))
-    rotation = lax.rem(hw * (bound // hw + 1) - shift, hw)
-    return pltpu.roll(x, rotation, 1) * mask_ref[t].astype(x.dtype)
+def _lanes(n: int) -> int:
+    """Images per grid step: 128 (one full lane row), or the whole batch if it is not a
+    multiple of 128 (a block must fill the lanes or span the axis)."""
+    return 128 if n % 128 == 0 else n
 
 
-def _lanes(value, hw, scratch):
-    """``value: (C, H*W)`` widened with zeros to ``(C, L)`` through a VMEM scratch buffer.
-
-    The TPU rotates whole 128-lane registers, so an image whose ``H*W`` is not a multiple
-    of 128 is rotated within ``L`` lanes; the extra lanes are zero and every mask is zero
-    there, so they never reach a real output.
-    """
-    if scratch is None:
-        return value
-    scratch[...] = jnp.zeros(scratch.shape, scratch.dtype)
-    scratch[:, :hw] = value
-    return scratch[...]
+def _rows_per_step(h: int, row_bytes: int) -> int:
+    """The most output rows (a divisor of ``h``) whose block stays within ``BLOCK_BYTES``."""
+    return max(
+        r for r in range(1, h + 1) if h % r == 0 and (r * row_bytes <= BLOCK_BYTES or r == 1)
+    )
 
 
-def _images_per_step(n: int, per_image_bytes: int) -> int:
-    """The largest divisor of ``n`` whose blocks stay within ``BLOCK_BYTES``."""
-    fit = max(1, BLOCK_BYTES // max(per_image_bytes, 1))
-    return max(b for b in range(1, min(n, fit) + 1) if n % b == 0)
+def _params(*semantics):
+    return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=VMEM_LIMIT)
 
 
-def _padded_lanes(hw: int) -> int:
-    return -(-hw // 128) * 128
-
-
-def _scratch(c, hw, dtype):
-    """VMEM buffers for ``_lanes``: none when ``H*W`` already fills whole registers."""
-    lanes = _padded_lanes(hw)
-    return [] if lanes == hw else [pltpu.VMEM((c, lanes), dtype)]
-
-
-def taps_forward(x, w_taps, geom: win.Geometry, sign: int = 1, *, interpret=False):
-    """``y[n] = sum_t w_taps[t] @ window(x[n], t)``.
+def taps_forward(x, w_mat, offsets, *, interpret=False):
+    """``y[h, w] = w_mat @ patch(x, h, w)`` for every pixel.
 
     Args:
-        x: ``(N, C_in, H*W)``.
-        w_taps: ``(taps, C_out, C_in)``.
-        sign: ``1`` for the convolution, ``-1`` for its transpose (the input gradient).
+        x: ``(H, W, C_in, N)``.
+        w_mat: ``(C_out, taps * C_in)``, tap-major columns (tap ``t`` at ``t * C_in``).
+        offsets: ``(di, dj)`` of each tap.
 
     Returns:
-        ``(N, C_out, H*W)`` in the dtype of ``x``, accumulated in float32.
+        ``(H, W, C_out, N)`` in the dtype of ``x``, accumulated in float32.
     """
-    n, c, hw = x.shape
-    taps, o, _ = w_taps.shape
+    h, w, c, n = x.shape
+    o = w_mat.shape[0]
     size = x.dtype.itemsize
-    lanes = _padded_lanes(hw)
-    b = _images_per_step(n, (c + o) * lanes * size)
-    masks = jnp.asarray(_masks(geom, sign))
+    nb = _lanes(n)
+    hb = _rows_per_step(h, w * o * nb * size)
 
-    def kernel(x_ref, w_ref, m_ref, y_ref, *scratch):
-        def image(i, carry):
-            xi = _lanes(x_ref[i], hw, scratch[0] if scratch else None)
+    def kernel(x_ref, w_ref, y_ref):
+        first = pl.program_id(1) * hb
 
-            def tap(t, acc):
-                window = _tap_window(xi, t, geom, sign, m_ref)
-                return acc + jnp.dot(w_ref[t], window, preferred_element_type=jnp.float32)
-
-            acc = lax.fori_loop(0, taps, tap, jnp.zeros((o, lanes), jnp.float32))
-            y_ref[i] = acc[:, :hw].astype(y_ref.dtype)
+        def pixel(p, carry):
+            i, j = p // w, p % w
+            patch = _patch(x_ref, first + i, j, offsets)
+            y = jnp.dot(w_ref[...], patch, preferred_element_type=jnp.float32)
+            y_ref[i, j] = y.astype(y_ref.dtype)
             return carry
 
-        lax.fori_loop(0, b, image, 0)
+        lax.fori_loop(0, hb * w, pixel, 0)
 
-    # Arithmetic from the block specs and the grid: n // b steps, each reading a (b, c, hw)
-    # block and writing a (b, o, hw) block, so the images cross HBM once each way; the
-    # weights and masks have a constant block index and are fetched once.
+    # Arithmetic from the block specs and the grid: the input block's index changes only
+    # with the image block, so each image crosses HBM once on the way in; each output
+    # block is written once; the weights have a constant block index and load once.
     cost = pl.CostEstimate(
-        flops=2 * n * hw * o * c * taps,
+        flops=2 * h * w * n * o * c * len(offsets),
         transcendentals=0,
-        bytes_accessed=size * (n * c * hw + n * o * hw + taps * o * c) + 4 * taps * lanes,
+        bytes_accessed=size * (x.size + h * w * o * n) + 4 * w_mat.size,
     )
     return pl.pallas_call(
         kernel,
-        grid=(n // b,),
+        grid=(n // nb, h // hb),
         in_specs=[
-            pl.BlockSpec((b, c, hw), lambda i: (i, 0, 0)),
-            pl.BlockSpec((taps, o, c), lambda i: (0, 0, 0)),
-            pl.BlockSpec((taps, 1, lanes), lambda i: (0, 0, 0)),
+            pl.BlockSpec((h, w, c, nb), lambda b, r: (0, 0, 0, b)),
+            pl.BlockSpec(w_mat.shape, lambda b, r: (0, 0)),
         ],
-        out_specs=pl.BlockSpec((b, o, hw), lambda i: (i, 0, 0)),
-        out_shape=jax.ShapeDtypeStruct((n, o, hw), x.dtype),
-        scratch_shapes=_scratch(c, hw, x.dtype),
+        out_specs=pl.BlockSpec((hb, w, o, nb), lambda b, r: (r, 0, 0, b)),
+        out_shape=jax.ShapeDtypeStruct((h, w, o, n), x.dtype),
         cost_estimate=cost,
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
+        compiler_params=_params("parallel", "arbitrary"),
         interpret=interpret,
-    )(x, w_taps.astype(x.dtype), masks)
+    )(x, w_mat.astype(x.dtype))
 
 
-def taps_weight_grad(x, g, geom: win.Geometry, *, interpret=False):
-    """``dw[t] = sum_n g[n] @ window(x[n], t).T``: ``(taps, C_out, C_in)`` in float32.
+def taps_weight_grad(x, g, offsets, *, interpret=False):
+    """``dW = sum over pixels and images of g[h, w] @ patch(x, h, w).T``.
 
     Args:
-        x: ``(N, C_in, H*W)``, the forward input.
-        g: ``(N, C_out, H*W)``, the output gradient.
-    """
-    n, c, hw = x.shape
-    o = g.shape[1]
-    taps = geom.taps
-    size = x.dtype.itemsize
-    lanes = _padded_lanes(hw)
-    b = _images_per_step(n, (c + o) * lanes * size)
-    masks = jnp.asarray(_masks(geom, 1))
-    nt = (((1,), (1,)), ((), ()))  # contract the pixel axis of both: g @ window.T
+        x: ``(H, W, C_in, N)``, the forward input.
+        g: ``(H, W, C_out, N)``, the output gradient.
 
-    def kernel(x_ref, g_ref, m_ref, dw_ref, *scratch):
-        @pl.when(pl.program_id(0) == 0)
+    Returns:
+        ``(C_out, taps * C_in)`` in float32, columns as ``w_mat``'s.
+    """
+    h, w, c, n = x.shape
+    o = g.shape[2]
+    taps = len(offsets)
+    size = x.dtype.itemsize
+    nb = _lanes(n)
+    hb = _rows_per_step(h, w * o * nb * size)
+    nt = (((1,), (1,)), ((), ()))  # contract the image (lane) axis of both: g @ patch.T
+
+    def kernel(x_ref, g_ref, dw_ref):
+        @pl.when((pl.program_id(0) == 0) & (pl.program_id(1) == 0))
         def _():
             dw_ref[...] = jnp.zeros(dw_ref.shape, dw_ref.dtype)
 
-        def image(i, carry):
-            xi = _lanes(x_ref[i], hw, scratch[0] if scratch else None)
-            gi = _lanes(g_ref[i], hw, scratch[1] if scratch else None)
+        first = pl.program_id(1) * hb
 
-            def tap(t, carry):
-                window = _tap_window(xi, t, geom, 1, m_ref)
-                dw_ref[t] += lax.dot_general(gi, window, nt, preferred_element_type=jnp.float32)
-                return carry
+        def pixel(p, carry):
+            i, j = p // w, p % w
+            patch = _patch(x_ref, first + i, j, offsets)
+            dw_ref[...] += lax.dot_general(
+                g_ref[i, j], patch, nt, preferred_element_type=jnp.float32
+            )
+            return carry
 
-            return lax.fori_loop(0, taps, tap, carry)
+        lax.fori_loop(0, hb * w, pixel, 0)
 
-        lax.fori_loop(0, b, image, 0)
-
-    # n // b steps reading a (b, c, hw) and a (b, o, hw) block; dw written once at the end.
+    # x and g each cross HBM once; dW stays in VMEM for the whole grid, written once.
     cost = pl.CostEstimate(
-        flops=2 * n * hw * o * c * taps,
+        flops=2 * h * w * n * o * c * taps,
         transcendentals=0,
-        bytes_accessed=size * (n * c * hw + n * o * hw) + 4 * (taps * o * c + taps * lanes),
+        bytes_accessed=size * (x.size + g.size) + 4 * o * taps * c,
     )
     return pl.pallas_call(
         kernel,
-        grid=(n // b,),
+        grid=(n // nb, h // hb),
         in_specs=[
-            pl.BlockSpec((b, c, hw), lambda i: (i, 0, 0)),
-            pl.BlockSpec((b, o, hw), lambda i: (i, 0, 0)),
-            pl.BlockSpec((taps, 1, lanes), lambda i: (0, 0, 0)),
+            pl.BlockSpec((h, w, c, nb), lambda b, r: (0, 0, 0, b)),
+            pl.BlockSpec((hb, w, o, nb), lambda b, r: (r, 0, 0, b)),
         ],
-        # The same block for every step: dw stays in VMEM and is summed over the batch.
-        out_specs=pl.BlockSpec((taps, o, c), lambda i: (0, 0, 0)),
-        out_shape=jax.ShapeDtypeStruct((taps, o, c), jnp.float32),
-        scratch_shapes=_scratch(c, hw, x.dtype) + _scratch(o, hw, x.dtype),
+        # The same block for every step: dW stays in VMEM and is summed over the grid.
+        out_specs=pl.BlockSpec((o, taps * c), lambda b, r: (0, 0)),
+        out_shape=jax.ShapeDtypeStruct((o, taps * c), jnp.float32),
         cost_estimate=cost,
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
+        compiler_params=_params("arbitrary", "arbitrary"),
         interpret=interpret,
-    )(x, g.astype(x.dtype), masks)
+    )(x, g.astype(x.dtype))
 
 
-def _weight_taps(weight):
-    """OIHW -> ``(taps, C_out, C_in)``."""
-    o, c, kh, kw = weight.shape
-    return jnp.transpose(weight, (2, 3, 0, 1)).reshape(kh * kw, o, c)
+def _to_hwcn(x):
+    return jnp.transpose(x, (2, 3, 1, 0))
+
+
+def _from_hwcn(x):
+    return jnp.transpose(x, (3, 2, 0, 1))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -277,21 +249,21 @@ def conv2d(x, weight, geom: win.Geometry, interpret=False):
 
 
 def _fwd(x, weight, geom, interpret):
-    n, c, h, w = x.shape
-    y = taps_forward(x.reshape(n, c, h * w), _weight_taps(weight), geom, interpret=interpret)
-    return y.reshape(n, -1, h, w), (x, weight)
+    o, c = weight.shape[:2]
+    w_mat = jnp.transpose(weight, (0, 2, 3, 1)).reshape(o, -1)  # (O, taps * C), tap-major
+    y = taps_forward(_to_hwcn(x), w_mat, _offsets(geom, 1), interpret=interpret)
+    return _from_hwcn(y), (x, weight)
 
 
 def _bwd(geom, interpret, residuals, g):
     x, weight = residuals
-    n, c, h, w = x.shape
-    x3, g3 = x.reshape(n, c, h * w), g.reshape(n, -1, h * w).astype(x.dtype)
+    o, c, kh, kw = weight.shape
+    xt, gt = _to_hwcn(x), _to_hwcn(g.astype(x.dtype))
     # The transposed taps: tap t's weights transposed, its offsets negated.
-    w_t = jnp.swapaxes(_weight_taps(weight), 1, 2)
-    dx = taps_forward(g3, w_t, geom, sign=-1, interpret=interpret).reshape(x.shape)
-    dw = taps_weight_grad(x3, g3, geom, interpret=interpret)
-    o = weight.shape[0]
-    dw = jnp.transpose(dw.reshape(*geom.kernel, o, c), (2, 3, 0, 1))
+    w_t = jnp.transpose(weight, (1, 2, 3, 0)).reshape(c, -1)  # (C, taps * O)
+    dx = _from_hwcn(taps_forward(gt, w_t, _offsets(geom, -1), interpret=interpret))
+    dw = taps_weight_grad(xt, gt, _offsets(geom, 1), interpret=interpret)
+    dw = jnp.transpose(dw.reshape(o, kh, kw, c), (0, 3, 1, 2))
     return dx, dw.astype(weight.dtype)
 
 

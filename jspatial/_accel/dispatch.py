@@ -51,7 +51,7 @@ def conv2d(x, weight, geom, groups, portable):
 
 
 def max_pool2d(x, geom, portable):
-    """``portable(x) -> y`` (NCHW) on CPU/GPU; the fused strided-slice taps on TPU."""
+    """``portable(x) -> y`` (NCHW) on CPU/GPU; the Pallas pooling kernel on TPU."""
     if not STAGE_TPU or x.shape[0] == 0 or not _pool.supports(geom):
         return portable(x)
     return _choose(portable, lambda x: _pool.max_pool2d(x, geom), x)

@@ -1,14 +1,15 @@
 """Max pooling with non-overlapping windows as a Pallas tap loop, batch on the lanes.
 
 A TPU stores an activation ``(N, C, H, W)`` whose batch is a multiple of 128 with the
-batch as its fastest axis (physically ``(C, H, W, N)``: rows of 128 images). Pooling
+batch as its fastest axis and the channels next (physically ``(H, W, C, N)``: a
+``(C, 128)`` tile per pixel, the order of ``jspatial._accel.conv`` too). Pooling
 needs no matrix product, so the kernel works in exactly that order, and the
-``NCHW -> CHWN`` transposes around it cost nothing. For every tap of the window the
+``NCHW -> HWCN`` transposes around it cost nothing. For every tap of the window the
 kernel loads the strided block of rows and columns that the tap sees, on-chip::
 
     best = -inf
     for t, (i, j) in enumerate(taps):                   # kh * kw strided loads
-        window = x[:, i::sh, j::sw, :]                  # (C, H_out, W_out, N)
+        window = x[i::sh, j::sw]                        # (H_out, W_out, C, N)
         take = window > best  (or NaN, or first tap)    # PyTorch's rule
         best = where(take, window, best)
 
@@ -30,7 +31,12 @@ from jax.experimental.pallas import tpu as pltpu
 
 from jspatial import _windows as win
 
-BLOCK_BYTES = 2 * 2**20
+# Bytes of one grid step's input and output blocks together. Channels go in blocks of 8
+# (the sublanes), so a 64-channel 31x31 layer needs about 8 MB a step, twice that with
+# Pallas' double buffering: more than the default 16 MiB of scoped VMEM, well inside the
+# 128 MiB of a v5e core.
+BLOCK_BYTES = 8 * 2**20
+VMEM_LIMIT = 64 * 2**20
 
 
 def supports(geom: win.Geometry) -> bool:
@@ -44,12 +50,13 @@ def supports(geom: win.Geometry) -> bool:
 
 
 def _blocks(x_shape, itemsize):
-    """``(channels, images)`` per grid step: 128 images (or all), channels to fit."""
-    c, h, w, n = x_shape
+    """``(channels, images)`` per grid step: 128 images (or all), channels to fit (a
+    multiple of 8, the sublanes, or all of them)."""
+    h, w, c, n = x_shape
     nb = 128 if n % 128 == 0 else n
     per_channel = h * w * nb * itemsize * 2  # input and input gradient / output
-    cb = max(d for d in range(1, c + 1) if c % d == 0 and d * per_channel <= BLOCK_BYTES or d == 1)
-    return cb, nb
+    fits = [d for d in range(8, c + 1, 8) if c % d == 0 and d * per_channel <= BLOCK_BYTES]
+    return (max(fits) if fits else c), nb
 
 
 def _window(ref, t, geom):
@@ -61,11 +68,11 @@ def _window(ref, t, geom):
 def _winners(x_ref, geom):
     """``(best, arg)`` over the taps, PyTorch's rule: larger or NaN takes over."""
     rows, cols = _window(x_ref, 0, geom)
-    best = x_ref[:, rows, cols, :]
+    best = x_ref[rows, cols]
     arg = jnp.zeros(best.shape, jnp.int32)
     for t in range(1, geom.taps):  # a handful of taps: unrolled
         rows, cols = _window(x_ref, t, geom)
-        window = x_ref[:, rows, cols, :]
+        window = x_ref[rows, cols]
         take = (window > best) | jnp.isnan(window)
         best, arg = jnp.where(take, window, best), jnp.where(take, t, arg)
     return best, arg
@@ -73,14 +80,14 @@ def _winners(x_ref, geom):
 
 def _specs(x_shape, y_shape, itemsize):
     cb, nb = _blocks(x_shape, itemsize)
-    grid = (x_shape[0] // cb, x_shape[3] // nb)
-    spec = lambda s: pl.BlockSpec((cb, s[1], s[2], nb), lambda c, n: (c, 0, 0, n))  # noqa: E731
+    grid = (x_shape[2] // cb, x_shape[3] // nb)
+    spec = lambda s: pl.BlockSpec((s[0], s[1], cb, nb), lambda c, n: (0, 0, c, n))  # noqa: E731
     return grid, spec(x_shape), spec(y_shape)
 
 
-def _pool_chwn(x, geom, interpret):
-    c, h, w, n = x.shape
-    y_shape = (c, *geom.out_hw, n)
+def _pool_hwcn(x, geom, interpret):
+    h, w, c, n = x.shape
+    y_shape = (*geom.out_hw, c, n)
     grid, x_spec, y_spec = _specs(x.shape, y_shape, x.dtype.itemsize)
 
     def kernel(x_ref, y_ref):
@@ -99,12 +106,14 @@ def _pool_chwn(x, geom, interpret):
             transcendentals=0,
             bytes_accessed=size * (x.size + c * n * geom.out_hw[0] * geom.out_hw[1]),
         ),
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel"), vmem_limit_bytes=VMEM_LIMIT
+        ),
         interpret=interpret,
     )(x)
 
 
-def _pool_chwn_grad(x, g, geom, interpret):
+def _pool_hwcn_grad(x, g, geom, interpret):
     grid, x_spec, y_spec = _specs(x.shape, g.shape, x.dtype.itemsize)
     (kh, kw), (ho, wo) = geom.kernel, geom.out_hw
 
@@ -115,7 +124,7 @@ def _pool_chwn_grad(x, g, geom, interpret):
         gv = g_ref[...]
         for t in range(geom.taps):
             rows, cols = _window(x_ref, t, geom)
-            dx_ref[:, rows, cols, :] = jnp.where(arg == t, gv, jnp.zeros((), gv.dtype))
+            dx_ref[rows, cols] = jnp.where(arg == t, gv, jnp.zeros((), gv.dtype))
 
     size = x.dtype.itemsize
     return pl.pallas_call(
@@ -130,23 +139,25 @@ def _pool_chwn_grad(x, g, geom, interpret):
             transcendentals=0,
             bytes_accessed=size * (2 * x.size + g.size),
         ),
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel"), vmem_limit_bytes=VMEM_LIMIT
+        ),
         interpret=interpret,
     )(x, g)
 
 
-def _to_chwn(x):
-    return jnp.transpose(x, (1, 2, 3, 0))
+def _to_hwcn(x):
+    return jnp.transpose(x, (2, 3, 1, 0))
 
 
-def _from_chwn(x):
-    return jnp.transpose(x, (3, 0, 1, 2))
+def _from_hwcn(x):
+    return jnp.transpose(x, (3, 2, 0, 1))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def max_pool2d(x, geom: win.Geometry, interpret=False):
     """``(N, C, H, W) -> (N, C, H_out, W_out)``, NCHW, PyTorch's tie and NaN rules."""
-    return _from_chwn(_pool_chwn(_to_chwn(x), geom, interpret))
+    return _from_hwcn(_pool_hwcn(_to_hwcn(x), geom, interpret))
 
 
 def _fwd(x, geom, interpret):
@@ -154,8 +165,8 @@ def _fwd(x, geom, interpret):
 
 
 def _bwd(geom, interpret, x, g):
-    dx = _pool_chwn_grad(_to_chwn(x), _to_chwn(g.astype(x.dtype)), geom, interpret)
-    return (_from_chwn(dx),)
+    dx = _pool_hwcn_grad(_to_hwcn(x), _to_hwcn(g.astype(x.dtype)), geom, interpret)
+    return (_from_hwcn(dx),)
 
 
 max_pool2d.defvjp(_fwd, _bwd)
