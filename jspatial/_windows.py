@@ -146,6 +146,15 @@ def nhwc_to_nchw(x):
     return jnp.transpose(x, (0, 3, 1, 2))
 
 
+def nchw_to_hwcn(x):
+    """The order a TPU stores a batch of activations in: a ``(C, N)`` tile per pixel."""
+    return jnp.transpose(x, (2, 3, 1, 0))
+
+
+def hwcn_to_nchw(x):
+    return jnp.transpose(x, (3, 2, 0, 1))
+
+
 # Batch chunks are taken as strided rows (chunk i = rows i, i + k, i + 2k, ...), not as
 # contiguous blocks: when the batch is sharded over devices, every chunk then stays
 # spread evenly over all of them, and no device has to fetch another's rows.

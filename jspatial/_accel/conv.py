@@ -234,14 +234,6 @@ def taps_weight_grad(x, g, offsets, *, interpret=False):
     )(x, g.astype(x.dtype))
 
 
-def _to_hwcn(x):
-    return jnp.transpose(x, (2, 3, 1, 0))
-
-
-def _from_hwcn(x):
-    return jnp.transpose(x, (3, 2, 0, 1))
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x, weight, geom: win.Geometry, interpret=False):
     """Ungrouped stride-1 'same' convolution, NCHW in and out: ``(N, C_out, H, W)``."""
@@ -251,17 +243,17 @@ def conv2d(x, weight, geom: win.Geometry, interpret=False):
 def _fwd(x, weight, geom, interpret):
     o, c = weight.shape[:2]
     w_mat = jnp.transpose(weight, (0, 2, 3, 1)).reshape(o, -1)  # (O, taps * C), tap-major
-    y = taps_forward(_to_hwcn(x), w_mat, _offsets(geom, 1), interpret=interpret)
-    return _from_hwcn(y), (x, weight)
+    y = taps_forward(win.nchw_to_hwcn(x), w_mat, _offsets(geom, 1), interpret=interpret)
+    return win.hwcn_to_nchw(y), (x, weight)
 
 
 def _bwd(geom, interpret, residuals, g):
     x, weight = residuals
     o, c, kh, kw = weight.shape
-    xt, gt = _to_hwcn(x), _to_hwcn(g.astype(x.dtype))
+    xt, gt = win.nchw_to_hwcn(x), win.nchw_to_hwcn(g.astype(x.dtype))
     # The transposed taps: tap t's weights transposed, its offsets negated.
     w_t = jnp.transpose(weight, (1, 2, 3, 0)).reshape(c, -1)  # (C, taps * O)
-    dx = _from_hwcn(taps_forward(gt, w_t, _offsets(geom, -1), interpret=interpret))
+    dx = win.hwcn_to_nchw(taps_forward(gt, w_t, _offsets(geom, -1), interpret=interpret))
     dw = taps_weight_grad(xt, gt, _offsets(geom, 1), interpret=interpret)
     dw = jnp.transpose(dw.reshape(o, kh, kw, c), (0, 3, 1, 2))
     return dx, dw.astype(weight.dtype)

@@ -146,18 +146,10 @@ def _pool_hwcn_grad(x, g, geom, interpret):
     )(x, g)
 
 
-def _to_hwcn(x):
-    return jnp.transpose(x, (2, 3, 1, 0))
-
-
-def _from_hwcn(x):
-    return jnp.transpose(x, (3, 2, 0, 1))
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def max_pool2d(x, geom: win.Geometry, interpret=False):
     """``(N, C, H, W) -> (N, C, H_out, W_out)``, NCHW, PyTorch's tie and NaN rules."""
-    return _from_hwcn(_pool_hwcn(_to_hwcn(x), geom, interpret))
+    return win.hwcn_to_nchw(_pool_hwcn(win.nchw_to_hwcn(x), geom, interpret))
 
 
 def _fwd(x, geom, interpret):
@@ -165,8 +157,8 @@ def _fwd(x, geom, interpret):
 
 
 def _bwd(geom, interpret, x, g):
-    dx = _pool_hwcn_grad(_to_hwcn(x), _to_hwcn(g.astype(x.dtype)), geom, interpret)
-    return (_from_hwcn(dx),)
+    dx = _pool_hwcn_grad(win.nchw_to_hwcn(x), win.nchw_to_hwcn(g.astype(x.dtype)), geom, interpret)
+    return (win.hwcn_to_nchw(dx),)
 
 
 max_pool2d.defvjp(_fwd, _bwd)
