@@ -11,10 +11,13 @@ outputs from a 4x4 input tile with 16 multiplies instead of 36 (Lavin & Gray,
     y = A^T M A        back to the 2x2 output block (adds only)
 
 Summed over input channels, each of the 16 element-wise products is a matrix
-product ``(tiles, C_in) @ (C_in, C_out)``, so the heart of the op is again a
-``lax.fori_loop``, now over 16 transformed taps instead of 9 kernel taps, each
-on a quarter as many rows. The transforms are cheap element-wise passes, which
-is why it wins for wide layers and loses for narrow ones. The hand-written
+product ``(tiles, C_in) @ (C_in, C_out)``: 16 transformed taps instead of 9 kernel
+taps, each on a quarter as many rows. Unlike the direct loop's taps, which add into
+one sum, the 16 products are independent of each other, so they run as one batched
+matrix product (``_products``) rather than a ``lax.fori_loop``: a loop would write
+each product and then copy it into the stack of all 16, an extra pass over four
+times the output. The transforms are cheap element-wise passes, which is why it
+wins for wide layers and loses for narrow ones. The hand-written
 backward runs the same three steps transposed, recomputing ``V`` from the input
 instead of storing it.
 
@@ -33,7 +36,6 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jspatial import _tuning
 from jspatial import _windows as win
@@ -165,13 +167,13 @@ def _chunks(n, tg):
 
 
 def _products(v, u, acc):
-    """The 16 transformed taps: ``M[k] = V[k] @ U[k]``, a loop of matrix products."""
+    """The 16 transformed taps, ``M[k] = V[k] @ U[k]`` for ``k < 16``: one batched
+    matrix product ``(16, tiles, C_in) @ (16, C_in, C_out)``.
 
-    def tap(k, m):  # one transformed tap: (tiles, C_in) @ (C_in, C_out)
-        product = jnp.dot(v[k], u[k], preferred_element_type=acc)
-        return lax.dynamic_update_index_in_dim(m, product, k, 0)
-
-    return lax.fori_loop(0, 16, tap, jnp.zeros((16, v.shape[1], u.shape[-1]), acc))
+    ``16 * tiles * C_in * C_out`` MACs, against the direct loop's
+    ``9 * (4 * tiles) * C_in * C_out`` for the same outputs: the 2.25x.
+    """
+    return jnp.einsum("ktc,kco->kto", v, u, preferred_element_type=acc)
 
 
 def _fwd(x, weight, geom):
@@ -201,13 +203,9 @@ def _bwd(geom, residuals, g):
         v = _input_transform(xc.astype(acc), tg).astype(x.dtype)
         dm = _output_transform_transpose(gc.astype(acc), geom, tg).astype(x.dtype)
 
-        def tap(k, carry):
-            dv, du = carry
-            du_k = jnp.dot(v[k].T, dm[k], preferred_element_type=acc)
-            dv_k = jnp.dot(dm[k], u[k].T, preferred_element_type=acc)
-            return lax.dynamic_update_index_in_dim(dv, dv_k, k, 0), du.at[k].add(du_k)
-
-        dv, du = lax.fori_loop(0, 16, tap, (jnp.zeros(v.shape, acc), du))
+        # _products transposed, for each k: dU[k] += V[k].T @ dM[k], dV[k] = dM[k] @ U[k].T.
+        du = du + jnp.einsum("ktc,kto->kco", v, dm, preferred_element_type=acc)
+        dv = jnp.einsum("kto,kco->ktc", dm, u, preferred_element_type=acc)
         return (win.nhwc_to_nchw(_input_transform_transpose(dv, xc.shape, tg)),), du
 
     du = jnp.zeros(u.shape, acc)
