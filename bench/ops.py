@@ -213,8 +213,10 @@ def run_case(case: Case, repeats: int, with_torch: bool) -> dict:
         tf(), tfb()
         timers["torch"] = (tf, tfb, None)
     samples = {(impl, mode): [] for impl in timers for mode in (0, 1)}
-    for _ in range(repeats):  # interleaved: every implementation sees the same noise
-        for impl, fns in timers.items():
+    # Interleaved, so every implementation sees the same noise, and in reverse order every
+    # other repeat, so none is always the one timed right after another.
+    for r in range(repeats):
+        for impl, fns in timers.items() if r % 2 == 0 else list(timers.items())[::-1]:
             for mode in (0, 1):
                 _time(fns[mode], samples[(impl, mode)])
     result = {"case": case, "mem": {i: timers[i][2] for i in timers}}

@@ -183,8 +183,10 @@ def main(argv=None) -> None:
         steps[kind], compile_s[kind] = runner(kind, args.batch)
         print(f"  {kind}: first step (compile + run) {compile_s[kind]:.1f} s", flush=True)
     times = {k: [] for k in kinds}
-    for _ in range(args.repeats):  # interleaved
-        for kind in kinds:
+    # Interleaved, in reverse order every other repeat: on a shared machine the step
+    # timed right after another one can run several percent faster or slower.
+    for r in range(args.repeats):
+        for kind in kinds if r % 2 == 0 else kinds[::-1]:
             start = time.perf_counter()
             steps[kind]()
             times[kind].append(time.perf_counter() - start)
