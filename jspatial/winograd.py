@@ -17,9 +17,8 @@ one sum, the 16 products are independent of each other, so they run as one batch
 matrix product (``_products``) rather than a ``lax.fori_loop``: a loop would write
 each product and then copy it into the stack of all 16, an extra pass over four
 times the output. The transforms are cheap element-wise passes, which is why it
-wins for wide layers and loses for narrow ones. The hand-written
-backward runs the same three steps transposed, recomputing ``V`` from the input
-instead of storing it.
+wins for wide layers and loses for narrow ones. The hand-written backward runs the
+same three steps transposed, recomputing ``V`` from the input instead of storing it.
 
 Tiles are 4x4 windows with stride 2, so the tile geometry is exactly the
 window geometry of ``jspatial._windows`` with kernel 4 and stride 2: row ``r`` of
