@@ -196,6 +196,15 @@ def _time(fn, repeats_done: list[float]) -> None:
     repeats_done.append(time.perf_counter() - start)
 
 
+def interleaved(items, repeats: int):
+    """The order of each repeat of an interleaved timing: as given, then reversed, and so
+    on, so that every item sees the same noise and none is always timed right after
+    another (on a shared machine that alone moved a step's time by several percent)."""
+    items = list(items)
+    for r in range(repeats):
+        yield items if r % 2 == 0 else items[::-1]
+
+
 def run_case(case: Case, repeats: int, with_torch: bool) -> dict:
     x, w = _inputs(case)
     timers: dict[str, tuple] = {}
@@ -213,10 +222,8 @@ def run_case(case: Case, repeats: int, with_torch: bool) -> dict:
         tf(), tfb()
         timers["torch"] = (tf, tfb, None)
     samples = {(impl, mode): [] for impl in timers for mode in (0, 1)}
-    # Interleaved, so every implementation sees the same noise, and in reverse order every
-    # other repeat, so none is always the one timed right after another.
-    for r in range(repeats):
-        for impl, fns in timers.items() if r % 2 == 0 else list(timers.items())[::-1]:
+    for order in interleaved(timers.items(), repeats):
+        for impl, fns in order:
             for mode in (0, 1):
                 _time(fns[mode], samples[(impl, mode)])
     result = {"case": case, "mem": {i: timers[i][2] for i in timers}}

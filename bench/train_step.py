@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from bench.ops import machine, write_report
+from bench.ops import interleaved, machine, write_report
 
 WIDTHS = (64, 256, 256)
 
@@ -183,10 +183,8 @@ def main(argv=None) -> None:
         steps[kind], compile_s[kind] = runner(kind, args.batch)
         print(f"  {kind}: first step (compile + run) {compile_s[kind]:.1f} s", flush=True)
     times = {k: [] for k in kinds}
-    # Interleaved, in reverse order every other repeat: on a shared machine the step
-    # timed right after another one can run several percent faster or slower.
-    for r in range(args.repeats):
-        for kind in kinds if r % 2 == 0 else kinds[::-1]:
+    for order in interleaved(kinds, args.repeats):
+        for kind in order:
             start = time.perf_counter()
             steps[kind]()
             times[kind].append(time.perf_counter() - start)
