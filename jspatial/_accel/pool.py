@@ -37,6 +37,10 @@ from jspatial import _windows as win
 # 128 MiB of a v5e core.
 BLOCK_BYTES = 8 * 2**20
 VMEM_LIMIT = 64 * 2**20
+# Both kernels: every (channel block, image block) step independent of the others.
+_PARAMS = pltpu.CompilerParams(
+    dimension_semantics=("parallel", "parallel"), vmem_limit_bytes=VMEM_LIMIT
+)
 
 
 def supports(geom: win.Geometry) -> bool:
@@ -106,9 +110,7 @@ def _pool_hwcn(x, geom, interpret):
             transcendentals=0,
             bytes_accessed=size * (x.size + c * n * geom.out_hw[0] * geom.out_hw[1]),
         ),
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel"), vmem_limit_bytes=VMEM_LIMIT
-        ),
+        compiler_params=_PARAMS,
         interpret=interpret,
     )(x)
 
@@ -139,9 +141,7 @@ def _pool_hwcn_grad(x, g, geom, interpret):
             transcendentals=0,
             bytes_accessed=size * (2 * x.size + g.size),
         ),
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel"), vmem_limit_bytes=VMEM_LIMIT
-        ),
+        compiler_params=_PARAMS,
         interpret=interpret,
     )(x, g)
 
