@@ -12,7 +12,9 @@ The kinds of argument the public signatures take are named here too (``IntOrPair
 
 from __future__ import annotations
 
+import functools
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -45,17 +47,19 @@ def _as_int(value: Any, op: str, name: str, seen: Any) -> int:
 
 
 def pair(value: Any, op: str, name: str, *, minimum: int = 1) -> Pair:
-    """Normalise an int or ``(h, w)`` pair of ints to a pair, checking a lower bound.
+    """Normalise an int, ``(v,)`` or ``(h, w)`` of ints to a pair, checking a lower bound.
 
-    >>> pair(3, "conv2d", "stride")
-    (3, 3)
+    A one-element tuple means both axes, as in PyTorch (``kernel_size=(3,)``).
+
+    >>> pair(3, "conv2d", "stride"), pair((2,), "max_pool2d", "stride")
+    ((3, 3), (2, 2))
     """
     if isinstance(value, (tuple, list)):
-        if len(value) != 2:
+        if len(value) not in (1, 2):
             raise ValueError(
                 f"{op} {name} must be an int or a pair (h, w), got {len(value)} values: {value!r}"
             )
-        result = (_as_int(value[0], op, name, value), _as_int(value[1], op, name, value))
+        result = (_as_int(value[0], op, name, value), _as_int(value[-1], op, name, value))
     else:
         v = _as_int(value, op, name, value)
         result = (v, v)
@@ -102,13 +106,15 @@ def conv_padding(
 def pool_params(
     kernel_size: Any, stride: Any, padding: Any, dilation: Any, op: str
 ) -> tuple[Pair, Pair, Pair, Pair]:
-    """Normalise pooling hyper-parameters; ``stride=None`` means the kernel size.
+    """Normalise pooling hyper-parameters; ``stride=None`` (or ``()``, as PyTorch reads an
+    empty stride) means the kernel size.
 
     Padding above half the (undilated) kernel is rejected, as in PyTorch: such a
     window could lie entirely in padding even without dilation.
     """
     kernel = pair(kernel_size, op, "kernel_size")
-    strides = kernel if stride is None else pair(stride, op, "stride")
+    default = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
+    strides = kernel if default else pair(stride, op, "stride")
     pads = pair(padding, op, "padding", minimum=0)
     dil = pair(dilation, op, "dilation")
     if pads[0] > kernel[0] // 2 or pads[1] > kernel[1] // 2:
@@ -157,10 +163,11 @@ def check_array(value: Any, op: str, name: str, *, floating: bool = True) -> Any
     return value
 
 
-def check_input(x: Any, op: str, name: str = "input") -> Any:
+def check_input(x: Any, op: str, name: str = "input", *, integers: bool = False) -> Any:
     """The ``(N, C, H, W)`` input of an op, checked, as an array (see ``check_array``).
 
-    An empty batch (``N == 0``) is valid, as in PyTorch; zero channels are not.
+    An empty batch (``N == 0``) is valid, as in PyTorch; zero channels are not. With
+    ``integers`` an integer dtype is accepted too (the ops PyTorch runs on integers).
     """
     x = check_array(x, op, name, floating=False)
     shape = tuple(x.shape)
@@ -171,12 +178,52 @@ def check_input(x: Any, op: str, name: str = "input") -> Any:
     if shape[1] == 0:
         raise ValueError(f"{op} expected at least one channel, got {name} of shape {shape}")
     dtype = jnp.result_type(x)
+    if integers and jnp.issubdtype(dtype, jnp.integer):
+        return x
     if not jnp.issubdtype(dtype, jnp.floating):
+        kinds = "a floating-point or integer" if integers else "floating-point"
         raise TypeError(
-            f"{op} expected floating-point {name} (float32, bfloat16, float16 or float64), "
-            f"got {dtype}; convert with x.astype(jnp.float32)"
+            f"{op} expected {kinds} {name} (float32, bfloat16, float16 or float64"
+            f"{', or an integer dtype' if integers else ''}), got {dtype}; convert with "
+            "x.astype(jnp.float32)"
         )
     return x
+
+
+def unbatched(*positions: int) -> Callable:
+    """Decorate an op's checking entry so that it takes unbatched ``(C, H, W)`` input too.
+
+    PyTorch reads a 3-D input of its 2-D ops as a batch of one: the arrays at
+    ``positions`` (the input, and ``max_unpool2d``'s indices) get a leading axis of 1,
+    the op runs on ``(1, C, H, W)``, and every array it returns loses that axis again.
+    4-D input passes through untouched; any other rank is refused here, naming the
+    op (the keyword argument ``op`` of the decorated function).
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def entry(*args: Any, **kwargs: Any) -> Any:
+            op = kwargs["op"]
+            x = check_array(args[0], op, "input", floating=False)
+            ndim = len(x.shape)
+            if ndim == 4:
+                return fn(x, *args[1:], **kwargs)
+            if ndim != 3:
+                raise ValueError(
+                    f"{op} expected 3D (unbatched: channels, height, width) or 4D (batch, "
+                    f"channels, height, width) input, got {ndim}D: {tuple(x.shape)}"
+                )
+            args = list(args)
+            args[0] = x
+            for p in positions:
+                name = "input" if p == 0 else "indices"
+                args[p] = check_array(args[p], op, name, floating=False)[None]
+            out = fn(*args, **kwargs)
+            return jax.tree.map(lambda a: a[0], out)
+
+        return entry
+
+    return decorate
 
 
 def check_bool(value: Any, op: str, name: str) -> bool:
@@ -221,38 +268,30 @@ def check_groups(in_channels: int, out_channels: int, groups: Any, op: str) -> i
 
 
 def check_momentum(momentum: Any, op: str, *, allow_none: bool = False) -> Any:
-    """Batch-norm ``momentum``: the weight of the new statistic, a number in ``[0, 1]``.
+    """Batch-norm ``momentum``: the weight of the new statistic, a real number.
 
-    A 0-d array is accepted too (``BatchNorm2d(momentum=None)`` passes the traced
-    ``1 / num_batches_tracked``); its range is checked when its value is known.
+    Usually in ``[0, 1]``, but any value is taken, as PyTorch takes it (a negative one
+    moves the running statistics away from the batch's). A 0-d float array is accepted
+    too (``BatchNorm2d(momentum=None)`` passes the traced ``1 / num_batches_tracked``).
     ``None`` (PyTorch's cumulative average) only where ``allow_none``: the layer.
     """
     if momentum is None:
         if allow_none:
             return None
         raise TypeError(
-            f"{op} momentum must be a number in [0, 1], got None; PyTorch's cumulative "
+            f"{op} momentum must be a number, got None; PyTorch's cumulative "
             "average (momentum=None) is BatchNorm2d(momentum=None), or pass "
             "momentum=1 / num_batches_tracked"
         )
     if isinstance(momentum, (bool, np.bool_)):
-        raise TypeError(f"{op} momentum must be a number in [0, 1], got {momentum!r}")
+        raise TypeError(f"{op} momentum must be a number, got {momentum!r}")
     if isinstance(momentum, (int, float, np.integer, np.floating)):
-        value = float(momentum)
-    elif getattr(momentum, "shape", None) == () and jnp.issubdtype(
+        return float(momentum)
+    if getattr(momentum, "shape", None) == () and jnp.issubdtype(
         jnp.result_type(momentum), jnp.floating
     ):
-        if isinstance(momentum, jax.core.Tracer):
-            return momentum  # known only at run time
-        value = float(momentum)
-    else:
-        raise TypeError(
-            f"{op} momentum must be a number in [0, 1], got {momentum!r} "
-            f"({type(momentum).__name__})"
-        )
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{op} momentum must be in [0, 1], got {value}")
-    return value if isinstance(momentum, (int, float, np.integer, np.floating)) else momentum
+        return momentum
+    raise TypeError(f"{op} momentum must be a number, got {momentum!r} ({type(momentum).__name__})")
 
 
 def check_eps(eps: Any, op: str) -> float:
@@ -397,7 +436,26 @@ def one_of(value: Any, choices: tuple[str, ...], op: str, name: str) -> str:
     return value
 
 
-def check_bias(bias: Any, op: str) -> Any:
+def check_operand(value: Any, x: Any, op: str, name: str) -> Any:
+    """A convolution's ``weight`` or ``bias`` next to its input ``x`` (an array already).
+
+    With a floating ``x`` it must be floating (it is cast to ``x``'s dtype); with an
+    integer ``x`` (PyTorch convolves integers on its CPU) it must have ``x``'s dtype,
+    as PyTorch requires.
+    """
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        return check_array(value, op, name)
+    value = check_array(value, op, name, floating=False)
+    if jnp.result_type(value) != dtype:
+        raise TypeError(
+            f"{op} {name} must have the dtype of the integer input, {dtype}, got "
+            f"{jnp.result_type(value)}"
+        )
+    return value
+
+
+def check_bias(bias: Any, op: str, x: Any = None) -> Any:
     """A convolution's ``bias``: ``None`` or an array (see ``check_array``).
 
     A number here is almost always a stride in torch's bias slot
@@ -412,7 +470,7 @@ def check_bias(bias: Any, op: str) -> Any:
             f"positional argument is bias, as in torch.nn.functional.{op.lower()}; pass "
             "stride, padding, ... by keyword or after the bias"
         )
-    return check_array(bias, op, "bias")
+    return check_array(bias, op, "bias") if x is None else check_operand(bias, x, op, "bias")
 
 
 def output_padding(value: Any, stride: Pair, dilation: Pair, op: str) -> Pair:

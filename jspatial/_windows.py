@@ -134,7 +134,14 @@ def adaptive_windows(size: int, out: int) -> tuple[tuple[int, ...], tuple[int, .
 
 
 def accum_dtype(dtype):
-    """Accumulate in float32 (float64 stays float64), whatever the storage dtype."""
+    """Accumulate in float32 (float64 stays float64), whatever the floating storage dtype.
+
+    Integers (``conv2d`` takes them, as PyTorch's CPU kernels do) accumulate in their
+    own dtype, wrapping around as PyTorch's do: modulo ``2**bits`` the sum is exact in
+    any order, so the loops give PyTorch's integers bit for bit.
+    """
+    if jnp.issubdtype(dtype, jnp.integer):
+        return jnp.dtype(dtype)
     return jnp.promote_types(dtype, jnp.float32)
 
 

@@ -124,6 +124,7 @@ def conv2d(
     )
 
 
+@_args.unbatched(0)
 def _conv2d_checked(
     x, weight, bias, stride, padding, dilation, groups, *, op, algorithm="auto", dtype=None,
     padding_mode="zeros",
@@ -154,11 +155,12 @@ def _conv2d_checked(
 def _check_conv2d(x, weight, bias, stride, padding, dilation, groups, algorithm, op):
     """Every check of ``conv2d`` (``jspatial.steps`` runs them too): the arrays as
     arrays, the window geometry, ``groups`` and the resolved algorithm."""
-    x = _args.check_input(x, op)
-    weight = _args.check_array(weight, op, "weight")
-    bias = _args.check_bias(bias, op)
+    x = _args.check_input(x, op, integers=True)
+    weight = _args.check_operand(weight, x, op, "weight")
+    bias = _args.check_bias(bias, op, x)
     geom, groups = _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
-    method = _choose_method(algorithm, geom, groups, x.shape[1], weight.shape[0], op)
+    integer = jnp.issubdtype(jnp.result_type(x), jnp.integer)
+    method = _choose_method(algorithm, geom, groups, x.shape[1], weight.shape[0], op, integer)
     return x, weight, bias, geom, groups, method
 
 
@@ -213,13 +215,15 @@ def _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
     return win.Geometry((h, w), out_hw, kernel, strides, dil, pads), groups
 
 
-def _choose_method(algorithm, geom, groups, c_in, c_out, op) -> str:
+def _choose_method(algorithm, geom, groups, c_in, c_out, op, integer=False) -> str:
     """Resolve ``algorithm`` for one convolution; rejects a method that does not apply.
 
     ``'auto'`` uses the CPU's thresholds of ``jspatial._tuning`` (see there for the GPU
-    and the TPU).
+    and the TPU). ``integer`` input never takes Winograd, whose transforms divide by 2.
     """
     _args.one_of(algorithm, _ALGORITHMS, op, "algorithm")
+    if integer and algorithm == "winograd":
+        raise ValueError(f"{op} algorithm='winograd' needs floating-point input, got integers")
     if algorithm == "winograd" and not winograd._supports(geom, groups):
         raise ValueError(
             f"{op} algorithm='winograd' needs an ungrouped 3x3 kernel with stride 1 and "
@@ -231,7 +235,8 @@ def _choose_method(algorithm, geom, groups, c_in, c_out, op) -> str:
     if algorithm != "auto":
         return algorithm
     if (
-        winograd._supports(geom, groups)
+        not integer
+        and winograd._supports(geom, groups)
         and min(c_in, c_out) >= _tuning.WINOGRAD_MIN_CHANNELS
         and min(geom.out_hw) >= _tuning.WINOGRAD_MIN_SIZE
     ):
@@ -606,6 +611,7 @@ def conv_transpose2d(
     )  # fmt: skip
 
 
+@_args.unbatched(0)
 def _conv_transpose2d_checked(
     x, weight, bias, stride, padding, output_padding, groups, dilation, *, op, dtype=None
 ):
@@ -622,9 +628,9 @@ def _conv_transpose2d_checked(
 
 def _check_conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation, op):
     """Every check of ``conv_transpose2d`` (``jspatial.steps`` runs them too)."""
-    x = _args.check_input(x, op)
-    weight = _args.check_array(weight, op, "weight")
-    bias = _args.check_bias(bias, op)
+    x = _args.check_input(x, op, integers=True)
+    weight = _args.check_operand(weight, x, op, "weight")
+    bias = _args.check_bias(bias, op, x)
     geom, groups = _conv_transpose_geometry(
         x, weight, bias, stride, padding, output_padding, groups, dilation, op
     )

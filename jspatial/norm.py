@@ -1,4 +1,4 @@
-"""Batch normalisation over ``(N, H, W)`` per channel, PyTorch's way.
+"""Batch normalisation over every axis but the channels, ``(N, *)`` per channel, PyTorch's way.
 
 Training normalises each channel with the statistics of the current batch::
 
@@ -23,6 +23,7 @@ are internal.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -53,16 +54,19 @@ def batch_norm(
     statistics alongside the output.
 
     Args:
-        x: input ``(N, C, H, W)``. ``N == 0`` gives an empty output (and, in
-            training, leaves the running statistics as they were), as in PyTorch.
+        x: input ``(N, C, *)``: ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)``,
+            ``(N, C, D, H, W)``, ...; the statistics are over every axis but ``C``.
+            ``N == 0`` gives an empty output (and, in training, leaves the running
+            statistics as they were), as in PyTorch.
         running_mean: ``(C,)`` running mean; may be ``None`` when ``training``
             (nothing is tracked then).
         running_var: ``(C,)`` running variance; ``None`` exactly when ``running_mean`` is.
         weight: ``(C,)`` scale, or ``None`` for 1.
         bias: ``(C,)`` shift, or ``None`` for 0.
         training: normalise with batch statistics and update the running ones.
-        momentum: weight of the new batch statistic in the running average, in
-            ``[0, 1]``: a number or a 0-d array (a traced value is fine).
+        momentum: weight of the new batch statistic in the running average, usually
+            in ``[0, 1]`` (any real number is taken, as by PyTorch): a number or a 0-d
+            array (a traced value is fine).
             PyTorch's ``momentum=None`` exists only on ``BatchNorm2d``, here as there.
         eps: added to the variance before the square root, ``> 0``.
 
@@ -95,33 +99,55 @@ def _batch_norm_checked(
     op,
     num_features=None,
     dtype=None,
+    ndims=None,
 ):
-    """``batch_norm`` with errors attributed to ``op`` (the layer uses ``"BatchNorm2d"``).
+    """``batch_norm`` with errors attributed to ``op`` (the layers use their names).
 
-    ``num_features`` is the channel count the caller expects (the layer's), and
-    ``dtype`` the dtype ``x`` is cast to once checked (the layer's compute dtype).
+    ``num_features`` is the channel count the caller expects (the layer's), ``dtype``
+    the dtype ``x`` is cast to once checked (the layer's compute dtype) and ``ndims``
+    the input ranks allowed (``BatchNorm2d``: 4 only; ``None``: any ``(N, C, *)``).
+    Every input runs as the ``(N, C, H, W)`` of ``_as_nchw``: a reshape, so the
+    statistics are those of all the axes but the channels, and 4-D input is not
+    touched at all.
     """
     x, running_mean, running_var, weight, bias = _check(
-        x, running_mean, running_var, weight, bias, op, num_features
+        x, running_mean, running_var, weight, bias, op, num_features, ndims
     )
     training = _args.check_bool(training, op, "training")
     momentum = _args.check_momentum(momentum, op)
     eps = _args.check_eps(eps, op)
-    if training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+    shape = tuple(x.shape)
+    if training and math.prod(shape[:1] + shape[2:]) == 1:
         # PyTorch's rule: one value has no variance (an empty batch is fine).
         raise ValueError(
-            f"{op} expected more than 1 value per channel when training, got input {tuple(x.shape)}"
+            f"{op} expected more than 1 value per channel when training, got input {shape}"
         )
     if not training and running_mean is None:
         raise ValueError(f"{op} with training=False needs running_mean and running_var")
     if dtype is not None:
         x = x.astype(dtype)
+    nchw = _as_nchw(shape)
+    if nchw != shape:
+        x = x.reshape(nchw)
     y, new_mean, new_var = _batch_norm(
         x, running_mean, running_var, weight, bias, training, momentum, eps
     )
+    if nchw != shape:
+        y = y.reshape(shape)
     if not training:  # the very same arrays come back: evaluation changes nothing
         return y, running_mean, running_var
     return y, new_mean, new_var
+
+
+def _as_nchw(shape):
+    """The 4-D shape an ``(N, C, *)`` input is normalised as: the axes after the channels
+    merged into ``H`` but the last one (``W``); ``(N, C)`` is ``(N, C, 1, 1)``. PyTorch's
+    empty 1-D input ``(0,)`` is an empty batch without channels."""
+    if len(shape) == 1:
+        return (shape[0], 0, 1, 1)
+    if len(shape) == 2:
+        return (*shape, 1, 1)
+    return (shape[0], shape[1], math.prod(shape[2:-1]), shape[-1])
 
 
 def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
@@ -254,10 +280,26 @@ def _bn_train_bwd(eps, residuals, cotangents):
 _bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
 
 
-def _check(x, running_mean, running_var, weight, bias, op, num_features):
+def _check(x, running_mean, running_var, weight, bias, op, num_features, ndims):
     """The array arguments, checked and converted (nested lists become arrays)."""
-    x = _args.check_input(x, op)
-    c = x.shape[1]
+    x = _args.check_array(x, op, "input", floating=False)
+    shape = tuple(x.shape)
+    if ndims is not None and len(shape) not in ndims:
+        ranks = " or ".join(f"{n}D" for n in ndims)
+        layout = "(batch, channels, height, width)" if ndims == (4,) else "(batch, channels, *)"
+        raise ValueError(f"{op} expected {ranks} input {layout}, got {len(shape)}D: {shape}")
+    if len(shape) < 2 and shape != (0,):  # PyTorch takes (0,) alone: an empty batch
+        raise ValueError(
+            f"{op} expected input (batch, channels, *) of at least 2 dimensions, "
+            f"got {len(shape)}D: {shape}"
+        )
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{op} expected floating-point input (float32, bfloat16, float16 or float64), "
+            f"got {dtype}; convert with x.astype(jnp.float32)"
+        )
+    c = shape[1] if len(shape) > 1 else 0
     if num_features is not None and c != num_features:
         raise ValueError(
             f"{op} channel mismatch: expected {num_features} channels, got {c} "

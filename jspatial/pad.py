@@ -1,4 +1,4 @@
-"""Padding of the two spatial axes, ``torch.nn.functional.pad`` on NCHW input.
+"""Padding of the trailing axes, ``torch.nn.functional.pad``.
 
 Each mode says what lies beyond the edge of the image, and each is a few slices
 of the input glued on to it (``a b c d`` padded by 2 on each side)::
@@ -8,8 +8,8 @@ of the input glued on to it (``a b c d`` padded by 2 on each side)::
     replicate   a a | a b c d | d d     the edge cell repeated
     circular    c d | a b c d | a b     wrapped around (a torus)
 
-Rows are padded first, then columns, so the corners of ``reflect`` are reflected
-twice, as in torch. A negative amount crops that side instead. The gradient of a
+The axes are padded in order (rows, then columns), so the corners of ``reflect``
+are reflected twice, as in torch. A negative amount crops that side instead. The gradient of a
 slice is the slice run backwards (the gradient added back into the cells it came
 from), so plain autodiff is exact and cheap: padding copies, it never multiplies.
 The API is ``jspatial.pad``; the names with a leading underscore are internal.
@@ -27,37 +27,42 @@ from jax.typing import ArrayLike
 from jspatial import _args
 
 _MODES = ("constant", "reflect", "replicate", "circular")
+# How the messages name the last axes (counted from the end), as torch's layouts do.
+_AXIS_NAMES = {1: "width", 2: "height", 3: "depth"}
 
 
 def pad(
     x: ArrayLike, pad: tuple[int, ...], mode: str = "constant", value: float | None = None
 ) -> jax.Array:
-    """Pad (or crop) the height and width of ``x``, as ``torch.nn.functional.pad``.
+    """Pad (or crop) the trailing axes of ``x``, as ``torch.nn.functional.pad``.
 
     Args:
-        x: ``(N, C, H, W)``, any dtype; ``N`` may be 0.
-        pad: ``(left, right, top, bottom)``, torch's order (last axis first), or
-            ``(left, right)`` to pad the width only. Negative amounts crop. torch
-            accepts the pair only in ``'constant'`` mode for 4-D input; here every
-            mode takes it. Longer tuples (padding channels or batch) are not supported.
+        x: an array of any rank and dtype; an axis may be empty.
+        pad: amounts in torch's order, last axis first: ``(left, right)`` pads the last
+            axis, ``(left, right, top, bottom)`` the last two, and so on, one pair per
+            axis. Negative amounts crop. ``'constant'`` mode pads any number of trailing
+            axes (at most all of them); the others pad the last one, two or three, of an
+            input with one or two axes more (``(N, C, W)`` or ``(C, W)`` for a pair,
+            ``(N, C, H, W)`` or ``(C, H, W)`` for four amounts, 4-D or 5-D for six), as
+            torch.
         mode: ``'constant'``, ``'reflect'``, ``'replicate'`` or ``'circular'``.
-        value: the fill of ``'constant'`` mode (``None``: 0), as torch; the other
-            modes take none.
+        value: the fill of ``'constant'`` mode (``None``: 0), cast to the dtype of
+            ``x``; the other modes take none (or 0), as torch.
 
     Returns:
-        ``(N, C, H + top + bottom, W + left + right)`` in the dtype of ``x``.
+        ``x`` with each padded axis ``lo + size + hi`` long, in the dtype of ``x``.
 
     Raises:
         ValueError: as torch: a ``reflect`` amount must be smaller than the size of
-            its axis, a ``circular`` one at most that size (after cropping), and
-            ``replicate`` needs a non-empty axis.
+            its axis, a ``circular`` one at most that size (after cropping),
+            ``replicate`` needs a non-empty axis, and no axis may end up negative.
 
     Example:
         >>> import jax.numpy as jnp, jspatial as js
-        >>> x = jnp.arange(4.0).reshape(1, 1, 1, 4)
-        >>> js.pad(x, (2, 2), mode="reflect")[0, 0, 0]
+        >>> x = jnp.arange(4.0).reshape(1, 1, 4)
+        >>> js.pad(x, (2, 2), mode="reflect")[0, 0]
         Array([2., 1., 0., 1., 2., 3., 2., 1.], dtype=float32)
-        >>> js.pad(x, (1, -1, 1, 0), value=9.0)[0, 0]
+        >>> js.pad(x[0], (1, -1, 1, 0), value=9.0)
         Array([[9., 9., 9., 9.],
                [9., 0., 1., 2.]], dtype=float32)
     """
@@ -67,46 +72,53 @@ def pad(
 def _pad_checked(x, pad, mode, value, *, op):
     """``pad`` with errors attributed to ``op``."""
     x = _args.check_array(x, op, "input", floating=False)
-    if x.ndim != 4:
-        raise ValueError(
-            f"{op} expected 4D input (batch, channels, height, width), got {x.ndim}D: "
-            f"{tuple(x.shape)}"
-        )
     _args.one_of(mode, _MODES, op, "mode")
-    if value is None:
-        value = 0.0
-    elif mode != "constant":
-        raise ValueError(f"{op} mode {mode!r} does not take a value (only 'constant' does)")
-    else:
+    if value is not None:
         value = _args.check_number(value, op, "value")
+        if mode != "constant" and value != 0:
+            raise ValueError(
+                f"{op} mode {mode!r} does not take a value (only 'constant' does), got {value!r}"
+            )
     pads = _check_pad(x.shape, pad, mode, op)
-    return _pad_normalised(x, pads, mode, value)
+    return _pad_normalised(x, pads, mode, 0.0 if value is None else value)
 
 
-def _amounts(pad, op):
+def _amounts(pad, ndim, mode, op):
+    """``pad`` (torch's order) as ``((lo, hi), ...)`` for the last axes, in axis order."""
     if not isinstance(pad, (tuple, list)):
         raise TypeError(
-            f"{op} pad must be a tuple (left, right, top, bottom) or (left, right), got {pad!r}"
-        )
-    if len(pad) not in (2, 4):
-        raise ValueError(
-            f"{op} pad must have 2 values (left, right) or 4 (left, right, top, bottom), "
-            f"got {len(pad)}: {tuple(pad)!r}; only the height and width are padded"
+            f"{op} pad must be a tuple of ints (left, right, top, bottom, ...), got {pad!r}"
         )
     for p in pad:
-        _args.pair(p, op, "pad", minimum=-(2**62))  # an int, not a float or bool
-    left, right, top, bottom = (*map(int, pad), 0, 0)[:4]
-    return (top, bottom), (left, right)
+        _args.check_int(p, op, "pad")  # an int, not a float or bool
+    if len(pad) % 2:
+        raise ValueError(f"{op} pad must hold pairs (lo, hi), got {len(pad)} values: {pad!r}")
+    if len(pad) > 2 * ndim:
+        raise ValueError(
+            f"{op} pad of {len(pad)} values pads {len(pad) // 2} axes, more than the "
+            f"{ndim} of the input"
+        )
+    axes = len(pad) // 2
+    if mode != "constant" and not (axes in (1, 2, 3) and ndim in (axes + 1, axes + 2)):
+        raise ValueError(
+            f"{op} mode {mode!r} pads the last 1, 2 or 3 axes of a 2D-3D, 3D-4D or 4D-5D "
+            f"input respectively, got {len(pad)} pad values for a {ndim}D input"
+        )
+    pairs = [(int(pad[2 * i]), int(pad[2 * i + 1])) for i in range(axes)]
+    return tuple(reversed(pairs))
 
 
 def _check_pad(shape, pad, mode, op):
     """Validate ``pad`` (torch's order) for an input of ``shape`` in ``mode``.
 
-    Returns ``((top, bottom), (left, right))``.
+    Returns ``((lo, hi), ...)`` for the last ``len(pad) // 2`` axes, in axis order:
+    ``((top, bottom), (left, right))`` for four amounts.
     """
-    pads = _amounts(pad, op)
-    for axis, (lo, hi), name in zip((2, 3), pads, ("height", "width")):
+    pads = _amounts(pad, len(shape), mode, op)
+    first = len(shape) - len(pads)
+    for axis, (lo, hi) in enumerate(pads, first):
         size = shape[axis]
+        name = _AXIS_NAMES.get(len(shape) - axis, f"axis {axis}")
         if size + lo + hi < 0:
             raise ValueError(
                 f"{op} {name} {size} with padding ({lo}, {hi}) gives a negative size "
@@ -132,9 +144,9 @@ def _check_pad(shape, pad, mode, op):
 # Compiled once per shape, amounts and mode, so eager calls do not re-trace the slices.
 @partial(jax.jit, static_argnums=(1, 2))
 def _pad_normalised(x, pads, mode, value):
-    """Pad validated ``((top, bottom), (left, right))`` amounts (``_check_pad``)."""
+    """Pad validated ``((lo, hi), ...)`` amounts of the last axes (``_check_pad``)."""
     fill = jnp.asarray(value, x.dtype)
-    for axis, (lo, hi) in zip((2, 3), pads):
+    for axis, (lo, hi) in enumerate(pads, x.ndim - len(pads)):
         x = _pad_axis(x, axis, lo, hi, mode, fill)
     return x
 

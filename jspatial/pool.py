@@ -92,11 +92,14 @@ def max_pool2d(
     )
 
 
+@_args.unbatched(0)
 def _max_pool2d_checked(
     x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, *, op
 ):
     """``max_pool2d`` with errors attributed to ``op`` (the layer uses ``"MaxPool2d"``)."""
-    x, geom = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
+    x, geom = _pool_geometry(
+        x, kernel_size, stride, padding, dilation, ceil_mode, op, integers=True
+    )
     return _max_pool2d(x, geom, _args.check_bool(return_indices, op, "return_indices"))
 
 
@@ -186,6 +189,7 @@ def avg_pool2d(
     )  # fmt: skip
 
 
+@_args.unbatched(0)
 def _avg_pool2d_checked(
     x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, *, op
 ):
@@ -225,9 +229,12 @@ def _global_avg_pool2d_checked(x, *, op):
     return jnp.mean(x, axis=(2, 3), dtype=win.accum_dtype(x.dtype)).astype(x.dtype)
 
 
-def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op):
-    """Validate pooling arguments: the input as an array, and the window geometry."""
-    x = _args.check_input(x, op)
+def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op, integers=False):
+    """Validate pooling arguments: the input as an array, and the window geometry.
+
+    ``integers``: the op takes integer input too (max pooling, as PyTorch's).
+    """
+    x = _args.check_input(x, op, integers=integers)
     kernel, strides, pads, dil = _args.pool_params(kernel_size, stride, padding, dilation, op)
     ceil_mode = _args.check_bool(ceil_mode, op, "ceil_mode")
     hw = tuple(x.shape[2:])
@@ -283,13 +290,19 @@ def max_pool_start(x, geom):
     """What ``max_pool_tap`` loops over: the phased input, its mask (or ``None``) and
     the initial ``(best, arg)`` for an ``(N, H, W, C)`` input."""
     n, c = x.shape[0], x.shape[-1]
-    xph = win.to_phases(x, geom, -jnp.inf)
+    lowest = _lowest(x.dtype)
+    xph = win.to_phases(x, geom, lowest)
     real = None
     if geom.reads_outside:  # which cells are real input; broadcast over batch and channels
         real = win.to_phases(jnp.ones((1, *geom.in_hw, 1), jnp.bool_), geom, False)
     shape = (n, *geom.out_hw, c)
-    init = (jnp.full(shape, -jnp.inf, x.dtype), jnp.full(shape, -1, _tap_dtype(geom.taps)))
+    init = (jnp.full(shape, lowest, x.dtype), jnp.full(shape, -1, _tap_dtype(geom.taps)))
     return xph, real, init
+
+
+def _lowest(dtype):
+    """What padding is in max pooling: ``-inf``, or an integer dtype's smallest value."""
+    return jnp.iinfo(dtype).min if jnp.issubdtype(dtype, jnp.integer) else -jnp.inf
 
 
 def _max_fwd(x, geom):
@@ -425,6 +438,7 @@ def adaptive_avg_pool2d(x: ArrayLike, output_size: OutputSize) -> jax.Array:
     return _adaptive_avg_pool2d_checked(x, output_size, op="adaptive_avg_pool2d")
 
 
+@_args.unbatched(0)
 def _adaptive_avg_pool2d_checked(x, output_size, *, op):
     """``adaptive_avg_pool2d`` with errors attributed to ``op`` (the layer's name)."""
     x, out_hw = _adaptive_geometry(x, output_size, op)
@@ -459,6 +473,7 @@ def adaptive_max_pool2d(
     return _adaptive_max_pool2d_checked(x, output_size, return_indices, op="adaptive_max_pool2d")
 
 
+@_args.unbatched(0)
 def _adaptive_max_pool2d_checked(x, output_size, return_indices, *, op):
     """``adaptive_max_pool2d`` with errors attributed to ``op`` (the layer's name)."""
     x, out_hw = _adaptive_geometry(x, output_size, op)
@@ -684,6 +699,7 @@ def max_unpool2d(
     )
 
 
+@_args.unbatched(0, 1)
 def _max_unpool2d_checked(x, indices, kernel_size, stride, padding, output_size, *, op):
     """``max_unpool2d`` with errors attributed to ``op`` (the layer uses ``"MaxUnpool2d"``)."""
     x = _args.check_input(x, op)

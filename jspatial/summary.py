@@ -458,7 +458,8 @@ def _layer_types() -> dict[str, Any]:
 
     names = (
         "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
-        "AdaptiveMaxPool2d", "MaxUnpool2d", "GlobalAvgPool2d", "Flatten", "BatchNorm2d",
+        "AdaptiveMaxPool2d", "MaxUnpool2d", "GlobalAvgPool2d", "Flatten", "BatchNorm1d",
+        "BatchNorm2d",
     )  # fmt: skip
     return {name: getattr(layers, name, ()) for name in names}
 
@@ -505,7 +506,7 @@ def _layer_macs(mod: Any, in_shape: tuple, has_params: bool) -> int | None:
         )  # fmt: skip
     if isinstance(mod, nnx.Linear):
         return math.prod(in_shape[:-1]) * mod.in_features * mod.out_features
-    if not has_params or _is(mod, "BatchNorm2d") or isinstance(mod, _NORMS):
+    if not has_params or _is(mod, "BatchNorm1d", "BatchNorm2d") or isinstance(mod, _NORMS):
         return 0
     return None
 

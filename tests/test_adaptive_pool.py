@@ -229,7 +229,7 @@ ADAPTIVE = {
         (jnp.ones((2, 3, 5, 5)), None, TypeError, r"output_size must be an int or a pair"),
         (jnp.ones((2, 3, 0, 5)), 2, ValueError, r"expected an input with non-empty planes"),
         (jnp.ones((2, 0, 5, 5)), 2, ValueError, r"expected at least one channel"),
-        (jnp.ones((3, 5, 5)), 2, ValueError, r"expected 4D input"),
+        (jnp.ones((5, 5)), 2, ValueError, r"expected 3D \(unbatched.* or 4D .*got 2D"),
         (jnp.ones((1, 1, 5, 5), jnp.int32), 2, TypeError, r"expected floating-point input"),
     ],
 )

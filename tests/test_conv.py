@@ -348,15 +348,15 @@ W = jnp.ones((6, 4, 3, 3))
     "call, err, match",
     [
         (
-            lambda: js.conv2d(jnp.ones((3, 224, 224)), jnp.ones((8, 3, 3, 3))),
+            lambda: js.conv2d(jnp.ones((224, 224)), jnp.ones((8, 3, 3, 3))),
             ValueError,
-            r"^conv2d expected 4D input \(batch, channels, height, width\), got 3D: "
-            r"\(3, 224, 224\)$",
+            r"^conv2d expected 3D \(unbatched: channels, height, width\) or 4D \(batch, "
+            r"channels, height, width\) input, got 2D: \(224, 224\)$",
         ),
         (
             lambda: js.conv2d(jnp.ones((1, 1, 3, 224, 224)), W),
             ValueError,
-            r"conv2d expected 4D input .*got 5D",
+            r"conv2d expected 3D .* or 4D .*got 5D",
         ),
         (
             lambda: js.conv2d(X, jnp.ones((6, 4, 3))),
@@ -441,12 +441,12 @@ W = jnp.ones((6, 4, 3, 3))
         (
             lambda: js.conv2d(jnp.ones((2, 4, 6, 6), jnp.int32), W),
             TypeError,
-            r"conv2d expected floating-point input .*got int32",
+            r"conv2d weight must have the dtype of the integer input, int32, got float32",
         ),
         (
             lambda: js.conv2d(jnp.ones((2, 4, 6, 6), jnp.bool_), W),
             TypeError,
-            r"conv2d expected floating-point input .*got bool",
+            r"conv2d expected a floating-point or integer input .*got bool",
         ),
         (
             lambda: js.conv2d(X, jnp.ones((6, 4, 3, 3), jnp.int32)),

@@ -411,13 +411,19 @@ C3 = jnp.ones(3)
     "args, kwargs, err, match",
     [
         (
-            (jnp.ones((3, 4, 4)), C3, C3, C3, C3),
+            (jnp.ones(3), C3, C3, C3, C3),
             {},
             ValueError,
-            r"^batch_norm expected 4D input \(batch, channels, height, width\), got 3D: "
-            r"\(3, 4, 4\)$",
+            r"^batch_norm expected input \(batch, channels, \*\) of at least 2 dimensions, "
+            r"got 1D: \(3,\)$",
         ),
-        ((jnp.ones((2, 3)), None, None), {}, ValueError, r"expected 4D input"),
+        ((jnp.ones((2, 3)), None, None), {}, ValueError, r"training=False needs running_mean"),
+        (
+            (jnp.ones((1, 3)), None, None, None, None, True),
+            {},
+            ValueError,
+            r"expected more than 1 value per channel when training, got input \(1, 3\)",
+        ),
         (
             (X, C3, C3, jnp.ones(2), C3),
             {},
@@ -428,14 +434,11 @@ C3 = jnp.ones(3)
         ((X, jnp.ones(2), C3, C3, C3), {}, ValueError, r"got running_mean of shape \(2,\)"),
         ((X, C3, jnp.ones((3, 1))), {}, ValueError, r"got running_var of shape \(3, 1\)"),
         ((X, jnp.ones(2), jnp.ones(2)), {"training": False}, ValueError, r"channel mismatch"),
-        ((X, C3, C3), {"momentum": -0.1}, ValueError, r"momentum must be in \[0, 1\]"),
-        ((X, C3, C3), {"momentum": 1.5}, ValueError, r"momentum must be in \[0, 1\]"),
-        ((X, C3, C3), {"momentum": jnp.array(2.0)}, ValueError, r"in \[0, 1\], got 2.0"),
         (
             (X, C3, C3),
             {"momentum": None},
             TypeError,
-            r"batch_norm momentum must be a number in \[0, 1\], got None; .*"
+            r"batch_norm momentum must be a number, got None; .*"
             r"BatchNorm2d\(momentum=None\)",
         ),
         ((X, C3, C3), {"momentum": True}, TypeError, r"momentum must be a number"),

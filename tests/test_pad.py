@@ -51,11 +51,23 @@ def test_constant_value_jit_and_eager():
     np.testing.assert_array_equal(jitted, expected)
 
 
-def test_pair_pads_the_width_in_every_mode():
-    # torch takes (left, right) alone only in constant mode for 4-D input; here all modes do.
-    for mode in PADS:
-        expected = js.pad(X, (2, 1, 0, 0), mode)
-        np.testing.assert_array_equal(js.pad(X, (2, 1), mode), expected)
+@pytest.mark.parametrize("mode", list(PADS))
+@pytest.mark.parametrize(
+    "shape, pad",
+    [((3, 5), (2, 1)), ((2, 3, 5), (-1, 2)), ((3, 4, 5), (1, 2, 3, 0)),
+     ((2, 1, 3, 4, 5), (1, 0, 2, 1, 1, 2)), ((1, 3, 4, 5), (0, 1, 2, -1, 1, 1))],
+)  # fmt: skip
+def test_other_ranks_as_torch(mode, shape, pad):
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    expected = torch.nn.functional.pad(torch.tensor(x), pad, mode).numpy()
+    np.testing.assert_array_equal(js.pad(x, pad, mode), expected)
+
+
+def test_constant_pads_any_trailing_axes():
+    x = np.arange(24.0, dtype=np.float32).reshape(2, 3, 4)
+    for pad in [(1, 1, 1, 1, 1, 1), (0, 0, -1, 1, 2, 0), (1, 2)]:
+        expected = torch.nn.functional.pad(torch.tensor(x), pad, value=7.0).numpy()
+        np.testing.assert_array_equal(js.pad(x, pad, value=7.0), expected)
 
 
 def test_keeps_dtype_and_empty_batch():
@@ -97,14 +109,17 @@ def test_slices_only_no_window_primitives(mode):
          r"^pad circular padding \(6, 0\) wraps around more than once"),
         (lambda: js.pad(X, (1, 1, 1, 1), "symmetric"), ValueError,
          r"^pad mode must be one of \('constant', 'reflect', 'replicate', 'circular'\)"),
-        (lambda: js.pad(X, (1, 1, 1, 1), "reflect", 0.0), ValueError,
+        (lambda: js.pad(X, (1, 1, 1, 1), "reflect", 1.0), ValueError,
          r"^pad mode 'reflect' does not take a value"),
-        (lambda: js.pad(X, (1, 1, 1)), ValueError, r"^pad pad must have 2 values .* got 3"),
-        (lambda: js.pad(X, (1, 1, 1, 1, 1, 1)), ValueError, r"only the height and width"),
+        (lambda: js.pad(X, (1, 1, 1)), ValueError, r"^pad pad must hold pairs .* got 3"),
+        (lambda: js.pad(X, (1,) * 10), ValueError, r"pads 5 axes, more than the 4"),
+        (lambda: js.pad(X, (1, 1), "reflect"), ValueError,
+         r"^pad mode 'reflect' pads the last 1, 2 or 3 axes .* got 2 pad values for a 4D"),
         (lambda: js.pad(X, (1.5, 1)), TypeError, r"^pad pad must be an int"),
         (lambda: js.pad(X, 1), TypeError, r"^pad pad must be a tuple"),
         (lambda: js.pad(X, (-3, -3)), ValueError, r"^pad width 5 with padding \(-3, -3\)"),
-        (lambda: js.pad(X[0], (1, 1)), ValueError, r"^pad expected 4D input"),
+        (lambda: js.pad(X[0, 0, 0], (1, 1), "circular"), ValueError,
+         r"^pad mode 'circular' pads .* for a 1D input"),
         (lambda: js.pad(torch.ones(1, 1, 2, 2), (1, 1)), TypeError,
          r"^pad input is a torch.Tensor"),
         (lambda: js.pad(jnp.ones((1, 1, 0, 2)), (0, 0, 1, 1), "replicate"), ValueError,
@@ -117,7 +132,14 @@ def test_errors(call, err, match):
 
 
 @pytest.mark.parametrize(
-    "mode, pad", [("reflect", (5, 0, 0, 0)), ("circular", (6, 0, 0, 0)), ("constant", (1, 1, 1))]
+    "mode, pad",
+    [
+        ("reflect", (5, 0, 0, 0)),
+        ("circular", (6, 0, 0, 0)),
+        ("constant", (1, 1, 1)),
+        ("reflect", (1, 1)),
+        ("constant", (1,) * 10),
+    ],
 )
 def test_torch_rejects_the_same_calls(mode, pad):
     with pytest.raises((RuntimeError, ValueError)):

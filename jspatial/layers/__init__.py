@@ -30,6 +30,7 @@ from jspatial.layers.module import named_modules as named_modules
 from jspatial.layers.module import named_parameters as named_parameters
 from jspatial.layers.module import named_variables as named_variables
 from jspatial.layers.module import parameters as parameters
+from jspatial.layers.norm import BatchNorm1d as BatchNorm1d
 from jspatial.layers.norm import BatchNorm2d as BatchNorm2d
 from jspatial.layers.pool import AdaptiveAvgPool2d as AdaptiveAvgPool2d
 from jspatial.layers.pool import AdaptiveMaxPool2d as AdaptiveMaxPool2d
@@ -47,6 +48,7 @@ __all__ = [
     "AdaptiveAvgPool2d",
     "AdaptiveMaxPool2d",
     "AvgPool2d",
+    "BatchNorm1d",
     "BatchNorm2d",
     "Conv2d",
     "ConvTranspose2d",

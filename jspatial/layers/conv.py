@@ -309,18 +309,18 @@ class ConvTranspose2d(Module):
     def _output_padding(self, x, output_size):
         op = self._OP
         size = tuple(output_size)
-        if len(size) == 4:
-            size = size[2:]
+        x_shape = tuple(getattr(x, "shape", ()))
+        if len(x_shape) not in (3, 4):
+            _args.check_input(x, op)  # raises the usual message
+        if len(size) == len(x_shape):  # the full shape, as torch takes it, batched or not
+            size = size[-2:]
         if len(size) != 2 or not all(_args.is_int(s) for s in size):
             raise ValueError(f"{op} output_size must be (H_out, W_out), got {output_size!r}")
-        x_shape = tuple(getattr(x, "shape", ()))
-        if len(x_shape) != 4:
-            _args.check_input(x, op)  # raises the usual message
         padding = []
         for axis in range(2):
             k, s, p, d = (self.kernel_size[axis], self.stride[axis], self.padding[axis],
                           self.dilation[axis])  # fmt: skip
-            smallest = transposed_size(x_shape[2 + axis], k, s, p, 0, d)
+            smallest = transposed_size(x_shape[axis - 2], k, s, p, 0, d)
             if not smallest <= size[axis] < smallest + s:
                 raise ValueError(
                     f"{op} output_size {size} is not reachable: on axis {2 + axis} the "

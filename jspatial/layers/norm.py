@@ -1,4 +1,4 @@
-"""``BatchNorm2d``: ``torch.nn.BatchNorm2d`` as a Flax NNX module over ``jspatial.norm``."""
+"""``BatchNorm1d``, ``BatchNorm2d``: ``torch.nn``'s as Flax NNX modules over ``jspatial.norm``."""
 
 from __future__ import annotations
 
@@ -12,10 +12,97 @@ from jspatial import _args
 from jspatial.layers.module import Module
 from jspatial.norm import _batch_norm_checked
 
-_OP = "BatchNorm2d"
+
+class _BatchNorm(Module):
+    """What ``BatchNorm1d`` and ``BatchNorm2d`` share: everything but the input ranks."""
+
+    _OP = "_BatchNorm"
+    _NDIMS: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        bias: bool = True,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs | None = None,
+    ):
+        op = self._OP
+        self.num_features = _args.positive_int(num_features, op, "num_features")
+        self.eps = _args.check_eps(eps, op)
+        self.momentum = _args.check_momentum(momentum, op, allow_none=True)
+        self.affine = _args.check_bool(affine, op, "affine")
+        use_bias = _args.check_bool(bias, op, "bias")
+        self.track_running_stats = _args.check_bool(track_running_stats, op, "track_running_stats")
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        # Named as Flax's own ``nnx.BatchNorm`` names it, so ``model.eval()`` and
+        # ``model.train()`` (``set_attributes(use_running_average=...)``) reach it.
+        self.use_running_average = False
+
+        c = self.num_features
+        self.weight = nnx.Param(jnp.ones((c,), param_dtype)) if affine else None
+        self.bias = nnx.Param(jnp.zeros((c,), param_dtype)) if affine and use_bias else None
+        if track_running_stats:
+            self.running_mean = nnx.BatchStat(jnp.zeros((c,), param_dtype))
+            self.running_var = nnx.BatchStat(jnp.ones((c,), param_dtype))
+            self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), int))
+        else:
+            self.running_mean = None
+            self.running_var = None
+            self.num_batches_tracked = None
+
+    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
+        """Normalise ``x``; ``use_running_average`` overrides the mode for this call."""
+        op = self._OP
+        use_running = (
+            self.use_running_average if use_running_average is None else use_running_average
+        )
+        # A Python bool: it selects the code path when the call is traced.
+        use_running = _args.check_bool(use_running, op, "use_running_average")
+        tracking = self.running_mean is not None
+        # Without running statistics there is nothing to evaluate with: batch
+        # statistics are used in both modes, as in PyTorch.
+        training = not use_running or not tracking
+        update = training and tracking
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if update:
+            count = self.num_batches_tracked[...] + 1
+            if self.momentum is None:
+                # A traced value under nnx.jit; the core takes it as an argument, so
+                # every step reuses one compilation.
+                momentum = 1.0 / count
+
+        weight = None if self.weight is None else self.weight[...]
+        bias = None if self.bias is None else self.bias[...]
+        mean = self.running_mean[...] if tracking else None
+        var = self.running_var[...] if tracking else None
+        y, new_mean, new_var = _batch_norm_checked(
+            x, mean, var, weight, bias, training, momentum, self.eps,
+            op=op, num_features=self.num_features, dtype=self.dtype, ndims=self._NDIMS,
+        )  # fmt: skip
+        if update:
+            # In place, so the update survives ``nnx.jit``: NNX writes changed
+            # variables back to the module after the traced call.
+            self.running_mean[...] = new_mean
+            self.running_var[...] = new_var
+            self.num_batches_tracked[...] = count
+        return y
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
 
 
-class BatchNorm2d(Module):
+class BatchNorm2d(_BatchNorm):
     """Batch normalisation over ``(N, H, W)`` per channel, ``torch.nn.BatchNorm2d``'s way.
 
     Training mode (``use_running_average=False``, the state after construction
@@ -70,82 +157,30 @@ class BatchNorm2d(Module):
         True
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        *,
-        bias: bool = True,
-        dtype: Any = None,
-        param_dtype: Any = jnp.float32,
-        rngs: nnx.Rngs | None = None,
-    ):
-        self.num_features = _args.positive_int(num_features, _OP, "num_features")
-        self.eps = _args.check_eps(eps, _OP)
-        self.momentum = _args.check_momentum(momentum, _OP, allow_none=True)
-        self.affine = _args.check_bool(affine, _OP, "affine")
-        use_bias = _args.check_bool(bias, _OP, "bias")
-        self.track_running_stats = _args.check_bool(track_running_stats, _OP, "track_running_stats")
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        # Named as Flax's own ``nnx.BatchNorm`` names it, so ``model.eval()`` and
-        # ``model.train()`` (``set_attributes(use_running_average=...)``) reach it.
-        self.use_running_average = False
+    _OP = "BatchNorm2d"
+    _NDIMS = (4,)
 
-        c = self.num_features
-        self.weight = nnx.Param(jnp.ones((c,), param_dtype)) if affine else None
-        self.bias = nnx.Param(jnp.zeros((c,), param_dtype)) if affine and use_bias else None
-        if track_running_stats:
-            self.running_mean = nnx.BatchStat(jnp.zeros((c,), param_dtype))
-            self.running_var = nnx.BatchStat(jnp.ones((c,), param_dtype))
-            self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), int))
-        else:
-            self.running_mean = None
-            self.running_var = None
-            self.num_batches_tracked = None
 
-    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
-        """Normalise ``(N, C, H, W)``; ``use_running_average`` overrides the mode for this call."""
-        use_running = (
-            self.use_running_average if use_running_average is None else use_running_average
-        )
-        # A Python bool: it selects the code path when the call is traced.
-        use_running = _args.check_bool(use_running, _OP, "use_running_average")
-        tracking = self.running_mean is not None
-        # Without running statistics there is nothing to evaluate with: batch
-        # statistics are used in both modes, as in PyTorch.
-        training = not use_running or not tracking
-        update = training and tracking
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if update:
-            count = self.num_batches_tracked[...] + 1
-            if self.momentum is None:
-                # A traced value under nnx.jit; the core takes it as an argument, so
-                # every step reuses one compilation.
-                momentum = 1.0 / count
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of ``(N, C)`` or ``(N, C, L)`` per channel, ``torch.nn.BatchNorm1d``.
 
-        weight = None if self.weight is None else self.weight[...]
-        bias = None if self.bias is None else self.bias[...]
-        mean = self.running_mean[...] if tracking else None
-        var = self.running_var[...] if tracking else None
-        y, new_mean, new_var = _batch_norm_checked(
-            x, mean, var, weight, bias, training, momentum, self.eps,
-            op=_OP, num_features=self.num_features, dtype=self.dtype,
-        )  # fmt: skip
-        if update:
-            # In place, so the update survives ``nnx.jit``: NNX writes changed
-            # variables back to the module after the traced call.
-            self.running_mean[...] = new_mean
-            self.running_var[...] = new_var
-            self.num_batches_tracked[...] = count
-        return y
+    ``BatchNorm2d`` for features and sequences: the statistics of each channel are over
+    the batch (and the length ``L``); the arguments, parameters, running statistics and
+    ``state_dict`` names are ``BatchNorm2d``'s (see there), as in PyTorch.
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
+    Shapes: ``(N, C) -> (N, C)`` and ``(N, C, L) -> (N, C, L)``; other ranks are refused,
+    as by PyTorch. Training on one value per channel (``(1, C)``) is an error, as there.
+
+    Cost: about ``5 * N * C * L`` flops; ``2 * C`` parameters.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jspatial.layers import BatchNorm1d
+        >>> bn = BatchNorm1d(3)
+        >>> y = bn(jnp.arange(12.0).reshape(4, 3))  # training mode: batch statistics
+        >>> [round(float(v), 4) for v in y[:, 0]], round(float(bn.running_mean[...][0]), 4)
+        ([-1.3416, -0.4472, 0.4472, 1.3416], 0.45)
+    """
+
+    _OP = "BatchNorm1d"
+    _NDIMS = (2, 3)

@@ -155,10 +155,10 @@ def test_input_errors():
     layer = conv(3, 8, 3)
     with pytest.raises(
         ValueError,
-        match=r"^Conv2d expected 4D input \(batch, channels, height, width\), got 3D: "
-        r"\(3, 224, 224\)$",
+        match=r"^Conv2d expected 3D \(unbatched: channels, height, width\) or 4D \(batch, "
+        r"channels, height, width\) input, got 2D: \(224, 224\)$",
     ):
-        layer(jnp.ones((3, 224, 224)))
+        layer(jnp.ones((224, 224)))
     with pytest.raises(ValueError, match=r"^Conv2d expected 3 input channels, got 4"):
         layer(jnp.ones((1, 4, 8, 8)))
     with pytest.raises(TypeError, match=r"^Conv2d expected floating-point input .* got int32"):

@@ -117,12 +117,13 @@ def test_constructor_errors(make, error, message):
 def test_input_errors_name_the_layer(layer, name):
     with pytest.raises(
         ValueError,
-        match=rf"^{name} expected 4D input \(batch, channels, height, width\), "
-        r"got 3D: \(3, 8, 8\)$",
+        match=rf"^{name} expected (3D \(unbatched: channels, height, width\) or )?4D "
+        r"(input )?\(batch, channels, height, width\)( input)?, got 5D: \(1, 1, 3, 8, 8\)$",
     ):
-        layer(jnp.ones((3, 8, 8)))
-    with pytest.raises(TypeError, match=rf"^{name} expected floating-point input"):
-        layer(jnp.ones((1, 3, 8, 8), jnp.int32))
+        layer(jnp.ones((1, 1, 3, 8, 8)))
+    kinds = "(a )?floating-point (or integer )?input"
+    with pytest.raises(TypeError, match=rf"^{name} expected {kinds}"):
+        layer(jnp.ones((1, 3, 8, 8), jnp.complex64))
 
 
 def test_kernel_larger_than_input():
