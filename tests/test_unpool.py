@@ -161,7 +161,7 @@ IDX = jnp.zeros((1, 2, 3, 4), jnp.int32)
         ((Y, IDX, 2, 1, 3), {}, ValueError, r"output size must be non-negative"),
         ((Y, IDX, 0), {}, ValueError, r"kernel_size must be positive"),
         ((Y, IDX, 2, 2, -1), {}, ValueError, r"padding must be >= 0"),
-        ((Y[0], IDX[0], 2), {}, ValueError, r"expected 4D input"),
+        ((Y[0, 0], IDX[0, 0], 2), {}, ValueError, r"expected 3D \(unbatched.* or 4D .*got 2D"),
     ],
 )
 def test_errors(args, kwargs, err, match):
