@@ -1,0 +1,402 @@
+"""PyTorch's own test samples, run through jspatial.
+
+PyTorch tests each of its ops on the sample inputs of its ``OpInfo`` entries
+(``torch.testing._internal.common_methods_invocations.op_db``) and each module on those
+of ``common_modules.module_db``: shapes, argument forms and corner cases its authors
+collected. Here the samples of the ops jspatial mirrors go through jspatial too (all
+of them, or for the larger sets the covering subset described below), and each must
+give torch's values (and, for floating inputs, torch's gradients: torch
+autograd against ``jax.vjp``) or a refusal that ``docs/pytorch.md`` lists; every one of
+torch's ``error_inputs`` must be refused with a ``ValueError``/``TypeError``.
+
+Compilation dominates: each sample is one small program, compiled once, forward and
+backward together, at XLA's fastest optimisation level (``tolerances.fast_jit``).
+In float32 an op with at most ``FULL`` samples runs them all; one with more (``max_pool2d`` has 1440, ``max_unpool2d`` 288,
+products of a few values of each argument), and every op outside float32, runs the
+samples that together show every value of every argument (``_cover``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jspatial as js
+from jspatial import layers
+from tests.tolerances import assert_close, fast_jit
+
+pytest.importorskip("expecttest")
+pytest.importorskip("hypothesis")
+torch = pytest.importorskip("torch")
+
+from torch.testing._internal.common_methods_invocations import op_db  # noqa: E402
+from torch.testing._internal.common_modules import module_db  # noqa: E402
+
+F = torch.nn.functional
+TABLE = (Path(__file__).resolve().parents[1] / "docs" / "pytorch.md").read_text(encoding="utf-8")
+
+# torch's OpInfo name -> jspatial's function.
+OPS = {
+    "nn.functional.conv2d": js.conv2d,
+    "nn.functional.conv_transpose2d": js.conv_transpose2d,
+    "nn.functional.max_pool2d": js.max_pool2d,
+    "nn.functional.avg_pool2d": js.avg_pool2d,
+    "nn.functional.adaptive_avg_pool2d": js.adaptive_avg_pool2d,
+    "nn.functional.adaptive_max_pool2d": js.adaptive_max_pool2d,
+    "nn.functional.max_unpool2d": js.max_unpool2d,
+    "nn.functional.batch_norm": js.batch_norm,
+    "nn.functional.pad": js.pad,
+}
+# The integer dtypes run: one unsigned, JAX's default int and int64 (in JAX's x64 mode).
+INTEGERS = (torch.uint8, torch.int32, torch.int64)
+DTYPES = (torch.float32, torch.float64, *INTEGERS)
+# In float32 an op's samples run in full when there are at most FULL of them; otherwise,
+# and in the other dtypes, the covering subset of ``_cover``.
+FULL = 40
+
+# The refusals docs/pytorch.md lists: (op, message pattern, the phrase of its table row).
+# PyTorch's CPU kernel averages int64 in integer arithmetic; jspatial averages in
+# floating point, inexact for large integers, so it refuses integers there instead.
+LISTED = [
+    ("avg_pool2d", r"^avg_pool2d expected floating-point input .*got int", "integer input"),
+]
+
+JIT = fast_jit
+COUNTS: Counter = Counter()  # what ran, for the summary at the end
+
+
+def _entries():
+    return [op for op in op_db if op.name in OPS and op.supported_dtypes("cpu")]
+
+
+def _id(op):
+    return op.name.split(".")[-1] + (f"-{op.variant_test_name}" if op.variant_test_name else "")
+
+
+def _dtype_id(dtype):
+    return str(dtype).split(".")[-1]
+
+
+# ------------------------------------------------------------------------ conversion
+
+
+def _to_jax(value):
+    """A torch sample argument as jspatial takes it: tensors as NumPy arrays."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().numpy()
+    if isinstance(value, torch.Size):
+        return tuple(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_jax(v) for v in value)
+    return value
+
+
+def _flat(sample):
+    """``[input, *args, *kwargs values]`` and a function rebuilding the call from it."""
+    keys = list(sample.kwargs)
+    leaves = [sample.input, *sample.args, *sample.kwargs.values()]
+    n_args = len(sample.args)
+
+    def rebuild(values):
+        return values[0], values[1 : 1 + n_args], dict(zip(keys, values[1 + n_args :]))
+
+    return leaves, rebuild
+
+
+def _differentiable(name, leaves):
+    """Positions of the floating tensors torch differentiates (batch_norm: not the
+    running statistics, which it updates in place)."""
+    skip = {1, 2} if name == "nn.functional.batch_norm" else set()
+    return [
+        i
+        for i, v in enumerate(leaves)
+        if isinstance(v, torch.Tensor) and v.dtype.is_floating_point and i not in skip
+    ]
+
+
+# ------------------------------------------------------------------------ running
+
+
+def _torch_run(name, leaves, rebuild, diff, cotangents):
+    """torch's outputs (differentiable ones first) and gradients, on copies."""
+    leaves = [v.detach().clone() if isinstance(v, torch.Tensor) else v for v in leaves]
+    for i in diff:
+        leaves[i].requires_grad_(True)
+    x, args, kwargs = rebuild(leaves)
+    out = getattr(F, name.split(".")[-1])(x, *args, **kwargs)
+    outs = list(out) if isinstance(out, tuple) else [out]
+    if name == "nn.functional.batch_norm":  # the statistics it updated in place, if any
+        outs += [v for v in leaves[1:3] if v is not None]
+    grads = []
+    if diff:
+        ys = [o for o in outs[:1] if o.dtype.is_floating_point and o.requires_grad]
+        if ys:
+            torch.autograd.backward(ys, [torch.tensor(np.asarray(c)) for c in cotangents[:1]])
+        grads = [
+            np.zeros(leaves[i].shape) if leaves[i].grad is None else leaves[i].grad.numpy()
+            for i in diff
+        ]
+    return [o.detach().numpy() if isinstance(o, torch.Tensor) else o for o in outs], grads
+
+
+def _program(fn, name, leaves, rebuild, diff):
+    """One compiled program: jspatial's outputs, and its gradients for a random cotangent
+    of the (first, floating) output."""
+
+    def call(values):
+        x, args, kwargs = rebuild(values)
+        out = fn(x, *args, **kwargs)
+        return list(out) if isinstance(out, tuple) else [out]
+
+    consts = [_to_jax(v) for v in leaves]
+
+    def run(diff_values):
+        def primary(*d):
+            values = list(consts)
+            for i, v in zip(diff, d):
+                values[i] = v
+            outs = call(values)
+            return outs[0], outs[1:]
+
+        y, pull, rest = jax.vjp(primary, *diff_values, has_aux=True)
+        return [y, *[r for r in rest if r is not None]], list(pull(ct.astype(y.dtype)))
+
+    if diff:
+
+        def go():
+            d = [consts[i] for i in diff]
+            shape = jax.eval_shape(lambda *d: primary_shape(d), *d)
+            nonlocal ct
+            ct = np.random.default_rng(0).standard_normal(shape.shape).astype(shape.dtype)
+            outs, grads = JIT(run)(d)
+            return outs, [ct], grads
+
+        def primary_shape(d):
+            values = list(consts)
+            for i, v in zip(diff, d):
+                values[i] = v
+            return call(values)[0]
+
+        ct = None
+        return go
+    # No floating input: no gradient, and the arrays are arguments all the same.
+    arrays = [i for i, v in enumerate(consts) if isinstance(v, np.ndarray)]
+
+    def run_int(array_values):
+        values = list(consts)
+        for i, v in zip(arrays, array_values):
+            values[i] = v
+        return call(values), [], []
+
+    return lambda: JIT(run_int)([consts[i] for i in arrays])
+
+
+def _listed(op_name, error):
+    short = op_name.split(".")[-1]
+    for op, pattern, phrase in LISTED:
+        if op == short and re.search(pattern, str(error)):
+            row = next(line for line in TABLE.splitlines() if line.startswith(f"| `{op}` |"))
+            assert phrase in row, (op, phrase, row)
+            return True
+    return False
+
+
+def _check_sample(op, sample, dtype):
+    name = op.name
+    leaves, rebuild = _flat(sample)
+    diff = _differentiable(name, leaves)
+    fn = OPS[name]
+    try:
+        outs, cts, grads = _program(fn, name, leaves, rebuild, diff)()
+    except (TypeError, ValueError) as error:
+        assert _listed(name, error), f"{name} refused a sample torch takes: {error}"
+        return "refused"
+    expected, expected_grads = _torch_run(name, leaves, rebuild, diff, cts)
+    assert len(outs) == len(expected), (len(outs), len(expected))
+    np_dtype = np.dtype(str(dtype).split(".")[-1])
+    for got, want in zip(outs, expected):
+        got = np.asarray(got)
+        assert got.shape == want.shape, (got.shape, want.shape)
+        if np.issubdtype(want.dtype, np.floating):
+            assert got.dtype == jax.dtypes.canonicalize_dtype(want.dtype), (got.dtype, want.dtype)
+            assert_close(got, want, want.dtype)
+        else:  # integers (values or indices) are exact; int64 is int32 outside x64 mode
+            assert got.dtype == jax.dtypes.canonicalize_dtype(want.dtype), (got.dtype, want.dtype)
+            np.testing.assert_array_equal(got, want)
+    for got, want in zip(grads, expected_grads):
+        assert_close(got, want, np_dtype, scale=10)
+    return "passed"
+
+
+def _features(sample):
+    """What a sample exercises: its input's shape, and each argument's value."""
+    describe = lambda v: (  # noqa: E731
+        ("tensor", tuple(v.shape)) if isinstance(v, torch.Tensor) else repr(_to_jax(v))
+    )
+    return {("input", describe(sample.input))} | {
+        (key, describe(value)) for key, value in [*enumerate(sample.args), *sample.kwargs.items()]
+    }
+
+
+def _cover(samples):
+    """The samples, in order, that show a feature (an argument value, an input shape)
+    no earlier one showed: every value of every argument still runs, once."""
+    seen, kept = set(), []
+    for sample in samples:
+        new = _features(sample) - seen
+        if new:
+            kept.append(sample)
+            seen |= new
+    return kept
+
+
+def _samples(op, dtype):
+    samples = list(op.sample_inputs("cpu", dtype, requires_grad=False))
+    if len(samples) > FULL or dtype != torch.float32:
+        samples = _cover(samples)
+    return samples
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("op", _entries(), ids=_id)
+def test_op_samples(op, dtype, request):
+    if dtype not in op.supported_dtypes("cpu"):
+        pytest.skip(f"torch's {op.name} has no {dtype} samples on CPU")
+    if dtype in (torch.float64, torch.int64):
+        request.getfixturevalue("x64")
+    counts = Counter()
+    for sample in _samples(op, dtype):
+        counts[_check_sample(op, sample, dtype)] += 1
+    COUNTS.update({(op.name, k): v for k, v in counts.items()})
+    print(f"{_id(op)} {_dtype_id(dtype)}: {dict(counts)}")
+
+
+@pytest.mark.parametrize("op", [op for op in _entries() if op.error_inputs_func], ids=_id)
+def test_op_error_inputs(op):
+    refused = 0
+    for error_input in op.error_inputs("cpu"):
+        sample = error_input.sample_input
+        x, args, kwargs = sample.input, sample.args, sample.kwargs
+        with pytest.raises((TypeError, ValueError)):
+            OPS[op.name](_to_jax(x), *_to_jax(tuple(args)), **_to_jax(kwargs))
+        refused += 1
+    COUNTS[(op.name, "error_inputs refused")] += refused
+    print(f"{_id(op)} error_inputs refused: {refused}")
+
+
+# ------------------------------------------------------------------------ modules
+
+MODULES = {
+    name: getattr(layers, name)
+    for name in (
+        "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+        "AdaptiveMaxPool2d", "BatchNorm2d", "BatchNorm1d",
+    )
+}  # fmt: skip
+WEIGHTED = ("Conv2d", "ConvTranspose2d")
+
+
+def _module_entries():
+    return [m for m in module_db if m.module_cls.__name__ in MODULES]
+
+
+def _module_id(m):
+    return m.module_cls.__name__
+
+
+def _build(cls_name, constructor):
+    args, kwargs = _to_jax(tuple(constructor.args)), _to_jax(dict(constructor.kwargs))
+    if cls_name in WEIGHTED:
+        kwargs["rngs"] = nnx.Rngs(0)
+    return MODULES[cls_name](*args, **kwargs)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("entry", _module_entries(), ids=_module_id)
+def test_module_samples(entry, training):
+    name = entry.module_cls.__name__
+    if not training and not entry.train_and_eval_differ:
+        pytest.skip(f"{name} is the same in training and evaluation")
+    counts = Counter()
+    for sample in entry.module_inputs_func(
+        entry, device="cpu", dtype=torch.float32, requires_grad=False, training=training
+    ):
+        c = sample.constructor_input
+        theirs = entry.module_cls(*c.args, **c.kwargs).train(training)
+        ours = _build(name, c)
+        layers.load_torch_state_dict(ours, theirs.state_dict())
+        ours.train() if training else ours.eval()
+        x = sample.forward_input.args[0].detach().clone().requires_grad_(True)
+        want = theirs(x)
+        want_y = want[0] if isinstance(want, tuple) else want
+        ct = np.random.default_rng(0).standard_normal(want_y.shape).astype(np.float32)
+        want_y.backward(torch.tensor(ct))
+
+        graph, state = nnx.split(ours)
+
+        def forward(xj, state, graph=graph):
+            # Pure, for jax.vjp: the layer's state goes in (traced, so the layer may update
+            # it) and its updated state comes out.
+            module = nnx.merge(graph, state)
+            out = module(xj)
+            out = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
+            return out[0], (out[1], nnx.state(module))
+
+        got_y, pull, (rest, new_state) = jax.vjp(forward, x.detach().numpy(), state, has_aux=True)
+        nnx.update(ours, new_state)
+        assert_close(got_y, want_y.detach().numpy())
+        if isinstance(want, tuple):
+            np.testing.assert_array_equal(rest[0], want[1].numpy())
+        assert_close(pull(jnp.asarray(ct))[0], x.grad.numpy(), scale=10)
+        after = layers.to_torch_state_dict(ours)
+        for key, value in theirs.state_dict().items():  # running statistics, counts
+            assert_close(after[key].numpy(), value.numpy(), err_msg=key)
+        counts["passed"] += 1
+    COUNTS[(name, "module samples passed")] += counts["passed"]
+    print(f"{name} {'train' if training else 'eval'} module samples: {dict(counts)}")
+
+
+@pytest.mark.parametrize(
+    "entry", [m for m in _module_entries() if m.module_error_inputs_func], ids=_module_id
+)
+def test_module_error_inputs(entry):
+    name = entry.module_cls.__name__
+    refused = 0
+    for error in entry.module_error_inputs_func(
+        entry, device="cpu", dtype=torch.float32, requires_grad=False, training=True
+    ):
+        sample = error.module_error_input
+        with pytest.raises((TypeError, ValueError)):
+            # torch raises these at construction or in the forward; jspatial may refuse
+            # earlier (BatchNorm's eps at construction), never later.
+            module = _build(name, sample.constructor_input)
+            module(_to_jax(sample.forward_input.args[0]))
+        refused += 1
+    COUNTS[(name, "module error_inputs refused")] += refused
+    print(f"{name} module error_inputs refused: {refused}")
+
+
+def test_summary():
+    """The counts of the tests above (run first, in file order), and the refusal bound:
+    at most 3% of the samples refused, each with an error the parity table lists."""
+    samples = {k: v for k, v in COUNTS.items() if k[1] in ("passed", "refused")}
+    if not samples:
+        pytest.skip("no sample test ran before this one")
+    passed = sum(v for k, v in samples.items() if k[1] == "passed")
+    refused = sum(v for k, v in samples.items() if k[1] == "refused")
+    errors = sum(v for k, v in COUNTS.items() if "error_inputs" in k[1])
+    modules = sum(v for k, v in COUNTS.items() if k[1] == "module samples passed")
+    print(
+        f"\nOpInfo samples: {passed} passed, {refused} refused with a listed error; "
+        f"{errors} error_inputs refused; {modules} module samples passed"
+    )
+    for (op, kind), v in sorted(COUNTS.items()):
+        print(f"  {op} {kind}: {v}")
+    assert refused <= 0.03 * (passed + refused), (passed, refused)
