@@ -11,9 +11,10 @@ torch's ``error_inputs`` must be refused with a ``ValueError``/``TypeError``.
 
 Compilation dominates: each sample is one small program, compiled once, forward and
 backward together, at XLA's fastest optimisation level (``tolerances.fast_jit``).
-In float32 an op with at most ``FULL`` samples runs them all; one with more (``max_pool2d`` has 1440, ``max_unpool2d`` 288,
-products of a few values of each argument), and every op outside float32, runs the
-samples that together show every value of every argument (``_cover``).
+In float32 an op with at most ``FULL`` samples runs them all; one with more
+(``max_pool2d`` has 1440, ``max_unpool2d`` 288, products of a few values of each
+argument), and every op outside float32, runs the samples that together show every
+value of every argument (``_cover``).
 """
 
 from __future__ import annotations
