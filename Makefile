@@ -9,17 +9,17 @@ DIST ?= dist
 
 .PHONY: test train bench bench-accel bench-device lint format install clean notebook wheel docs
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,test]'
 	@touch $(STAMP) $(TRAIN_STAMP)
 
 # Training needs the library and the train extra only (no torch, no test tools).
-$(TRAIN_STAMP): pyproject.toml
+$(TRAIN_STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train]'
 	@touch $(TRAIN_STAMP)
 
 install: $(STAMP)
@@ -31,7 +31,7 @@ train: $(TRAIN_STAMP)
 	$(PY) -m train.cifar10 $(ARGS)
 
 notebook: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[train,notebook]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,notebook]'
 	$(PY) -m jupyter notebook notebooks/spatial_operations.ipynb
 
 # A pure-Python wheel, e.g. to upload next to the notebook on Colab. A stale build/ could
@@ -42,7 +42,7 @@ wheel: $(STAMP)
 	@ls $(DIST)/jspatial-*.whl
 
 $(DOCS_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[docs]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[docs]'
 	@touch $(DOCS_STAMP)
 
 # The API reference (from the docstrings) and the notebook, unexecuted, as a static site in

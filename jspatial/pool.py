@@ -43,6 +43,7 @@ from jax.typing import ArrayLike
 
 from jspatial import _args, _tuning
 from jspatial import _windows as win
+from jspatial._accel import dispatch
 from jspatial._args import IntOrPair, OutputSize
 from jspatial.shapes import output_hw
 
@@ -104,12 +105,11 @@ def _max_pool2d_checked(
 @partial(jax.jit, static_argnums=(1, 2))
 def _max_pool2d(x, geom, return_indices):
     if not return_indices:
-        from jspatial._accel import dispatch  # the Pallas kernels load only when a pool traces
-
         # Lowered for a TPU, non-overlapping windows run as a Pallas kernel (jspatial/_accel);
         # everywhere else this is the tap loop below.
         portable = lambda x: win.nhwc_to_nchw(_max_pool_nhwc(win.nchw_to_nhwc(x), geom)[0])  # noqa: E731
-        return dispatch.max_pool2d(x, geom, portable)
+        kernel = dispatch.kernel_for("max_pool2d", "tpu", geom)
+        return dispatch.per_target(portable, {"tpu": kernel}, x)
     y, arg = _max_pool_nhwc(win.nchw_to_nhwc(x), geom)
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
     row0 = np.arange(geom.out_hw[0]) * sh - geom.padding[0][0]
@@ -295,7 +295,7 @@ def max_pool_start(x, geom):
 def _max_fwd(x, geom):
     xph, real, init = max_pool_start(x, geom)
     tap = partial(max_pool_tap, xph=xph, real=real, geom=geom)
-    best, arg = lax.fori_loop(0, geom.taps, tap, init, unroll=_unroll(geom.taps))
+    best, arg = win.tap_loop(geom.taps, tap, init, _unroll(geom.taps))
     return (best, arg), arg
 
 
@@ -313,7 +313,7 @@ def _max_bwd(geom, arg, cotangents):
     def tap(t, dxph):
         return win.add_to_window(dxph, t, jnp.where(arg == t, g, 0), geom)
 
-    dxph = lax.fori_loop(0, geom.taps, tap, jnp.zeros(hq_shape, acc), unroll=_unroll(geom.taps))
+    dxph = win.tap_loop(geom.taps, tap, jnp.zeros(hq_shape, acc), _unroll(geom.taps))
     return (win.from_phases(dxph, geom).astype(g.dtype),)
 
 
@@ -366,9 +366,7 @@ def _avg_pool_nhwc(x, geom, divisor):
     xph = win.to_phases(x, geom, 0)
     acc = win.accum_dtype(x.dtype)
     tap = partial(avg_pool_tap, xph=xph, geom=geom)
-    total = lax.fori_loop(
-        0, geom.taps, tap, jnp.zeros((n, *geom.out_hw, c), acc), unroll=_unroll(geom.taps)
-    )
+    total = win.tap_loop(geom.taps, tap, jnp.zeros((n, *geom.out_hw, c), acc), _unroll(geom.taps))
     return (total * _avg_scale(geom, divisor, acc)).astype(x.dtype)
 
 
@@ -386,7 +384,7 @@ def _avg_bwd(geom, divisor, token, g):
     def tap(t, dxph):
         return win.add_to_window(dxph, t, gs, geom)
 
-    dxph = lax.fori_loop(0, geom.taps, tap, jnp.zeros(hq_shape, acc), unroll=_unroll(geom.taps))
+    dxph = win.tap_loop(geom.taps, tap, jnp.zeros(hq_shape, acc), _unroll(geom.taps))
     return (win.from_phases(dxph, geom).astype(token.dtype),)
 
 
@@ -568,7 +566,7 @@ def _adaptive_avg_nhwc(x, sizes):
 
     taps = _adaptive_taps(sizes)
     init = jnp.zeros((n, *sizes[1], c), acc)
-    total = lax.fori_loop(0, taps, tap, init, unroll=_unroll(taps))
+    total = win.tap_loop(taps, tap, init, _unroll(taps))
     return (total * _adaptive_scale(sizes, acc)).astype(x.dtype)
 
 
@@ -587,7 +585,7 @@ def _adaptive_avg_bwd(sizes, token, g):
         return _scatter_add(dx, rows, cols, jnp.where(inside, gs, 0))
 
     taps = _adaptive_taps(sizes)
-    dx = lax.fori_loop(0, taps, tap, jnp.zeros((n, *sizes[0], c), acc), unroll=_unroll(taps))
+    dx = win.tap_loop(taps, tap, jnp.zeros((n, *sizes[0], c), acc), _unroll(taps))
     return (dx.astype(token.dtype),)
 
 
@@ -614,7 +612,7 @@ def _adaptive_max_fwd(x, sizes):
     taps = _adaptive_taps(sizes)
     shape = (n, *sizes[1], c)
     init = (jnp.full(shape, -jnp.inf, x.dtype), jnp.full(shape, -1, _tap_dtype(taps)))
-    best, arg = lax.fori_loop(0, taps, tap, init, unroll=_unroll(taps))
+    best, arg = win.tap_loop(taps, tap, init, _unroll(taps))
     return (best, arg), arg
 
 
@@ -628,7 +626,7 @@ def _adaptive_max_bwd(sizes, arg, cotangents):
         return _scatter_add(dx, rows, cols, jnp.where(arg == t, g, 0))
 
     taps = _adaptive_taps(sizes)
-    dx = lax.fori_loop(0, taps, tap, jnp.zeros((n, *sizes[0], c), acc), unroll=_unroll(taps))
+    dx = win.tap_loop(taps, tap, jnp.zeros((n, *sizes[0], c), acc), _unroll(taps))
     return (dx.astype(g.dtype),)
 
 
