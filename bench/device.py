@@ -98,8 +98,10 @@ def backend_version() -> str:
 def compile_aot(fn, *args):
     """``fn`` (jitted) lowered and compiled for ``args``: a callable that runs without
     tracing again, so the compile is timed apart from the runs."""
-    jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
-    return jitted.lower(*args).compile()
+    jitted = fn if hasattr(fn, "lower") or hasattr(fn, "trace") else jax.jit(fn)
+    if hasattr(jitted, "lower"):
+        return jitted.lower(*args).compile()
+    return jitted.trace(*args).lower().compile()  # should ``lower`` go: its successor
 
 
 def peak_bytes(compiled) -> float:
@@ -218,7 +220,30 @@ def timed_first(fn):
 IMPL_LABELS = {"ours": "jspatial", "flax": "Flax built-ins (XLA)", "torch": "PyTorch"}
 
 
-def train_step_case(batch: int, torch_device, repeats: int, sample_s: float) -> dict:
+def guarded(errors: list[str], label: str, fn):
+    """``fn()``, or None after noting its error: one implementation that fails (a release
+    that lacks an API, a framework that sees no GPU) must not cost the others."""
+    try:
+        return fn()
+    except Exception as exc:
+        traceback.print_exc()
+        errors.append(f"{label}: {type(exc).__name__}: {str(exc)[:300]}")
+        print(f"    {errors[-1]}", flush=True)
+        return None
+
+
+def _jax_first(fn, *args):
+    """``(compiled fn, seconds)``: compile ahead of time, then one call, timed together."""
+
+    def first():
+        compiled = compile_aot(fn, *args)
+        jax.block_until_ready(compiled(*args))
+        return compiled
+
+    return timed_first(first)
+
+
+def train_step_case(batch: int, torch_device, repeats: int, sample_s: float, errors) -> dict:
     """The airbench94 step three ways: ``{"ms", "first_s"}`` keyed by ``ours/flax/torch``."""
     from bench.accel import train_step_fn
     from bench.train_step import batch as random_batch
@@ -227,45 +252,54 @@ def train_step_case(batch: int, torch_device, repeats: int, sample_s: float) -> 
     x, y = random_batch(batch)
     runners, first_s = {}, {}
     for kind in ("ours", "flax"):
-        step, (params, rest, opt_state, _, _) = train_step_fn(kind, batch)
-        args = (params, rest, opt_state, x, y)
 
-        def first(step=step, args=args):
-            compiled = compile_aot(jax.jit(step), *args)
-            jax.block_until_ready(compiled(*args))
-            return compiled
+        def build(kind=kind):
+            step, (params, rest, opt_state, _, _) = train_step_fn(kind, batch)
+            args = (params, rest, opt_state, x, y)
+            compiled, first_s[kind] = _jax_first(jax.jit(step), *args)
+            print(f"    {kind}: compile + first step {first_s[kind]:.1f} s", flush=True)
+            return jax_loop(compiled, *args)
 
-        compiled, first_s[kind] = timed_first(first)
-        print(f"    {kind}: compile + first step {first_s[kind]:.1f} s", flush=True)
-        runners[kind] = jax_loop(compiled, *args)
+        runners[kind] = guarded(errors, f"train step, {IMPL_LABELS[kind]}", build)
     if torch_device is not None:
-        step, first_s["torch"] = torch_runner(batch, torch_device)
-        print(f"    torch: first step {first_s['torch']:.1f} s", flush=True)
-        runners["torch"] = torch_loop(step, torch_device)
+
+        def build_torch():
+            step, first_s["torch"] = torch_runner(batch, torch_device)
+            print(f"    torch: first step {first_s['torch']:.1f} s", flush=True)
+            return torch_loop(step, torch_device)
+
+        runners["torch"] = guarded(errors, "train step, PyTorch", build_torch)
+    runners = {k: v for k, v in runners.items() if v is not None}
+    if not runners:
+        raise RuntimeError("no implementation of the train step could be built")
     return {"ms": measure(runners, repeats, sample_s), "first_s": first_s}
 
 
-def op_case(case, torch_device, repeats: int, sample_s: float) -> dict:
+def op_case(case, torch_device, repeats: int, sample_s: float, errors) -> dict:
     """One op: ``bench.ops``' result layout (``(impl, 0|1)``: forward / forward+backward
-    ms; ``"mem"``: the compiled backward's peak bytes) plus ``"first_s"``."""
+    ms, NaN where PyTorch failed; ``"mem"``: the compiled backward's peak bytes) plus
+    ``"first_s"``."""
     x, w = _inputs(case)
     runners, first_s, mem = {}, {}, {}
-    for impl in ("ours", "xla"):
+    for impl in ("ours", "xla"):  # no guard: without both there is no row
         for mode, fn in enumerate(_jax_fns(case, impl)):
-
-            def first(fn=fn):
-                compiled = compile_aot(fn, x, w)
-                jax.block_until_ready(compiled(x, w))
-                return compiled
-
-            compiled, first_s[(impl, mode)] = timed_first(first)
+            compiled, first_s[(impl, mode)] = _jax_first(fn, x, w)
             runners[(impl, mode)] = jax_loop(compiled, x, w)
         mem[impl] = peak_bytes(compiled)  # the last one compiled: forward+backward
     if torch_device is not None:
-        for mode, fn in enumerate(_torch_fns(case, torch_device)):
-            _, first_s[("torch", mode)] = timed_first(fn)
+
+        def build_torch():
+            fns = _torch_fns(case, torch_device)
+            for mode, fn in enumerate(fns):
+                _, first_s[("torch", mode)] = timed_first(fn)
+            return fns
+
+        fns = guarded(errors, f"{case.name}, PyTorch", build_torch)
+        for mode, fn in enumerate(fns or ()):
             runners[("torch", mode)] = torch_loop(fn, torch_device)
     result = {"case": case, "mem": mem, "first_s": first_s}
+    if torch_device is not None:
+        result.update({("torch", 0): float("nan"), ("torch", 1): float("nan")})
     result.update(measure(runners, repeats, sample_s))
     return result
 
@@ -294,10 +328,12 @@ class Budget:
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
-    def allows(self, section: str) -> bool:
+    def allows(self, section: str, like: str | None = None) -> bool:
+        """``like``: the section whose items judge this one's first."""
         if self.seconds is None:
             return True
-        return self.elapsed() + self.longest.get(section, 0.0) <= self.seconds
+        guess = self.longest.get(section, self.longest.get(like, 0.0))
+        return self.elapsed() + guess <= self.seconds
 
     def record(self, section: str, seconds: float) -> None:
         self.longest[section] = max(self.longest.get(section, 0.0), seconds)
@@ -351,7 +387,7 @@ class Report:
             lines += ["", "## CIFAR-10 recipe (airbench94), ours vs PyTorch", ""]
             lines += recipe_table(self.recipe)
         if self.skipped:
-            lines += ["", f"Skipped for the {m['budget_s']} s budget: " + "; ".join(self.skipped)]
+            lines += ["", f"Skipped for the {m['budget_s']:g} s budget: " + "; ".join(self.skipped)]
         if self.errors:
             lines += ["", "Errors:", ""] + [f"- {e}" for e in self.errors]
         state = "finished" if self.finished else "still running (partial results)"
@@ -445,9 +481,9 @@ def recipe_table(recipe: dict) -> list[str]:
 
 def run_benchmark(args, report: Report, budget: Budget, torch_device) -> None:
     def attempt(section: str, name: str, fn) -> dict | None:
-        if not budget.allows(section):
+        if not budget.allows(section, like="core"):  # op cases: alike enough
             report.skipped.append(f"{section}: {name}")
-            print(f"  {name}: SKIPPED (budget {args.budget_s} s, {budget.elapsed():.0f} s "
+            print(f"  {name}: SKIPPED (budget {args.budget_s:g} s, {budget.elapsed():.0f} s "
                   "used)", flush=True)  # fmt: skip
             return None
         print(f"  {name} ...", flush=True)
@@ -466,7 +502,9 @@ def run_benchmark(args, report: Report, budget: Budget, torch_device) -> None:
         print(f"== airbench94 train step, batch {args.train_batch}", flush=True)
         report.train = attempt(
             "train", "airbench94 step",
-            lambda: train_step_case(args.train_batch, torch_device, args.repeats, args.sample_s),
+            lambda: train_step_case(
+                args.train_batch, torch_device, args.repeats, args.sample_s, report.errors
+            ),
         )  # fmt: skip
         if report.train is not None:
             print("\n".join(train_table(report.train, args.train_batch)[2:-2]), flush=True)
@@ -481,7 +519,9 @@ def run_benchmark(args, report: Report, budget: Budget, torch_device) -> None:
         for case in cases:
             result = attempt(
                 suite, case.name,
-                lambda case=case: op_case(case, torch_device, args.repeats, args.sample_s),
+                lambda case=case: op_case(
+                    case, torch_device, args.repeats, args.sample_s, report.errors
+                ),
             )  # fmt: skip
             if result is not None:
                 report.ops[suite].append(result)
@@ -508,28 +548,39 @@ def _stream(cmd: list[str], log: Path) -> tuple[int, float]:
     return proc.returncode, time.perf_counter() - start
 
 
+def recipe_data_dir(given: str | None) -> Path | None:
+    """``--data-dir`` if given, else the checkout's ``data/`` if it exists, else None (then
+    ``train.data``'s default: ``$JSPATIAL_DATA_DIR`` or ``~/.cache/jspatial/data``)."""
+    if given:
+        return Path(given).expanduser().resolve()
+    return ROOT / "data" if (ROOT / "data").is_dir() else None
+
+
 def run_recipe(args, report: Report, budget: Budget, torch_device) -> None:
     """The CIFAR-10 recipe, jspatial (``train.cifar10``) then PyTorch (``bench.train_torch``)."""
-    from train.data import DatasetNotFoundError, load_cifar10
+    from train.data import DatasetNotFoundError, default_data_dir, load_cifar10
 
+    data_dir = recipe_data_dir(args.data_dir)
     try:  # there is no network where this runs: fail here, clearly, not in a download
-        load_cifar10(args.data_dir, download=False)
+        load_cifar10(data_dir, download=False)
     except (DatasetNotFoundError, ValueError) as exc:
-        report.errors.append(f"recipe: CIFAR-10 not usable in {args.data_dir}: {exc}")
+        where = data_dir or default_data_dir()
+        report.errors.append(f"recipe: no usable CIFAR-10 in {where}: {exc}")
         print(report.errors[-1], flush=True)
         return
-    out = Path(args.out)
-    limits = []
+    # The runs start in the checkout's root: every path they get is absolute.
+    out = Path(args.out).resolve()
+    common = ["--data-dir", str(data_dir)] if data_dir else []  # else they read the env too
     if args.smoke:  # a few steps on a few images: the plumbing, not the accuracy
-        limits = ["--train-limit", "256", "--batch-size", "64", "--epochs", "0.5"]
+        common += ["--train-limit", "256", "--batch-size", "64", "--epochs", "0.5"]
     jax_dir = out / "recipe-jax"
-    jax_cmd = [sys.executable, "-m", "train.cifar10", "--data-dir", str(args.data_dir),
-               "--out-dir", str(jax_dir), "--overwrite", "--no-plots", "--no-progress",
-               *limits, *(["--test-limit", "256"] if args.smoke else [])]  # fmt: skip
+    jax_cmd = [sys.executable, "-m", "train.cifar10", "--out-dir", str(jax_dir), "--overwrite",
+               "--no-plots", "--no-progress", *common,
+               *(["--test-limit", "256"] if args.smoke else [])]  # fmt: skip
     torch_json = out / "recipe-torch.json"
-    torch_cmd = [sys.executable, "-m", "bench.train_torch", "--full", "--data-dir",
-                 str(args.data_dir), "--device", torch_device or "cpu", "--threads",
-                 str(os.cpu_count() or 1), "--json", str(torch_json), *limits]  # fmt: skip
+    torch_cmd = [sys.executable, "-m", "bench.train_torch", "--full", "--device",
+                 torch_device or "cpu", "--threads", str(os.cpu_count() or 1), "--json",
+                 str(torch_json), *common]  # fmt: skip
     runs = [("ours", jax_cmd, jax_dir / "summary.json", out / "recipe-jax.log")]
     if torch_device is not None:
         runs.append(("torch", torch_cmd, torch_json, out / "recipe-torch.log"))
@@ -561,11 +612,13 @@ def parse_args(argv=None):
                    help="tiny shapes, one case per op, on any backend (CPU too)")  # fmt: skip
     p.add_argument("--recipe", action="store_true",
                    help="the CIFAR-10 recipe to 94%%, jspatial vs PyTorch, instead")  # fmt: skip
-    p.add_argument("--data-dir", default="data",
-                   help="for --recipe: the folder holding cifar-10-batches-bin/")  # fmt: skip
+    p.add_argument("--data-dir", default=None,
+                   help="for --recipe: the folder holding cifar-10-batches-bin/ (default: the "
+                   "checkout's data/ if there, else $JSPATIAL_DATA_DIR, else "
+                   "~/.cache/jspatial/data)")  # fmt: skip
     p.add_argument("--budget-s", type=float, default=None,
-                   help="skip what would start past this many seconds (default: 300; "
-                   "none for --recipe); 0: no limit")  # fmt: skip
+                   help="skip what would start past this many seconds (default: 300; none "
+                   "for --recipe and --smoke); 0: no limit")  # fmt: skip
     p.add_argument("--out", default="bench/out", help="folder for device.md and device.json")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help="comma-separated, of: train, core, model")  # fmt: skip
@@ -590,8 +643,8 @@ def parse_args(argv=None):
     for name, value in (small if args.smoke else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.budget_s is None:
-        args.budget_s = 0 if args.recipe else 300
+    if args.budget_s is None:  # the GPU benchmark's; not the training runs' nor a check's
+        args.budget_s = 0 if args.recipe or args.smoke else 300
     if args.budget_s < 0 or args.repeats < 1:
         p.error("--budget-s must be >= 0 and --repeats >= 1")
     args.sample_s = args.sample_ms / 1e3
