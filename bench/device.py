@@ -20,19 +20,19 @@ minimum over the repeats of the mean over a few back-to-back calls that end in
 The train step goes first: it is the one number a cut-short run should not lose. Progress
 is printed (flushed) as it goes, and ``device.md`` and ``device.json`` in ``--out`` are
 rewritten after every case, so a killed run leaves what it had. ``--budget-s`` (300 by
-default) skips the cases that would start after it, judging each by the longest one of its
-section so far, and says which; a case once started is not interrupted.
+default) skips the cases that would not end inside it, judging each by the longest one of
+its suite so far, and says which; a case once started is not interrupted.
 
 ``--recipe`` runs, instead, the default CIFAR-10 recipe (``python -m train.cifar10``,
 airbench94, 9.9 epochs) and the same recipe on PyTorch (``bench.train_torch --full
 --device cuda``), one after the other in fresh processes, and reports test accuracy and
-wall time of both. Neither can download there: the CIFAR-10 binary folder
-(``cifar-10-batches-bin/``) must travel with the checkout, e.g. in ``data/`` (ignored by
-git), named by ``--data-dir``.
+wall time of both. Nothing is downloaded (the data is checked for first): the CIFAR-10
+binary folder ``cifar-10-batches-bin/`` travels with the checkout, in its ``data/``
+(ignored by git, looked in by default) or in the folder that ``--data-dir`` names.
 
     PYTHONPATH=. python3 -m bench.device                     # the GPU benchmark, ~5 min
     PYTHONPATH=. python3 -m bench.device --budget-s 200 --no-torch
-    PYTHONPATH=. python3 -m bench.device --recipe --data-dir data   # to 94%, ours vs PyTorch
+    PYTHONPATH=. python3 -m bench.device --recipe            # to 94%, ours vs PyTorch
     PYTHONPATH=. python -m bench.device --smoke              # tiny, on any backend: every path
 """
 
@@ -172,10 +172,7 @@ def jax_loop(compiled, *args):
 
 
 def torch_loop(fn, device: str):
-    """``run(k)`` for a PyTorch function that already waits for its device when done.
-
-    Waiting after every call costs a few microseconds; it keeps ``fn`` usable alone.
-    """
+    """``run(k)``: ``k`` back-to-back calls of a PyTorch function, then wait for the device."""
     sync = torch_sync(device)
 
     def run(k: int) -> None:
@@ -291,7 +288,9 @@ def op_case(case, torch_device, repeats: int, sample_s: float, errors) -> dict:
         def build_torch():
             fns = _torch_fns(case, torch_device)
             for mode, fn in enumerate(fns):
-                _, first_s[("torch", mode)] = timed_first(fn)
+                _, first_s[("torch", mode)] = timed_first(
+                    lambda fn=fn: torch_loop(fn, torch_device)(1)
+                )
             return fns
 
         fns = guarded(errors, f"{case.name}, PyTorch", build_torch)

@@ -161,8 +161,9 @@ def torch_sync(device: str):
 
 
 def _torch_fns(case: Case, device: str = "cpu"):
-    """(forward, forward+backward) of PyTorch's op on ``device``; each returns when the
-    device is done (``torch.cuda.synchronize`` on a GPU), so that a timer around it holds."""
+    """(forward, forward+backward) of PyTorch's op on ``device``. On a GPU each returns
+    once its kernels are queued: a timer waits for them (``torch_sync``), after a run of
+    calls, as ``jax.block_until_ready`` after a run of JAX calls."""
     import torch
     import torch.nn.functional as F
 
@@ -186,12 +187,10 @@ def _torch_fns(case: Case, device: str = "cpu"):
         c = case.shape[1]
         stats = (torch.zeros(c, device=device), torch.ones(c, device=device))
         f = lambda x, w: F.batch_norm(x, *stats, w, w, training=True)  # noqa: E731
-    sync = torch_sync(device)
 
     def forward():
         with torch.no_grad():
             f(x, w)
-        sync()
 
     xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
 
@@ -199,7 +198,6 @@ def _torch_fns(case: Case, device: str = "cpu"):
         y = f(xg, wg)
         y.backward(torch.full_like(y, 0.001))
         xg.grad = wg.grad = None
-        sync()
 
     return forward, forward_backward
 
