@@ -26,9 +26,10 @@ its suite so far, and says which; a case once started is not interrupted.
 ``--recipe`` runs, instead, the default CIFAR-10 recipe (``python -m train.cifar10``,
 airbench94, 9.9 epochs) and the same recipe on PyTorch (``bench.train_torch --full
 --device cuda``), one after the other in fresh processes, and reports test accuracy and
-wall time of both. Nothing is downloaded (the data is checked for first): the CIFAR-10
-binary folder ``cifar-10-batches-bin/`` travels with the checkout, in its ``data/``
-(ignored by git, looked in by default) or in the folder that ``--data-dir`` names.
+wall time of both; their logs go to ``--out`` too, the JAX run's own folder (metrics,
+checkpoints) is ``runs/device-recipe/``. Nothing is downloaded (the data is checked for
+first): the CIFAR-10 binary folder ``cifar-10-batches-bin/`` travels with the checkout, in
+its ``data/`` (ignored by git, looked in by default) or in the folder ``--data-dir`` names.
 
     PYTHONPATH=. python3 -m bench.device                     # the GPU benchmark, ~5 min
     PYTHONPATH=. python3 -m bench.device --budget-s 200 --no-torch
@@ -127,6 +128,31 @@ def set_highest_precision() -> None:
     jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def torch_full_float32(torch) -> None:
+    """No TF32 in PyTorch's float32 convolutions and matrix products: the ``fp32_precision``
+    settings where the release has them (they succeed the ``allow_tf32`` flags)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(conv, "fp32_precision") and hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def torch_tf32_state(torch) -> str:
+    """PyTorch's float32 settings on a GPU, in the words of its release."""
+    try:
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        if hasattr(conv, "fp32_precision"):
+            return (f"float32 precision: convolutions {conv.fp32_precision}, matmuls "
+                    f"{torch.backends.cuda.matmul.fp32_precision}")  # fmt: skip
+        return (f"TF32 convolutions {torch.backends.cudnn.allow_tf32}, matmuls "
+                f"{torch.backends.cuda.matmul.allow_tf32}")  # fmt: skip
+    except Exception:  # a label only
+        return "float32 settings unknown"
+
+
 # ----------------------------------------------------------------------------- PyTorch
 
 
@@ -143,13 +169,11 @@ def load_torch(precision: str, gpu: bool):
         # cuDNN's own autotuning, as XLA autotunes its convolutions at compile time.
         torch.backends.cudnn.benchmark = True
         if precision == "highest":
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
+            torch_full_float32(torch)
         desc = (
             f"PyTorch {torch.__version__} on {torch.cuda.get_device_name(0)} (CUDA "
             f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, cudnn.benchmark, "
-            f"TF32 convolutions {torch.backends.cudnn.allow_tf32}, matmuls "
-            f"{torch.backends.cuda.matmul.allow_tf32})"
+            f"{torch_tf32_state(torch)})"
         )
     else:
         desc = f"PyTorch {torch.__version__} on the CPU ({torch.get_num_threads()} threads)"
@@ -572,7 +596,8 @@ def run_recipe(args, report: Report, budget: Budget, torch_device) -> None:
     common = ["--data-dir", str(data_dir)] if data_dir else []  # else they read the env too
     if args.smoke:  # a few steps on a few images: the plumbing, not the accuracy
         common += ["--train-limit", "256", "--batch-size", "64", "--epochs", "0.5"]
-    jax_dir = out / "recipe-jax"
+    # Its checkpoints and metrics stay out of --out, which then holds a handful of files.
+    jax_dir = ROOT / "runs" / "device-recipe"
     jax_cmd = [sys.executable, "-m", "train.cifar10", "--out-dir", str(jax_dir), "--overwrite",
                "--no-plots", "--no-progress", *common,
                *(["--test-limit", "256"] if args.smoke else [])]  # fmt: skip
