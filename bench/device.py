@@ -238,7 +238,7 @@ def timed_first(fn):
 
 # ----------------------------------------------------------------------------- the cases
 
-IMPL_LABELS = {"ours": "jspatial", "flax": "Flax built-ins (XLA)", "torch": "PyTorch"}
+IMPL_LABELS = {"ours": "jspatial", "flax": "Flax built-ins (XLA)", "xla": "XLA", "torch": "PyTorch"}
 
 
 def guarded(errors: list[str], label: str, fn):
@@ -347,6 +347,7 @@ class Budget:
     def __init__(self, seconds: float | None):
         self.seconds, self.start = seconds, time.perf_counter()
         self.longest: dict[str, float] = {}
+        self.total: dict[str, float] = {}  # seconds spent per section, to size later runs
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -360,6 +361,7 @@ class Budget:
 
     def record(self, section: str, seconds: float) -> None:
         self.longest[section] = max(self.longest.get(section, 0.0), seconds)
+        self.total[section] = self.total.get(section, 0.0) + seconds
 
 
 class Report:
@@ -373,6 +375,7 @@ class Report:
         self.skipped: list[str] = []
         self.errors: list[str] = []
         self.wall_s, self.finished = 0.0, False
+        self.section_s: dict[str, float] = {}  # the budget's per-section totals
 
     # Markdown --------------------------------------------------------------
 
@@ -406,6 +409,7 @@ class Report:
                 batch = m["batch"] if suite == "core" else m["model_batch"]
                 lines += ["", f"## {suite} suite (float32, batch {batch}), ms", ""]
                 lines += [format_table(results, ("torch", 1) in results[0], digits=3)]
+                lines += ["", first_call_line(results)]
         if self.recipe:
             lines += ["", "## CIFAR-10 recipe (airbench94), ours vs PyTorch", ""]
             lines += recipe_table(self.recipe)
@@ -414,7 +418,8 @@ class Report:
         if self.errors:
             lines += ["", "Errors:", ""] + [f"- {e}" for e in self.errors]
         state = "finished" if self.finished else "still running (partial results)"
-        lines += ["", f"Wall time {self.wall_s:.0f} s, {state}."]
+        spent = ", ".join(f"{k} {v:.0f} s" for k, v in self.section_s.items())
+        lines += ["", f"Wall time {self.wall_s:.0f} s ({spent or 'nothing run yet'}), {state}."]
         return "\n".join(lines)
 
     # JSON ------------------------------------------------------------------
@@ -441,15 +446,27 @@ class Report:
             "skipped": self.skipped,
             "errors": self.errors,
             "wall_s": self.wall_s,
+            "section_s": self.section_s,
             "finished": self.finished,
         }
 
-    def write(self, elapsed: float) -> None:
+    def write(self, elapsed: float, section_s: dict | None = None) -> None:
         self.wall_s = elapsed
+        self.section_s = dict(section_s or self.section_s)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "device.md").write_text(self.markdown() + "\n")
         text = json.dumps(self.as_json(), indent=1, default=str, allow_nan=True)
         (self.out_dir / "device.json").write_text(text + "\n")
+
+
+def first_call_line(results: list[dict]) -> str:
+    """Seconds of the first calls (compiles, autotuning) over a suite, per implementation."""
+    sums: dict[str, float] = {}
+    for r in results:
+        for (impl, _), seconds in r["first_s"].items():
+            sums[impl] = sums.get(impl, 0.0) + seconds
+    parts = ", ".join(f"{IMPL_LABELS.get(k, k)} {v:.1f}" for k, v in sums.items())
+    return f"First calls (compile included), s, forward and forward+backward summed: {parts}."
 
 
 def _named(items) -> dict:
@@ -519,7 +536,7 @@ def run_benchmark(args, report: Report, budget: Budget, torch_device) -> None:
             return None
         finally:
             budget.record(section, time.perf_counter() - start)
-            report.write(budget.elapsed())
+            report.write(budget.elapsed(), budget.total)
 
     if "train" in args.sections:
         print(f"== airbench94 train step, batch {args.train_batch}", flush=True)
@@ -551,7 +568,7 @@ def run_benchmark(args, report: Report, budget: Budget, torch_device) -> None:
                 t = result.get(("torch", 1), float("nan"))
                 print(f"    f+b ms: ours {result[('ours', 1)]:.3f}, XLA "
                       f"{result[('xla', 1)]:.3f}, torch {t:.3f}", flush=True)  # fmt: skip
-                report.write(budget.elapsed())
+                report.write(budget.elapsed(), budget.total)
 
 
 def _stream(cmd: list[str], log: Path) -> tuple[int, float]:
@@ -623,7 +640,7 @@ def run_recipe(args, report: Report, budget: Budget, torch_device) -> None:
             keep = ("test_accuracy", "test_accuracy_no_tta", "images_per_second",
                     "wall_time_s", "epochs", "steps", "batch_size")  # fmt: skip
             report.recipe[kind] = {k: result.get(k) for k in keep} | {"process_s": process_s}
-        report.write(budget.elapsed())
+        report.write(budget.elapsed(), budget.total)
     print("\n".join(recipe_table(report.recipe)), flush=True)
 
 
@@ -726,7 +743,7 @@ def main(argv=None) -> Report:
     if peak is not None:
         report.meta["jax_device_peak_mb"] = round(peak)
     report.finished = True
-    report.write(budget.elapsed())
+    report.write(budget.elapsed(), budget.total)
     print(report.markdown(), flush=True)
     print(f"written: {Path(args.out) / 'device.md'}, {Path(args.out) / 'device.json'}")
     return report

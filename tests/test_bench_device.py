@@ -76,7 +76,7 @@ def test_report_writes_markdown_and_json_with_every_result(tmp_path):
                                  images_per_second=5e4, wall_time_s=60.0,
                                  process_s=70.0)  # fmt: skip
     report.recipe["torch"] = {"error": "exit status 1, see recipe-torch.log"}
-    report.write(12.0)
+    report.write(12.0, {"train": 4.0, "core": 8.0})
 
     md = (tmp_path / "device.md").read_text()
     assert "Fake GPU" in md and "still running (partial results)" in md
@@ -84,6 +84,8 @@ def test_report_writes_markdown_and_json_with_every_result(tmp_path):
     assert "| conv 4->4 @8 | 0.500 | 0.250 | 2.00 | 0.50 | 1.000 | 2.000 | **0.50** |" in md
     assert "| jspatial | 94.12% | 93.00% |" in md and "exit status 1" in md
     assert "Skipped for the 300 s budget: model: conv 24->64 @31" in md
+    assert "forward+backward summed: jspatial 3.0, XLA 3.0, PyTorch 3.0." in md
+    assert "Wall time 12 s (train 4 s, core 8 s), still running" in md
 
     data = json.loads((tmp_path / "device.json").read_text())
     row = data["ops"]["core"][0]
@@ -92,3 +94,4 @@ def test_report_writes_markdown_and_json_with_every_result(tmp_path):
     assert row["shape"] == [2, 4, 8, 8] and row["first_s"]["torch fwd"] == 1.5
     assert data["train_step"]["ms"]["flax"] == 10.0 and data["finished"] is False
     assert data["skipped"] == ["model: conv 24->64 @31"] and data["wall_s"] == 12.0
+    assert data["section_s"] == {"train": 4.0, "core": 8.0}
