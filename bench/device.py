@@ -62,7 +62,6 @@ from bench.ops import (
     format_table,
     interleaved,
     peak_bytes_of,
-    torch_sync,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,6 +196,8 @@ def jax_loop(compiled, *args):
 
 def torch_loop(fn, device: str):
     """``run(k)``: ``k`` back-to-back calls of a PyTorch function, then wait for the device."""
+    from bench.train_torch import torch_sync
+
     sync = torch_sync(device)
 
     def run(k: int) -> None:

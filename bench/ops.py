@@ -152,18 +152,10 @@ def _peak_bytes(fn, *args) -> int:
 # ----------------------------------------------------------------------------- PyTorch
 
 
-def torch_sync(device: str):
-    """A function that waits until ``device`` has finished its queued work: PyTorch's
-    CUDA calls return before their kernels do (``torch.cuda.synchronize``); CPU ones don't."""
-    import torch
-
-    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-
-
 def _torch_fns(case: Case, device: str = "cpu"):
     """(forward, forward+backward) of PyTorch's op on ``device``. On a GPU each returns
-    once its kernels are queued: a timer waits for them (``torch_sync``), after a run of
-    calls, as ``jax.block_until_ready`` after a run of JAX calls."""
+    once its kernels are queued: a timer waits for them after a run of calls
+    (``bench.train_torch.torch_sync``), as ``jax.block_until_ready`` after JAX calls."""
     import torch
     import torch.nn.functional as F
 

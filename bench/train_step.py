@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from bench.ops import interleaved, machine, torch_sync, write_report
+from bench.ops import interleaved, machine, write_report
 
 WIDTHS = (64, 256, 256)
 
@@ -113,7 +113,7 @@ def torch_runner(n: int, device: str = "cpu"):
     returns when the device is done (``torch.cuda.synchronize`` on a GPU)."""
     import torch
 
-    from bench.train_torch import make_net
+    from bench.train_torch import make_net, torch_sync
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ PyTorch, by default on the CPU with ``torch.set_num_threads(2)`` (the cores of t
 this project is benchmarked on); ``--device cuda`` puts the data and the network on a GPU
 (``bench.device --recipe``). The network, initialisation, optimiser, schedule, augmentation
 (alternating flips, reflect-padded translate by 2), lookahead and TTA follow Keller
-Jordan's airbench94 (github.com/KellerJordan/cifar10-airbench), minus its fp16/GPU parts.
+Jordan's airbench94 (github.com/KellerJordan/cifar10-airbench), minus its float16 compute.
 
     python -m bench.train_torch --steps 5          # throughput of 5 train steps at batch 1024
     python -m bench.train_torch --full             # a whole 9.9-epoch run with test accuracy
@@ -37,6 +37,13 @@ HYP = dict(
 )  # fmt: skip
 CIFAR_MEAN = torch.tensor((0.4914, 0.4822, 0.4465))
 CIFAR_STD = torch.tensor((0.2470, 0.2435, 0.2616))
+
+
+def torch_sync(device: str):
+    """A function that waits until ``device`` has finished its queued work: PyTorch's
+    CUDA calls return before their kernels do (``torch.cuda.synchronize``); CPU ones don't."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
 
 # ---------------------------------------------------------------------------- network
 
@@ -227,12 +234,14 @@ def run(args):
     init_whitening(net[0], train.images[:5000])
     optimizer, scheduler = make_optimizer(net, total_steps, batch_size)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=HYP["label_smoothing"], reduction="none")
+    sync = torch_sync(args.device)  # wherever a clock is read
     ema, step, timed_start = None, 0, None
     for epoch in range(math.ceil(total_steps / len(train))):
         net[0].bias.requires_grad = epoch < HYP["whiten_bias_epochs"]
         t0 = time.perf_counter()
         for x, y in train:
             if step == 1:
+                sync()
                 timed_start = time.perf_counter()
             loss = loss_fn(net(x), y).sum()
             optimizer.zero_grad(set_to_none=True)
@@ -264,8 +273,7 @@ def run(args):
             acc = evaluate(net, test, tta=False)
             print(f"epoch {epoch + 1}: loss {loss.item() / batch_size:.4f}  test_acc {acc:.4f}  "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
-    if torch.device(args.device).type == "cuda":
-        torch.cuda.synchronize()  # CUDA calls return before their kernels finish
+    sync()
     steps_timed = step - 1
     train_s = time.perf_counter() - timed_start if timed_start else float("nan")
     print(f"torch {torch.__version__} on {args.device}, {torch.get_num_threads()} threads, "
