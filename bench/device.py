@@ -547,6 +547,7 @@ def run_benchmark(args, report: Report, budget: Budget, torch_device) -> None:
                 args.train_batch, torch_device, args.repeats, args.sample_s, report.errors
             ),
         )  # fmt: skip
+        report.write(budget.elapsed(), budget.total)
         if report.train is not None:
             print("\n".join(train_table(report.train, args.train_batch)[2:-2]), flush=True)
     suites = _suites(args.batch, args.model_batch)
