@@ -7,7 +7,7 @@ TRAIN_STAMP := $(VENV)/.installed-train
 DOCS_STAMP := $(VENV)/.docs-installed
 DIST ?= dist
 
-.PHONY: test train bench bench-accel bench-device lint format install clean notebook wheel docs
+.PHONY: test train bench bench-accel bench-device bench-device-venv lint format install clean notebook wheel docs
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,8 +68,20 @@ $(TPU_STAMP): pyproject.toml
 bench-accel: $(TPU_STAMP)
 	$(TPU_VENV)/bin/python -m bench.accel
 
-# On a machine with a GPU: the op suite and the train step against XLA (cuDNN) and PyTorch
-# CUDA, in an environment of its own with JAX's CUDA build and PyPI's (CUDA) torch wheel.
+# On a machine with a GPU whose Python already holds JAX with CUDA, Flax, optax, orbax and
+# PyTorch with CUDA, even one without network: nothing is installed, the checkout runs as it
+# is on $(PYTHON) (python3 unless given). About 5 minutes, compiles included (--budget-s 300
+# skips what would start later): the airbench94 train step (jspatial / Flax built-ins /
+# PyTorch) and forward+backward of the core and airbench94-layer op suites (jspatial / XLA,
+# i.e. cuDNN / PyTorch), tables in bench/out/device.md and device.json, rewritten after
+# every case. ARGS="--recipe --data-dir data" instead trains the CIFAR-10 recipe to 94%
+# with jspatial and with PyTorch: first copy the cifar-10-batches-bin/ folder (176 MiB)
+# into data/ (ignored by git), as there is nothing to download from. ARGS="--smoke" checks
+# the script in a minute or two on any backend, a CPU too. `make bench-device-venv` runs
+# the same in .venv-gpu, built from PyPI, on a GPU machine with network.
+bench-device:
+	PYTHONPATH=. $(PYTHON) -m bench.device $(ARGS)
+
 GPU_VENV := .venv-gpu
 GPU_STAMP := $(GPU_VENV)/.installed
 
@@ -79,8 +91,8 @@ $(GPU_STAMP): pyproject.toml
 	$(GPU_VENV)/bin/python -m pip install --quiet -e '.[train]' "jax[cuda12]==0.10.2" "torch==2.13.0"
 	@touch $(GPU_STAMP)
 
-bench-device: $(GPU_STAMP)
-	$(GPU_VENV)/bin/python -m bench.device
+bench-device-venv: $(GPU_STAMP)
+	PYTHONPATH=. $(GPU_VENV)/bin/python -m bench.device $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
