@@ -36,22 +36,27 @@ padding (none, 'same', or more). Other convolutions (groups) take the portable l
 
 Tiles, grid and arithmetic intensity (float32):
 
-- forward and input gradient: ``BM = 128`` pixels (64 when fewer than ``2 * SMS``
-  programs would result) x ``BO = 64`` channels (the next power of two >= 16 below 64),
-  contraction chunks ``BK = 32`` (16 for 3 channels, masked beyond ``C``), 4 warps;
-  grid ``(C_out tiles, pixel tiles, phases)`` with the channel tiles of one pixel tile
-  launched side by side so that they share its rows in L2. Per tap and chunk a program
-  loads ``BM*BK + BK*BO`` values for ``2*BM*BK*BO`` FLOPs: 10.7 FLOP/byte from cache. From
-  HBM the pass moves ``x`` once and ``y`` once: ``2*taps*C_in*C_out / (4*(C_in + C_out))``
-  FLOP/byte at stride 1, 144 for a 3x3 64->64 layer. airbench94 at batch 512: 24->64
-  @31 gives 3844 x 1 programs, 256->256 @3 gives 36 x 4 = 144 (132 SMs on an H100).
+- forward and input gradient: ``BM = 128`` output pixels (64, then 32, where fewer than
+  ``2 * SMS`` programs would result) x ``BO = 64`` output channels (fewer channels: the
+  next power of two >= 16), contraction chunks of ``BK = 32`` channels (16 for 3, masked
+  beyond ``C``) looped over inside the kernel, 4 warps; grid ``(C_out tiles, pixel tiles,
+  phases)``, the channel tiles of one pixel tile launched side by side so that they share
+  its rows in L2. Per tap and chunk a program loads ``BM*BK + BK*BO`` values for
+  ``2*BM*BK*BO`` FLOPs: 21 FLOP/byte from cache at ``BM = 128`` (16 at 64). From HBM the
+  pass moves ``x`` once and ``y`` once: ``2*taps*C_in*C_out / (4*(C_in + C_out))``
+  FLOP/byte at stride 1, 144 for a 3x3 64->64 layer. airbench94's forward at batch 512:
+  3844 programs for 24->64 @31, 900 for 64->64 @15, 4 x 196 for 256->256 @7 and
+  4 x 72 (``BM = 64``) for 256->256 @3; at batch 128 that last one is 4 x 36 (``BM = 32``),
+  for an H100's 132 SMs.
 - weight gradient: ``BC = 32`` input channels (16 for 3) x ``BO = 64`` output channels,
   up to ``9`` taps per program (``taps * BC * BO`` float32 accumulators, 72 KiB over 8
   warps), pixel chunks of ``BP = 64``; grid ``(C_out tiles, C_in tiles, tap groups,
   splits)`` with ``splits`` chosen to give about ``SMS`` programs (one wave: the
   accumulators fill an SM's registers). Per chunk a program
   loads ``BP*BO`` gradient values and ``taps*BP*BC`` input values for
-  ``2*taps*BP*BC*BO`` FLOPs: 19 FLOP/byte from cache for a 3x3.
+  ``2*taps*BP*BC*BO`` FLOPs: 26 FLOP/byte from cache for a 3x3. The partial sums are
+  ``splits * taps * C_in * C_out`` floats: 10 MB for airbench94's 24->64 @31 layer
+  (131 splits) next to 173 MB of ``x`` and ``g``, 12 MB for 256->256 @3 (5 splits).
 
 Every ``pl.pallas_call`` carries a ``pl.CostEstimate``: the FLOPs of the grid as run
 (padded tiles included) and the HBM bytes of one read of every input and one write of the
@@ -179,7 +184,9 @@ def taps_forward(x, w_taps, out_hw, phases, *, step=(1, 1), out_step=(1, 1), int
     m = n * hq * wq
     bo, bk = _tile(o, BO), _tile(k, BK)
     kp, op = _cdiv(k, bk) * bk, _cdiv(o, bo) * bo
-    bm = BM if _cdiv(m, BM) * (op // bo) * len(phases) >= 2 * SMS else BM // 2
+    # Smaller pixel tiles where the large ones would leave SMs idle (deep, small layers).
+    tiles = lambda bm: _cdiv(m, bm) * (op // bo) * len(phases)  # noqa: E731
+    bm = next((bm for bm in (BM, BM // 2) if tiles(bm) >= 2 * SMS), BM // 4)
     # Zero rows and columns make every weight tile whole: no mask on the weight loads.
     w_pad = jnp.pad(w_taps.astype(x.dtype), ((0, 0), (0, kp - k), (0, op - o)))
 
