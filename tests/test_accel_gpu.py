@@ -101,3 +101,14 @@ def test_cost_estimates_count_the_convolution():
     (dw,) = _estimates(lambda x, g: gconv.taps_weight_grad(x, g, geom), x, g)
     assert dw.flops == 2 * macs
     assert dw.bytes_accessed >= 4 * (x.size + g.size + w_taps.size)
+
+
+@pytest.mark.parametrize("stride, kernel", [((2, 2), (3, 3)), ((2, 3), (3, 2)), ((3, 1), (5, 1))])
+def test_input_gradient_phases_run_every_tap_once(stride, kernel):
+    """Each tap reaches the input pixels of exactly one phase per axis, so the strided input
+    gradient does the forward pass's products and no more (no products with zeros)."""
+    geom = _geom((11, 10), kernel, stride, (1, 1), ((1, 1), (1, 0)))
+    phases = gconv._input_grad_phases(geom)
+    assert len(phases) == stride[0] * stride[1]
+    taps = sorted(t for ph in phases for t, _, _ in ph.taps)
+    assert taps == list(range(geom.taps))

@@ -39,9 +39,9 @@ Tiles, grid and arithmetic intensity (float32):
 - forward and input gradient: ``BM = 128`` output pixels (64, then 32, where fewer than
   ``2 * SMS`` programs would result) x ``BO = 64`` output channels (fewer channels: the
   next power of two >= 16), contraction chunks of ``BK = 32`` channels (16 for 3, masked
-  beyond ``C``) looped over inside the kernel, 4 warps; grid ``(C_out tiles, pixel tiles,
-  phases)``, the channel tiles of one pixel tile launched side by side so that they share
-  its rows in L2. Per tap and chunk a program loads ``BM*BK + BK*BO`` values for
+  beyond ``C``) looped over inside the kernel, 4 warps, 1 stage; grid ``(C_out tiles,
+  pixel tiles, phases)``, the channel tiles of one pixel tile launched side by side so
+  that they share its rows in L2. Per tap and chunk a program loads ``BM*BK + BK*BO`` values for
   ``2*BM*BK*BO`` FLOPs: 21 FLOP/byte from cache at ``BM = 128`` (16 at 64). From HBM the
   pass moves ``x`` once and ``y`` once: ``2*taps*C_in*C_out / (4*(C_in + C_out))``
   FLOP/byte at stride 1, 144 for a 3x3 64->64 layer. airbench94's forward at batch 512:
@@ -50,10 +50,10 @@ Tiles, grid and arithmetic intensity (float32):
   for an H100's 132 SMs.
 - weight gradient: ``BC = 32`` input channels (16 for 3) x ``BO = 64`` output channels,
   up to ``9`` taps per program (``taps * BC * BO`` float32 accumulators, 72 KiB over 8
-  warps), pixel chunks of ``BP = 64``; grid ``(C_out tiles, C_in tiles, tap groups,
-  splits)`` with ``splits`` chosen to give about ``SMS`` programs (one wave: the
-  accumulators fill an SM's registers). Per chunk a program
-  loads ``BP*BO`` gradient values and ``taps*BP*BC`` input values for
+  warps), pixel chunks of ``BP = 64`` (2 stages: 90 KB of tiles in shared memory); grid
+  ``(C_out tiles, C_in tiles, tap groups, splits)`` with ``splits`` chosen to give about
+  ``SMS`` programs (one wave: the accumulators fill an SM's registers). Per chunk a
+  program loads ``BP*BO`` gradient values and ``taps*BP*BC`` input values for
   ``2*taps*BP*BC*BO`` FLOPs: 26 FLOP/byte from cache for a 3x3. The partial sums are
   ``splits * taps * C_in * C_out`` floats: 10 MB for airbench94's 24->64 @31 layer
   (131 splits) next to 173 MB of ``x`` and ``g``, 12 MB for 256->256 @3 (5 splits).
@@ -101,9 +101,9 @@ except ImportError:  # pragma: no cover - older jax
 _CompilerParams = getattr(_plgpu, "CompilerParams", None) or _plgpu.TritonCompilerParams
 
 
-def _params(num_warps: int):
+def _params(num_warps: int, num_stages: int):
     """Compiler parameters that select the Triton backend (Mosaic GPU lowers no ``dot``)."""
-    return _CompilerParams(num_warps=num_warps, num_stages=2)
+    return _CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
 def _gather(ref, rows, cols, mask):
@@ -243,7 +243,9 @@ def taps_forward(x, w_taps, out_hw, phases, *, step=(1, 1), out_step=(1, 1), int
         out_specs=pl.BlockSpec((n * ho * wo + 1, o), lambda j, i, p: (0, 0)),
         out_shape=jax.ShapeDtypeStruct((n * ho * wo + 1, o), x.dtype),
         cost_estimate=cost,
-        compiler_params=_params(num_warps=4),
+        # One stage: prefetching the next chunk would hold every tap's tiles twice in
+        # shared memory, 184 KB for a 64 -> 24 input gradient, more than an A100 has.
+        compiler_params=_params(num_warps=4, num_stages=1),
         interpret=interpret,
     )(x.reshape(n * hs * ws, k), w_pad)
     return y[: n * ho * wo].reshape(n, ho, wo, o)
@@ -321,7 +323,8 @@ def taps_weight_grad(x, g, geom: win.Geometry, *, interpret=False):
         out_specs=pl.BlockSpec((1, group, bc, bo), lambda j, i, u, s: (s, u, i, j)),
         out_shape=jax.ShapeDtypeStruct((splits, tg * group, ct * bc, ot * bo), jnp.float32),
         cost_estimate=cost,
-        compiler_params=_params(num_warps=8),
+        # Two stages: the next pixel chunk's tiles (90 KB at most) load during the products.
+        compiler_params=_params(num_warps=8, num_stages=2),
         interpret=interpret,
     )(x.reshape(n * h * w, c), g.reshape(m, o).astype(x.dtype))
     return jnp.sum(parts, axis=0)[:taps, :c, :o]
