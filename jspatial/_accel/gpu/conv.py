@@ -144,6 +144,9 @@ def supports(geom: win.Geometry, groups: int) -> bool:
 
     Covered: ``groups == 1`` with any stride, kernel size, dilation and zero padding
     (asymmetric, none, 'same' or more), for compute capability 8.0 and up (Triton).
+    The kernels index with int32: each of ``x``, ``y`` and their gradients must hold
+    fewer than ``2**31`` elements (a shape check for the caller; 512 x 256 x 32 x 32 is
+    134M).
     """
     return groups == 1 and all(p >= 0 for pad in geom.padding for p in pad)
 
