@@ -28,12 +28,15 @@ is ``max(FLOPs / peak, bytes / HBM bandwidth)`` with the published figures in ``
     python -m bench.gpu --gpu h100_sxm --suite step
     python -m bench.gpu --compile-all
     python -m bench.gpu --quick                          # small batches: checks the script
+    python -m bench.gpu --render bench/out/gpu.json      # the report again, from its JSON
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,8 +176,7 @@ def measure(fn, structs) -> dict:
         traced = jax.jit(fn).trace(*structs)
         compiled = traced.lower().compile()
     except Exception as e:  # XLA's message: its first line names the failing pass
-        lines = [x for x in str(e).splitlines() if x.strip()] or [type(e).__name__]
-        return {"error": lines[0][:300]}
+        return {"error": _first_line(e)}
     text = compiled.as_text()
     cost = hlo_cost.count(text, pallas_flops(traced.jaxpr))
     mem = compiled.memory_analysis()
@@ -191,6 +193,11 @@ def measure(fn, structs) -> dict:
         "argument_bytes": mem.argument_size_in_bytes,
         "output_bytes": mem.output_size_in_bytes,
     }
+
+
+def _first_line(e: Exception) -> str:
+    lines = [x for x in str(e).splitlines() if x.strip()] or [type(e).__name__]
+    return lines[0][:300]
 
 
 def _structs(mesh, shapes, spec=None):
@@ -212,7 +219,10 @@ def measure_op(mesh, f, shapes, n_diff=None) -> dict:
     structs = _structs(mesh, shapes)
     n_diff = len(structs) if n_diff is None else n_diff
     first = lambda out: out[0] if isinstance(out, (tuple, list)) else out  # noqa: E731
-    out = first(jax.eval_shape(f, *structs))
+    try:
+        out = first(jax.eval_shape(f, *structs))
+    except Exception as e:  # a trace-time error: the op rejects these arguments
+        return {"fwd": {"error": _first_line(e)}, "bwd": {"error": _first_line(e)}}
 
     def backward(*args):
         diff, rest = args[:n_diff], args[n_diff:-1]
@@ -456,9 +466,14 @@ def ops_table(rows: list[dict]) -> list[str]:
 LABEL = {"ours": "jspatial", "flax": "Flax built-ins"}
 
 
+def _brief(error: str) -> str:
+    """A compile error's first line without the HLO metadata and backend config."""
+    return re.sub(r", (metadata|backend_config)=.*", "", error).replace("|", "\\|")
+
+
 def _failed(cells: list[str], says: str, width: int) -> str:
     """A table row, ``width`` columns wide, that says what did not compile."""
-    rest = [says] + [""] * (width - len(cells) - 1)
+    rest = [_brief(says)] + [""] * (width - len(cells) - 1)
     return "| " + " | ".join(cells + rest) + " |"
 
 
@@ -512,11 +527,49 @@ def compile_all_table(rows: list[dict], gpus: list[str]) -> list[str]:
                 cells.append("ok / ok")
             else:
                 cells.append(
-                    ("ok" if fwd is None else f"**fails**: {fwd}") + " / "
-                    + ("ok" if bwd is None else f"**fails**: {bwd}")
+                    ("ok" if fwd is None else f"**fails**: {_brief(fwd)}") + " / "
+                    + ("ok" if bwd is None else f"**fails**: {_brief(bwd)}")
                 )  # fmt: skip
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return lines
+
+
+def render(results: dict) -> str:
+    """The Markdown report of a run's results (what ``--json`` holds)."""
+    gpus = results["gpus"]
+    command = f"python -m bench.gpu {results.get('argv', '')}".strip()
+    lines = [
+        f"# GPU compile: FLOPs, HBM bytes and kernels, {results['date']}",
+        "",
+        f"`{command}` (JAX {results['jax']}, `jax[cuda12]`, "
+        "compiled ahead of time on a CPU host; nothing runs). Float32. Bytes: every kernel's "
+        "operands plus results, loop bodies times their trip counts; roofline = max(FLOPs / "
+        "peak, bytes / HBM bandwidth), launches aside. `+?`: FLOPs of some Triton calls "
+        "unknown. Temp: `memory_analysis().temp_size_in_bytes` (the larger of forward and "
+        "backward for an op).",
+        "",
+    ]
+    if "step" in results:
+        rows = results["step"]
+        lines += [f"## airbench94 train step, batch {rows[0]['batch']} (forward, backward, "
+                  "Nesterov SGD)", "", *steps_table(rows), ""]  # fmt: skip
+    if "data_parallel" in results:
+        dp = results["data_parallel"]
+        lines += [f"### Data parallel on 8 H100s (`topology=1x1x8`), global batch "
+                  f"{dp[0]['batch']} split over the mesh axis `data` as `train.distributed` "
+                  "does; counts per device", "", *data_parallel_table(dp), ""]  # fmt: skip
+    for suite in ("airbench", "core"):
+        for g in gpus:
+            rows = [r for r in results.get(suite, []) if r["gpu"] == g]
+            if rows:
+                lines += [f"## {suite} suite on {GPUS[g].name} ({GPUS[g].sm})", ""]
+                lines += ops_table(rows) + [""]
+    if "compile_all" in results:
+        lines += ["## Every public op, forward and backward, small shapes", ""]
+        lines += compile_all_table(results["compile_all"], gpus) + [""]
+    if "seconds" in results:
+        lines.append(f"Compile time of this run: {results['seconds']:.0f} s.")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -526,8 +579,15 @@ def main(argv=None) -> None:
     parser.add_argument("--compile-all", action="store_true", help="every public op, small")
     parser.add_argument("--quick", action="store_true", help="small batches, few cases")
     parser.add_argument("--out", default="", help="default bench/out/gpu.md (gpu-all.md)")
+    parser.add_argument("--render", default="", help="only re-render this results JSON")
     args = parser.parse_args(argv)
 
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        text = render(results)
+        print(text)
+        Path(args.out or Path(args.render).with_suffix(".md")).write_text(text + "\n")
+        return
     gpus = args.gpu.split(",")
     for g in gpus:
         if g not in GPUS:
@@ -535,45 +595,21 @@ def main(argv=None) -> None:
     if jax.default_backend() != "cpu":
         parser.error("run with JAX_PLATFORMS=cpu: the GPU is only a compile target here")
     started = time.time()
-    suites = ["step", "airbench", "core"] if args.suite == "all" else [args.suite]
     results: dict = {"jax": jax.__version__, "date": time.strftime("%Y-%m-%d"), "gpus": gpus}
-    lines = [
-        f"# GPU compile: FLOPs, HBM bytes and kernels, {results['date']}",
-        "",
-        f"`python -m bench.gpu` (JAX {jax.__version__}, `jax[cuda12]`, compiled ahead of time "
-        "on a CPU host; nothing runs). Float32. Bytes: every kernel's operands plus results, "
-        "loop bodies times their trip counts; roofline = max(FLOPs / peak, bytes / HBM "
-        "bandwidth), launches aside. `+?`: FLOPs of some Triton calls unknown.",
-        "",
-    ]
+    results["argv"] = " ".join(argv if argv is not None else sys.argv[1:])
     if args.compile_all:
-        rows = run_compile_all(gpus, args.quick)
-        results["compile_all"] = rows
-        lines += ["## Every public op, forward and backward, small shapes", ""]
-        lines += compile_all_table(rows, gpus) + [""]
+        results["compile_all"] = run_compile_all(gpus, args.quick)
     else:
+        suites = ["step", "airbench", "core"] if args.suite == "all" else [args.suite]
         for suite in suites:
             if suite == "step":
-                rows = [r for g in gpus for r in run_steps(g, args.quick)]
-                results["step"] = rows
-                batch = rows[0]["batch"]
-                lines += [f"## airbench94 train step, batch {batch} (forward, backward, "
-                          "Nesterov SGD)", "", *steps_table(rows), ""]  # fmt: skip
+                results["step"] = [r for g in gpus for r in run_steps(g, args.quick)]
                 if "h100_sxm" in gpus:
-                    dp = run_data_parallel(args.quick)
-                    results["data_parallel"] = dp
-                    lines += [f"### Data parallel on 8 H100s (`topology=1x1x8`), global batch "
-                              f"{dp[0]['batch']}, the batch split over the mesh axis "
-                              "`data` as `train.distributed` does", "",
-                              *data_parallel_table(dp), ""]  # fmt: skip
-                continue
-            for g in gpus:
-                rows = run_ops(g, suite, args.quick)
-                results.setdefault(suite, []).extend(rows)
-                lines += [f"## {suite} suite on {GPUS[g].name} ({GPUS[g].sm})", ""]
-                lines += ops_table(rows) + [""]
-    lines.append(f"Compile time of this run: {time.time() - started:.0f} s.")
-    text = "\n".join(lines)
+                    results["data_parallel"] = run_data_parallel(args.quick)
+            else:
+                results[suite] = [r for g in gpus for r in run_ops(g, suite, args.quick)]
+    results["seconds"] = time.time() - started
+    text = render(results)
     print(text)
     out = Path(args.out or ("bench/out/gpu-all.md" if args.compile_all else "bench/out/gpu.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
