@@ -443,23 +443,33 @@ OPS_HEAD = [
 ]
 
 
+def _pair(o: dict, x: dict, fmt) -> str:
+    """``ours / XLA`` of one column; a side that did not compile shows a dash."""
+    side = lambda m: "-" if "error" in m else fmt(m)  # noqa: E731
+    return f"{side(o)} / {side(x)}"
+
+
 def ops_table(rows: list[dict]) -> list[str]:
+    """One row per op; where a side fails to compile, the ratio column says so."""
     lines = list(OPS_HEAD)
     for r in rows:
         o, x = _total(r["ours"]), _total(r["xla"])
-        if "error" in o or "error" in x:
-            fail = o if "error" in o else x
-            who = "ours" if "error" in o else "XLA"
-            lines.append(_failed([r["name"]], f"{who}: {fail['error']}", 7))
-            continue
         g = r["gpu"]
-        lines.append(
-            f"| {r['name']} | {_gflop(o)} / {_gflop(x)} | {o['bytes'] / 1e6:.0f} / "
-            f"{x['bytes'] / 1e6:.0f} | **{o['bytes'] / x['bytes']:.2f}** | "
-            f"{o['kernels']:.0f} / {x['kernels']:.0f} | {o['temp_bytes'] / 2**20:.0f} / "
-            f"{x['temp_bytes'] / 2**20:.0f} | {roofline_us(g, o['flops'], o['bytes']):.0f} / "
-            f"{roofline_us(g, x['flops'], x['bytes']):.0f} |"
-        )
+        if "error" in o or "error" in x:
+            who = "ours" if "error" in o else "XLA"
+            ratio = f"**{who}: {_brief((o if 'error' in o else x)['error'])}**"
+        else:
+            ratio = f"**{o['bytes'] / x['bytes']:.2f}**"
+        cells = [
+            r["name"],
+            _pair(o, x, _gflop),
+            _pair(o, x, lambda m: f"{m['bytes'] / 1e6:.0f}"),
+            ratio,
+            _pair(o, x, lambda m: f"{m['kernels']:.0f}"),
+            _pair(o, x, lambda m: f"{m['temp_bytes'] / 2**20:.0f}"),
+            _pair(o, x, lambda m, g=g: f"{roofline_us(g, m['flops'], m['bytes']):.0f}"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
