@@ -13,7 +13,8 @@ input, as in ``bench.accel``):
 
 - ``core``: ``bench.accel.op_suite`` at batch 128, plus LeNet's first layer;
 - ``airbench``: the airbench94 layers of ``bench.ops`` at batch 512, plus its 2x2
-  whitening layer (trainable here: the weight gradient is part of it);
+  whitening layer as a trainable op (its backward computes the weight and the input
+  gradient);
 - ``step``: the airbench94 train step of ``bench.accel.train_step_fn`` at batch 512, on
   jspatial's layers and on Flax's built-ins, and data parallel on 8 H100s;
 

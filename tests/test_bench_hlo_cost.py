@@ -211,3 +211,29 @@ def test_a_real_optimized_module_parses_and_its_dot_is_counted():
     assert cost.transcendentals == 32 * 16
     assert cost.kernels >= 1
     assert cost.bytes >= (32 * 64 + 64 * 16 + 32 * 16) * 4
+
+
+def test_the_gpu_report_shows_a_layer_that_fails_to_compile_as_a_row():
+    """``bench.gpu``'s tables from results as its JSON holds them (no compile here)."""
+    from bench import gpu
+
+    ok = {"flops": 2e9, "bytes": 4e8, "kernels": 3, "unknown_flops": 0, "temp_bytes": 2**20}
+    fails = {"error": "INTERNAL: Couldn't find output tile sizes, metadata={op_name=...}"}
+    results = {
+        "jax": "0.10.2", "date": "2026-12-03", "gpus": ["h100_sxm"], "argv": "--suite core",
+        "core": [
+            {"gpu": "h100_sxm", "name": "conv a", "ours": {"fwd": ok, "bwd": ok},
+             "xla": {"fwd": ok, "bwd": {**ok, "bytes": 1e8, "unknown_flops": 1}}},
+            {"gpu": "h100_sxm", "name": "conv b", "ours": {"fwd": ok, "bwd": fails},
+             "xla": {"fwd": ok, "bwd": ok}},
+        ],
+    }  # fmt: skip
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in gpu.render(results).splitlines()}
+    assert rows["| conv a"][1] == "4.00 / 4.00+?"  # forward + backward GFLOP, XLA's unknown
+    assert rows["| conv a"][3] == "**1.60**"  # 800 MB against 500 MB
+    failed = rows["| conv b"]
+    assert failed[1] == "- / 4.00" and failed[4] == "- / 6"
+    assert (
+        failed[3]
+        == "**ours: backward fails to compile: INTERNAL: Couldn't find output tile sizes**"
+    )
