@@ -477,8 +477,8 @@ def conv_flops(out_shape: str, kernel_shape: str, dim_labels: str) -> float:
     """Two FLOPs per multiply-add: every output element takes one product per kernel tap and
     input channel of its group, i.e. the kernel's size over its output features.
 
-    >>> conv_flops("f32[8,4,4,16]", "f32[16,3,3,2]", "b01f_o01i->b01f")
-    9216
+    >>> conv_flops("f32[8,4,4,16]", "f32[16,3,3,2]", "b01f_o01i->b01f")  # 2 * 2048 * 3*3*2
+    73728
     """
     kernel = arrays(kernel_shape)[0][1]
     labels = dim_labels.split("_")[1].split("->")[0] if "_" in dim_labels else ""
