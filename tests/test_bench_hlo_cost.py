@@ -237,3 +237,11 @@ def test_the_gpu_report_shows_a_layer_that_fails_to_compile_as_a_row():
         failed[3]
         == "**ours: backward fails to compile: INTERNAL: Couldn't find output tile sizes**"
     )
+
+
+def test_the_counters_docstring_examples_hold():
+    """``make test`` collects doctests from ``jspatial`` only; these are ``bench``'s."""
+    import doctest
+
+    result = doctest.testmod(hlo_cost)
+    assert result.attempted >= 3 and result.failed == 0
