@@ -7,7 +7,7 @@ TRAIN_STAMP := $(VENV)/.installed-train
 DOCS_STAMP := $(VENV)/.docs-installed
 DIST ?= dist
 
-.PHONY: test train bench bench-accel bench-device bench-device-venv lint format install clean notebook wheel docs
+.PHONY: test train bench bench-accel bench-device bench-device-venv bench-gpu lint format install clean notebook wheel docs
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -93,6 +93,21 @@ $(GPU_STAMP): pyproject.toml
 
 bench-device-venv: $(GPU_STAMP)
 	PYTHONPATH=. $(GPU_VENV)/bin/python -m bench.device $(ARGS)
+
+# FLOPs, HBM bytes and kernel launches of an H100, A100 and T4 compile (no GPU needed):
+# JAX's CUDA build, in the same .venv-gpu but without torch (only bench-device needs it),
+# never part of `make test`. JAX_PLATFORMS=cpu: the GPU is a compile target, not a device.
+# ARGS passes options, e.g. ARGS="--compile-all" or ARGS="--gpu h100_sxm --suite step".
+GPU_AOT_STAMP := $(GPU_VENV)/.installed-aot
+
+$(GPU_AOT_STAMP): pyproject.toml constraints.txt
+	@test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[train]' "jax[cuda12]==0.10.2"
+	@touch $(GPU_AOT_STAMP)
+
+bench-gpu: $(GPU_AOT_STAMP)
+	JAX_PLATFORMS=cpu $(GPU_VENV)/bin/python -m bench.gpu $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
