@@ -173,9 +173,13 @@ def pallas_flops(jaxpr) -> dict[str, float]:
 
 def measure(fn, structs) -> dict:
     """Counts of ``fn`` compiled for the shardings in ``structs``; ``error`` if it fails."""
+    # The target's mesh is set while tracing: that is where jspatial reads the GPU's compute
+    # capability from (jspatial._accel.dispatch.gpu_target), to choose its Triton kernels.
+    mesh = jax.tree.leaves(structs)[0].sharding.mesh
     try:
-        traced = jax.jit(fn).trace(*structs)
-        compiled = traced.lower().compile()
+        with jax.set_mesh(mesh):
+            traced = jax.jit(fn).trace(*structs)
+            compiled = traced.lower().compile()
     except Exception as e:  # XLA's message: its first line names the failing pass
         return {"error": _first_line(e)}
     text = compiled.as_text()
