@@ -45,8 +45,8 @@ $(DOCS_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[docs]'
 	@touch $(DOCS_STAMP)
 
-# The API reference (from the docstrings) and the notebook, unexecuted, as a static site in
-# site/; any warning fails the build.
+# The API reference (from the docstrings) and the notebook, executed in quick mode (cached in
+# .cache/docs-notebook/), as a static site in site/; any warning fails the build.
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
@@ -118,4 +118,4 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build dist site
+	rm -rf $(VENV) .pytest_cache .ruff_cache .cache build dist site

@@ -86,6 +86,10 @@ def conv2d(
     with bias ``b``. ``conv2d(x, w, 2)`` is an error naming ``bias``, as the third
     positional argument is the bias.
 
+    See also: the loop body, ``jspatial.conv.conv_tap`` (its backward pass:
+    ``jspatial.conv.conv_backward_tap``); ``jspatial.steps`` runs it tap by tap
+    and ``jspatial.loop_jaxpr`` prints it as compiled; ``jspatial.reference.conv2d``.
+
     Args:
         x: input ``(N, C_in, H, W)``, a floating dtype; ``N`` may be 0.
         weight: ``(C_out, C_in // groups, kh, kw)`` (OIHW).
@@ -587,6 +591,10 @@ def conv_transpose2d(
     (``window(dy, t).T @ x``). Stride ``s`` spreads the input pixels ``s`` apart, which
     is why it upsamples: ``H_out = (H - 1) * s - 2 * padding + dilation * (kh - 1)
     + output_padding + 1``.
+
+    See also: the loop body, ``jspatial.conv.conv_transpose_tap``; ``jspatial.steps``
+    runs it tap by tap and ``jspatial.loop_jaxpr`` prints it as compiled;
+    ``jspatial.reference.conv_transpose2d``.
 
     Args:
         x: input ``(N, C_in, H, W)``, a floating dtype; ``N`` may be 0.

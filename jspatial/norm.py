@@ -53,6 +53,12 @@ def batch_norm(
     updates ``running_mean``/``running_var`` in place, this returns the updated
     statistics alongside the output.
 
+    See also: the statistics loop's body, ``jspatial.norm.merge_stats`` (one batch
+    chunk merged into the count, mean and squared deviations so far);
+    ``jspatial.loop_jaxpr`` prints it as compiled (with ``training=True``;
+    ``jspatial.steps`` takes the four window ops, not this one);
+    ``jspatial.reference.batch_norm``.
+
     Args:
         x: input ``(N, C, H, W)``. ``N == 0`` gives an empty output (and, in
             training, leaves the running statistics as they were), as in PyTorch.

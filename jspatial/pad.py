@@ -34,6 +34,9 @@ def pad(
 ) -> jax.Array:
     """Pad (or crop) the height and width of ``x``, as ``torch.nn.functional.pad``.
 
+    See also: no loop here, slices (``jspatial.pad._pad_axis``);
+    ``jspatial.reference.pad`` copies the cells one by one.
+
     Args:
         x: ``(N, C, H, W)``, any dtype; ``N`` may be 0.
         pad: ``(left, right, top, bottom)``, torch's order (last axis first), or

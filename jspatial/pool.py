@@ -64,6 +64,10 @@ def max_pool2d(
     Ties send the gradient to the first maximum in window order, a NaN wins its
     window (the last NaN, if several), as PyTorch does.
 
+    See also: the loop body, ``jspatial.pool.max_pool_tap``; ``jspatial.steps`` runs it
+    tap by tap and ``jspatial.loop_jaxpr`` prints it as compiled;
+    ``jspatial.reference.max_pool2d``.
+
     Args:
         x: input ``(N, C, H, W)``.
         kernel_size: int or ``(kh, kw)``.
@@ -160,6 +164,10 @@ def avg_pool2d(
 ) -> jax.Array:
     """2-D average pooling with PyTorch's ``torch.nn.functional.avg_pool2d`` semantics.
 
+    See also: the loop body, ``jspatial.pool.avg_pool_tap``; ``jspatial.steps`` runs it
+    tap by tap and ``jspatial.loop_jaxpr`` prints it as compiled;
+    ``jspatial.reference.avg_pool2d``.
+
     Args:
         x: input ``(N, C, H, W)``.
         kernel_size: int or ``(kh, kw)``.
@@ -209,6 +217,8 @@ def _check_avg_pool2d(
 
 def global_avg_pool2d(x: ArrayLike) -> jax.Array:
     """Mean over the spatial axes: ``(N, C, H, W) -> (N, C)``, summed in float32.
+
+    See also: no loop here, one mean; ``jspatial.reference.global_avg_pool2d``.
 
     Example:
         >>> import jax.numpy as jnp, jspatial as js
@@ -407,6 +417,11 @@ def adaptive_avg_pool2d(x: ArrayLike, output_size: OutputSize) -> jax.Array:
     with ``kernel_size = stride = (H // H_out, W // W_out)``; otherwise each tap
     gathers its cells, which is slower than the strided slices of the ordinary pool.
 
+    See also: the loop over tap offsets, ``jspatial.pool._adaptive_avg_nhwc`` (each
+    tap's cells from ``jspatial.pool._adaptive_tap``); ``jspatial.loop_jaxpr`` prints
+    its body as compiled (``jspatial.steps`` takes the four window ops, not this one);
+    ``jspatial.reference.adaptive_avg_pool2d``.
+
     Args:
         x: input ``(N, C, H, W)``.
         output_size: int or ``(H_out, W_out)``; an entry ``None`` keeps that input size.
@@ -436,6 +451,11 @@ def adaptive_max_pool2d(
 
     The windows are those of ``adaptive_avg_pool2d``; ties and NaNs follow
     ``max_pool2d`` (the first maximum in row-major order wins, a NaN wins its window).
+
+    See also: the loop over tap offsets, ``jspatial.pool._adaptive_max_fwd`` (each
+    tap's cells from ``jspatial.pool._adaptive_tap``); ``jspatial.loop_jaxpr`` prints
+    its body as compiled (``jspatial.steps`` takes the four window ops, not this one);
+    ``jspatial.reference.adaptive_max_pool2d``.
 
     Args:
         x: input ``(N, C, H, W)``.
@@ -656,6 +676,10 @@ def max_unpool2d(
 
     Indices out of the plane raise a ``ValueError`` when their values are known
     (outside ``jax.jit``); under ``jax.jit`` such values are dropped.
+
+    See also: no loop here, one scatter (``jspatial.pool._scatter_planes``);
+    ``jspatial.steps`` watches the loop of ``max_pool2d``, which this inverts;
+    ``jspatial.reference.max_unpool2d`` writes the cells one by one.
 
     Args:
         x: input ``(N, C, H_in, W_in)``.
