@@ -50,7 +50,9 @@ TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix of a step being written
 class Checkpointer:
     """Saves and restores ``(model, optimizer, ema, meta)`` under ``directory``."""
 
-    def __init__(self, directory: str | Path, max_to_keep: int = 2):
+    def __init__(self, directory: str | Path, max_to_keep: int = 2, read_only: bool = False):
+        """``read_only``: reads an existing ``directory`` and changes nothing in it (not
+        even the leftovers of an interrupted write)."""
         self.directory = Path(directory).absolute()
         # The manager deletes these on start: note them first (a save that was interrupted).
         self.unfinished = sorted(
@@ -59,8 +61,9 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             enable_async_checkpointing=False,
-            cleanup_tmp_directories=True,
-            create=True,
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
