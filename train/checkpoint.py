@@ -16,6 +16,10 @@ which the next manager deletes (``cleanup_tmp_directories=True``); never a half-
 step. Only the newest ``max_to_keep`` checkpoints are kept. Saving is synchronous:
 when :meth:`Checkpointer.save` returns the checkpoint is on disk.
 
+A run stopped by a signal saves the same two items mid-epoch under
+``<out_dir>/checkpoints/interrupted/<global step>/`` with a checkpointer of its own
+(``train/run.py``); the epoch's position (steps done, running loss sums) is in ``meta``.
+
 Several processes (``jax.distributed``, see ``train/distributed.py``) use the same calls:
 every process calls ``save`` and ``restore`` with its global arrays (replicated over the
 device mesh), orbax synchronises them and the primary host (process 0) writes the

@@ -17,7 +17,8 @@ are gathered, augmented and normalised inside the jitted train step.
 
 Every setting of a run is one frozen ``train.config.Config``: the model's recipe, then the
 flags below. Everything written goes to ``--out-dir`` (default ``runs/<model>-seed<seed>``):
-``metrics.jsonl`` (one record per epoch), ``checkpoints/`` (orbax, the last 2 epochs),
+``metrics.jsonl`` (one record per epoch), ``checkpoints/`` (orbax, the last 2 epochs, and
+``checkpoints/interrupted/`` after a Ctrl-C mid-epoch),
 ``summary.json`` and, unless ``--no-plots``, ``curves.png``, ``filters.png`` and
 ``confusion.png``. Runs are deterministic for a given ``--seed``, including across a
 ``--resume`` from any checkpoint. ``--resume`` takes the settings saved with the checkpoint;

@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,13 @@ class Interrupted(Stop):
 
 class Interrupt:
     """SIGINT/SIGTERM while training: the first sets :attr:`signum` (the run stops at the
-    next step boundary and saves), the second quits the process at once."""
+    next step boundary and saves), the second quits the process at once.
+
+    Python runs a signal handler only between bytecodes of the main thread, which may sit
+    for minutes inside XLA (compiling, running a step). So the signals are counted by a
+    thread woken through ``signal.set_wakeup_fd``, which C writes to as a signal arrives;
+    the Python handler only keeps the default ``KeyboardInterrupt`` away.
+    """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -69,21 +76,30 @@ class Interrupt:
     def install(self) -> None:
         if jax.process_count() > 1:  # the processes would stop at different steps: not here
             return
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self.previous = {sig: signal.signal(sig, lambda *_: None) for sig in self.SIGNALS}
+        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read_fd,), daemon=True).start()
 
     def uninstall(self) -> None:
-        for sig, handler in (self.previous or {}).items():
+        if self.previous is None:
+            return
+        signal.set_wakeup_fd(self._previous_fd)
+        for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        os.close(self._write_fd)  # the watcher reads end-of-file and ends
         self.previous = None
 
-    def _handle(self, signum, frame) -> None:
-        # os.write: print() is not safe inside a signal handler (it may interrupt a print).
-        if self.signum is not None:
-            os.write(2, b"\nsecond interrupt: quitting now, without saving\n")
-            os._exit(128 + signum)
-        self.signum = signum
-        os.write(2, b"\ninterrupt: saving a checkpoint after the current step (press Ctrl-C "
-                    b"again to quit at once, without saving)\n")  # fmt: skip
+    def _watch(self, read_fd: int) -> None:
+        with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+            while byte := pipe.read(1):
+                if self.signum is not None:
+                    os.write(2, b"\nsecond interrupt: quitting now, without saving\n")
+                    os._exit(128 + byte[0])
+                self.signum = byte[0]
+                os.write(2, b"\ninterrupt: saving a checkpoint after the current step (press "
+                            b"Ctrl-C again to quit at once, without saving)\n")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
