@@ -30,8 +30,8 @@ A GPU's compute capability is not known to ``platform_dependent``: it is read at
 time (``gpu_target``) from the devices of the mesh set with ``jax.set_mesh`` (how a
 program is compiled ahead of time for a GPU it does not have), else from the local
 GPUs. Triton kernels need 8.0 or more (Ampere and later); an older GPU (a T4 is 7.5),
-or an unknown one, takes the portable loops with the GPU settings of
-``jspatial._tuning``.
+an unknown one, and a program for several GPUs (XLA does not split a Pallas call over
+devices) take the portable loops with the GPU settings of ``jspatial._tuning``.
 """
 
 from __future__ import annotations
@@ -60,10 +60,13 @@ TRITON_MIN_CAPABILITY = (8, 0)
 
 
 def gpu_target() -> tuple[int, int] | None:
-    """The compute capability of the GPUs this trace is for, or ``None`` if unknown.
+    """The compute capability of the one GPU this trace is for, or ``None``.
 
     The devices of the mesh set with ``jax.set_mesh`` if that is a GPU mesh (compiling
-    ahead of time for a GPU topology), else the first local GPU, else ``None``.
+    ahead of time for a GPU topology), else the local GPUs. ``None`` where there is no
+    GPU, and where there are several: XLA cannot split a Pallas call over devices, so
+    inside a sharded program each device would run it on the whole batch; a program for
+    several GPUs takes the portable loops, which XLA partitions like any other op.
     """
     if not _tuning.STAGE_GPU:
         return None
@@ -77,7 +80,7 @@ def gpu_target() -> tuple[int, int] | None:
         except RuntimeError:  # no GPU backend on this host
             return None
     capability = getattr(devices[0], "compute_capability", None)
-    if not capability:
+    if len(devices) != 1 or not capability:
         return None
     major, minor = str(capability).split(".")
     return int(major), int(minor)
