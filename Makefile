@@ -7,19 +7,19 @@ TRAIN_STAMP := $(VENV)/.installed-train
 DOCS_STAMP := $(VENV)/.docs-installed
 DIST ?= dist
 
-.PHONY: test train bench bench-accel bench-device lint format install clean notebook wheel docs
+.PHONY: test train bench bench-accel bench-device bench-device-venv bench-gpu lint format install clean notebook wheel docs
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,test]'
 	@touch $(STAMP) $(TRAIN_STAMP)
 
 # Training needs the library and the train extra only (no torch, no test tools).
-$(TRAIN_STAMP): pyproject.toml
+$(TRAIN_STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train]'
 	@touch $(TRAIN_STAMP)
 
 install: $(STAMP)
@@ -31,7 +31,7 @@ train: $(TRAIN_STAMP)
 	$(PY) -m train.cifar10 $(ARGS)
 
 notebook: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[train,notebook]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,notebook]'
 	$(PY) -m jupyter notebook notebooks/spatial_operations.ipynb
 
 # A pure-Python wheel, e.g. to upload next to the notebook on Colab. A stale build/ could
@@ -42,11 +42,11 @@ wheel: $(STAMP)
 	@ls $(DIST)/jspatial-*.whl
 
 $(DOCS_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[docs]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[docs]'
 	@touch $(DOCS_STAMP)
 
-# The API reference (from the docstrings) and the notebook, unexecuted, as a static site in
-# site/; any warning fails the build.
+# The API reference (from the docstrings) and the notebook, executed in quick mode (cached in
+# .cache/docs-notebook/), as a static site in site/; any warning fails the build.
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
@@ -68,8 +68,20 @@ $(TPU_STAMP): pyproject.toml
 bench-accel: $(TPU_STAMP)
 	$(TPU_VENV)/bin/python -m bench.accel
 
-# On a machine with a GPU: the op suite and the train step against XLA (cuDNN) and PyTorch
-# CUDA, in an environment of its own with JAX's CUDA build and PyPI's (CUDA) torch wheel.
+# On a machine with a GPU whose Python already holds JAX with CUDA, Flax, optax, orbax and
+# PyTorch with CUDA, even one without network: nothing is installed, the checkout runs as it
+# is on $(PYTHON) (python3 unless given). About 5 minutes, compiles included (--budget-s 300
+# skips what would start later): the airbench94 train step (jspatial / Flax built-ins /
+# PyTorch) and forward+backward of the core and airbench94-layer op suites (jspatial / XLA,
+# i.e. cuDNN / PyTorch), tables in bench/out/device.md and device.json, rewritten after
+# every case. ARGS="--recipe --data-dir data" instead trains the CIFAR-10 recipe to 94%
+# with jspatial and with PyTorch: first copy the cifar-10-batches-bin/ folder (176 MiB)
+# into data/ (ignored by git), as there is nothing to download from. ARGS="--smoke" checks
+# the script in a minute or two on any backend, a CPU too. `make bench-device-venv` runs
+# the same in .venv-gpu, built from PyPI, on a GPU machine with network.
+bench-device:
+	PYTHONPATH=. $(PYTHON) -m bench.device $(ARGS)
+
 GPU_VENV := .venv-gpu
 GPU_STAMP := $(GPU_VENV)/.installed
 
@@ -79,8 +91,23 @@ $(GPU_STAMP): pyproject.toml
 	$(GPU_VENV)/bin/python -m pip install --quiet -e '.[train]' "jax[cuda12]==0.10.2" "torch==2.13.0"
 	@touch $(GPU_STAMP)
 
-bench-device: $(GPU_STAMP)
-	$(GPU_VENV)/bin/python -m bench.device
+bench-device-venv: $(GPU_STAMP)
+	PYTHONPATH=. $(GPU_VENV)/bin/python -m bench.device $(ARGS)
+
+# FLOPs, HBM bytes and kernel launches of an H100, A100 and T4 compile (no GPU needed):
+# JAX's CUDA build, in the same .venv-gpu but without torch (only bench-device needs it),
+# never part of `make test`. JAX_PLATFORMS=cpu: the GPU is a compile target, not a device.
+# ARGS passes options, e.g. ARGS="--compile-all" or ARGS="--gpu h100_sxm --suite step".
+GPU_AOT_STAMP := $(GPU_VENV)/.installed-aot
+
+$(GPU_AOT_STAMP): pyproject.toml constraints.txt
+	@test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[train]' "jax[cuda12]==0.10.2"
+	@touch $(GPU_AOT_STAMP)
+
+bench-gpu: $(GPU_AOT_STAMP)
+	JAX_PLATFORMS=cpu $(GPU_VENV)/bin/python -m bench.gpu $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -91,4 +118,4 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build dist site
+	rm -rf $(VENV) .pytest_cache .ruff_cache .cache build dist site

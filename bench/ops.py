@@ -139,36 +139,45 @@ def _inputs(case: Case):
     return x, jnp.ones((case.shape[1],), jnp.float32)
 
 
-def _peak_bytes(fn, *args) -> int:
-    analysis = fn.lower(*args).compile().memory_analysis()
+def peak_bytes_of(compiled) -> int:
+    """Temporaries + outputs of a compiled program (``jit(f).lower(...).compile()``)."""
+    analysis = compiled.memory_analysis()
     return int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes)
+
+
+def _peak_bytes(fn, *args) -> int:
+    return peak_bytes_of(fn.lower(*args).compile())
 
 
 # ----------------------------------------------------------------------------- PyTorch
 
 
-def _torch_fns(case: Case):
+def _torch_fns(case: Case, device: str = "cpu"):
+    """(forward, forward+backward) of PyTorch's op on ``device``. On a GPU each returns
+    once its kernels are queued: a timer waits for them after a run of calls
+    (``bench.train_torch.torch_sync``), as ``jax.block_until_ready`` after JAX calls."""
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(0)
-    x = torch.randn(case.shape).contiguous(memory_format=torch.channels_last)
+    # Drawn on the CPU whatever the device: the same numbers everywhere.
+    x = torch.randn(case.shape).to(device).contiguous(memory_format=torch.channels_last)
     k, p = case.kernel, case.padding
     if case.op == "conv":
-        w = (torch.randn(case.out_channels, case.shape[1], k, k) * 0.05).contiguous(
-            memory_format=torch.channels_last
-        )
+        w = (torch.randn(case.out_channels, case.shape[1], k, k) * 0.05).to(device)
+        w = w.contiguous(memory_format=torch.channels_last)
         f = lambda x, w: F.conv2d(x, w, padding=p)  # noqa: E731
     elif case.op == "conv_transpose":
-        w = torch.randn(case.shape[1], case.out_channels, k, k) * 0.05
+        w = (torch.randn(case.shape[1], case.out_channels, k, k) * 0.05).to(device)
         s, op = case.stride, case.output_padding
         f = lambda x, w: F.conv_transpose2d(x, w, None, s, p, op)  # noqa: E731
     elif case.op == "maxpool":
-        w = torch.ones(case.shape[1])
+        w = torch.ones(case.shape[1], device=device)
         f = lambda x, w: F.max_pool2d(x, k)  # noqa: E731
     else:
-        w = torch.ones(case.shape[1])
-        stats = (torch.zeros(case.shape[1]), torch.ones(case.shape[1]))
+        w = torch.ones(case.shape[1], device=device)
+        c = case.shape[1]
+        stats = (torch.zeros(c, device=device), torch.ones(c, device=device))
         f = lambda x, w: F.batch_norm(x, *stats, w, w, training=True)  # noqa: E731
 
     def forward():
@@ -245,7 +254,8 @@ def _gflops(case: Case, ms: float, passes: int) -> str:
     return f"{2 * macs * passes / (ms * 1e-3) / 1e9:.0f}"
 
 
-def format_table(results: list[dict], with_torch: bool) -> str:
+def format_table(results: list[dict], with_torch: bool, digits: int = 1) -> str:
+    """The op table; ``digits``: decimals of the milliseconds (more for a GPU's)."""
     head = "| shape | fwd ours ms | fwd XLA ms | fwd ours/XLA |"
     head += " fwd ours/torch |" if with_torch else ""
     head += " f+b ours ms | f+b XLA ms | f+b ours/XLA |"
@@ -254,14 +264,15 @@ def format_table(results: list[dict], with_torch: bool) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         c = r["case"]
-        row = [c.name, f"{r[('ours', 0)]:.1f}", f"{r[('xla', 0)]:.1f}"]
+        ms = lambda key, r=r: f"{r[key]:.{digits}f}"  # noqa: E731
+        row = [c.name, ms(("ours", 0)), ms(("xla", 0))]
         row.append(f"{r[('ours', 0)] / r[('xla', 0)]:.2f}")
         if with_torch:
             row.append(f"{r[('ours', 0)] / r[('torch', 0)]:.2f}")
-        row += [f"{r[('ours', 1)]:.1f}", f"{r[('xla', 1)]:.1f}"]
+        row += [ms(("ours", 1)), ms(("xla", 1))]
         row.append(f"**{r[('ours', 1)] / r[('xla', 1)]:.2f}**")
         if with_torch:
-            row += [f"{r[('torch', 1)]:.1f}", f"{r[('ours', 1)] / r[('torch', 1)]:.2f}"]
+            row += [ms(("torch", 1)), f"{r[('ours', 1)] / r[('torch', 1)]:.2f}"]
         row.append(_gflops(c, r[("ours", 1)], 3))
         row.append(f"{r['mem']['ours'] / 2**20:.0f} / {r['mem']['xla'] / 2**20:.0f}")
         lines.append("| " + " | ".join(row) + " |")

@@ -108,24 +108,28 @@ def jax_runner(kind: str, n: int):
     return (lambda: jax.block_until_ready(step(model, optimizer, x, y))), compile_s
 
 
-def torch_runner(n: int):
+def torch_runner(n: int, device: str = "cpu"):
+    """``(step, first step s)``: PyTorch's airbench94 step on ``device``; ``step()``
+    returns when the device is done (``torch.cuda.synchronize`` on a GPU)."""
     import torch
 
-    from bench.train_torch import make_net
+    from bench.train_torch import make_net, torch_sync
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    net = make_net().to(memory_format=torch.channels_last)
+    net = make_net().to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.85, nesterov=True)
-    x = torch.randn(n, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (n,))
+    x = torch.randn(n, 3, 32, 32).to(device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (n,)).to(device)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.2, reduction="sum")
+    sync = torch_sync(device)
 
     def step():
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
+        sync()
 
     start = time.perf_counter()
     step()

@@ -1,14 +1,16 @@
-"""airbench94 in PyTorch on the CPU: the same network and recipe as ``train.cifar10``.
+"""airbench94 in PyTorch: the same network and recipe as ``train.cifar10``.
 
 The reference point for the JAX/jspatial training job: float32, channels_last, eager
-PyTorch with ``torch.set_num_threads(2)`` (the cores of the machine this project is
-benchmarked on). The network, initialisation, optimiser, schedule, augmentation
+PyTorch, by default on the CPU with ``torch.set_num_threads(2)`` (the cores of the machine
+this project is benchmarked on); ``--device cuda`` puts the data and the network on a GPU
+(``bench.device --recipe``). The network, initialisation, optimiser, schedule, augmentation
 (alternating flips, reflect-padded translate by 2), lookahead and TTA follow Keller
-Jordan's airbench94 (github.com/KellerJordan/cifar10-airbench), minus its fp16/GPU parts.
+Jordan's airbench94 (github.com/KellerJordan/cifar10-airbench), minus its float16 compute.
 
     python -m bench.train_torch --steps 5          # throughput of 5 train steps at batch 1024
     python -m bench.train_torch --full             # a whole 9.9-epoch run with test accuracy
     python -m bench.train_torch --full --train-limit 10000 --epochs 1
+    python -m bench.train_torch --full --device cuda --json out.json   # on a GPU
 
 Output: images/s of the train step (after one warm-up step) and, with ``--full``, the test
 accuracy with and without TTA and the wall time.
@@ -17,8 +19,10 @@ accuracy with and without TTA and the wall time.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +37,13 @@ HYP = dict(
 )  # fmt: skip
 CIFAR_MEAN = torch.tensor((0.4914, 0.4822, 0.4465))
 CIFAR_STD = torch.tensor((0.2470, 0.2435, 0.2616))
+
+
+def torch_sync(device: str):
+    """A function that waits until ``device`` has finished its queued work: PyTorch's
+    CUDA calls return before their kernels do (``torch.cuda.synchronize``); CPU ones don't."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
 
 # ---------------------------------------------------------------------------- network
 
@@ -115,9 +126,12 @@ def init_whitening(layer, images, eps=5e-4):
 def batch_crop(images, crop_size, generator):
     """Random crop of reflect-padded images: masked copies per vertical then horizontal shift."""
     r = (images.size(-1) - crop_size) // 2
+    # Drawn by the CPU generator wherever the images are: the same crops on every device.
     shifts = torch.randint(-r, r + 1, size=(len(images), 2), generator=generator)
-    tmp = torch.empty((len(images), 3, crop_size, crop_size + 2 * r), dtype=images.dtype)
-    out = torch.empty((len(images), 3, crop_size, crop_size), dtype=images.dtype)
+    shifts = shifts.to(images.device)
+    like = dict(dtype=images.dtype, device=images.device)
+    tmp = torch.empty((len(images), 3, crop_size, crop_size + 2 * r), **like)
+    out = torch.empty((len(images), 3, crop_size, crop_size), **like)
     for s in range(-r, r + 1):
         mask = shifts[:, 0] == s
         tmp[mask] = images[mask, :, r + s : r + s + crop_size, :]
@@ -128,15 +142,17 @@ def batch_crop(images, crop_size, generator):
 
 
 class Loader:
-    """airbench's CifarLoader on the CPU: pre-flipped, pre-padded, alternating flips."""
+    """airbench's CifarLoader: pre-flipped, pre-padded, alternating flips; the whole split
+    lives on ``device``, the random draws come from the CPU ``generator``."""
 
-    def __init__(self, images, labels, batch_size, train, generator):
-        images = torch.from_numpy(images).float() / 255
-        self.images = (images - CIFAR_MEAN.view(1, 3, 1, 1)) / CIFAR_STD.view(1, 3, 1, 1)
-        self.labels = torch.from_numpy(labels).long()
+    def __init__(self, images, labels, batch_size, train, generator, device="cpu"):
+        images = torch.from_numpy(images).to(device).float() / 255
+        mean, std = CIFAR_MEAN.to(device), CIFAR_STD.to(device)
+        self.images = (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        self.labels = torch.from_numpy(labels).long().to(device)
         self.batch_size, self.train, self.generator, self.epoch = batch_size, train, generator, 0
         if train:
-            flip = torch.rand(len(images), generator=generator) < 0.5
+            flip = (torch.rand(len(images), generator=generator) < 0.5).to(device)
             flipped = torch.where(flip.view(-1, 1, 1, 1), self.images.flip(-1), self.images)
             pad = HYP["translate"]
             self.padded = F.pad(flipped, (pad,) * 4, "reflect")
@@ -155,6 +171,7 @@ class Loader:
             order = torch.randperm(len(images), generator=self.generator)
         else:
             order = torch.arange(len(images))
+        order = order.to(images.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield images[idx].contiguous(memory_format=torch.channels_last), self.labels[idx]
@@ -207,22 +224,24 @@ def run(args):
     train_images = cifar.train_images[: args.train_limit]
     train_labels = cifar.train_labels[: args.train_limit]
     batch_size = min(args.batch_size, len(train_images))
-    train = Loader(train_images, train_labels, batch_size, True, generator)
-    test = Loader(cifar.test_images, cifar.test_labels, 2000, False, generator)
+    train = Loader(train_images, train_labels, batch_size, True, generator, args.device)
+    test = Loader(cifar.test_images, cifar.test_labels, 2000, False, generator, args.device)
     total_steps = math.ceil(len(train) * args.epochs)
     if args.steps:
         total_steps = args.steps + 1  # one warm-up step, then the timed ones
 
-    net = make_net()
+    net = make_net().to(args.device, memory_format=torch.channels_last)
     init_whitening(net[0], train.images[:5000])
     optimizer, scheduler = make_optimizer(net, total_steps, batch_size)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=HYP["label_smoothing"], reduction="none")
+    sync = torch_sync(args.device)  # wherever a clock is read
     ema, step, timed_start = None, 0, None
     for epoch in range(math.ceil(total_steps / len(train))):
         net[0].bias.requires_grad = epoch < HYP["whiten_bias_epochs"]
         t0 = time.perf_counter()
         for x, y in train:
             if step == 1:
+                sync()
                 timed_start = time.perf_counter()
             loss = loss_fn(net(x), y).sum()
             optimizer.zero_grad(set_to_none=True)
@@ -254,15 +273,21 @@ def run(args):
             acc = evaluate(net, test, tta=False)
             print(f"epoch {epoch + 1}: loss {loss.item() / batch_size:.4f}  test_acc {acc:.4f}  "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
+    sync()
     steps_timed = step - 1
     train_s = time.perf_counter() - timed_start if timed_start else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch_size}: "
-          f"{steps_timed * batch_size / train_s:.1f} images/s over {steps_timed} steps "
-          f"({train_s / max(steps_timed, 1):.2f} s/step)")  # fmt: skip
+    print(f"torch {torch.__version__} on {args.device}, {torch.get_num_threads()} threads, "
+          f"batch {batch_size}: {steps_timed * batch_size / train_s:.1f} images/s over "
+          f"{steps_timed} steps ({train_s / max(steps_timed, 1):.2f} s/step)")  # fmt: skip
+    result = dict(torch=torch.__version__, device=args.device, batch_size=batch_size,
+                  steps=step, images_per_second=steps_timed * batch_size / train_s)  # fmt: skip
     if args.full:
         tta_acc = evaluate(net, test, tta=True)
+        result.update(test_accuracy=tta_acc, test_accuracy_no_tta=acc, epochs=args.epochs)
         print(f"test accuracy {100 * tta_acc:.2f}% (no TTA {100 * acc:.2f}%) in "
               f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+    result["wall_time_s"] = time.perf_counter() - start
+    return result
 
 
 def main(argv=None):
@@ -276,11 +301,18 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where the data and the network live: "
+                   "cpu, cuda, cuda:1, ...")  # fmt: skip
+    p.add_argument("--json", default="", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if args.full:
         args.steps = 0
     torch.set_num_threads(args.threads)
-    run(args)
+    result = run(args)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

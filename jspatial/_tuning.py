@@ -7,12 +7,12 @@ a benchmark can override one with ``monkeypatch.setattr`` and ``jax.clear_caches
 
 Where measured: ``make bench`` (``python -m bench.ops`` and ``python -m bench.train_step``)
 on a 2-core x86 CPU (AMD EPYC or Intel Xeon, AVX2, JAX 0.10.2 CPU, float32); the tables
-are in ``bench/RESULTS.md``. Every value below is therefore a CPU value. The GPU runs
-the same portable loops with the same values, none of them measured there. Lowered for a
-TPU, the convolution, max pooling and batch-norm statistics can take the versions in
+are in ``bench/RESULTS.md``. The values of the first three sections are CPU values; the
+last section holds the GPU's, measured by compiling for GPUs ahead of time
+(``make bench-gpu``). Lowered for a TPU or a recent GPU, the convolution (and on a TPU
+max pooling and the batch-norm statistics) can take the on-chip versions in
 ``jspatial._accel`` instead (``jspatial._accel.dispatch``); their block sizes live with
-their kernels, and ``make bench-accel`` measures their FLOPs and memory traffic from a
-TPU v5e compile, not their speed.
+their kernels.
 
 ``conv2d(..., algorithm='auto')``, per backend:
 
@@ -20,20 +20,24 @@ TPU v5e compile, not their speed.
   F(2x2, 3x3) for an ungrouped 3x3 stride-1 layer with at least
   ``WINOGRAD_MIN_CHANNELS`` channels on both sides and an output of at least
   ``WINOGRAD_MIN_SIZE`` on both axes, the direct tap loop otherwise. Measured.
-- GPU: the same choice, unmeasured. What decides it holds on any matrix unit (one
-  product of depth ``C_in * kh * kw`` beats ``kh * kw`` products of depth 3; Winograd's
-  2.25x fewer multiplies pay once the products outweigh its element-wise transforms), but
-  the break-even sizes will differ; until measured, the CPU's are kept.
+- GPU with compute capability 8.0 or more (A100, H100, ...): the Pallas Triton tap
+  kernel for every layer it covers (``jspatial._accel.gpu.conv.supports``), whatever
+  ``algorithm`` says; other layers, and every layer of an older GPU (a T4) or of a GPU
+  whose compute capability the trace cannot see (``dispatch.gpu_target``), take the
+  portable loops with the GPU settings below: im2col for ungrouped layers, the direct
+  loop for grouped ones, one batch chunk, taps unrolled.
 - TPU: where libtpu is installed (a TPU host, or ahead-of-time compilation for a TPU
   topology) the program holds both versions (``lax.platform_dependent``); elsewhere only
   the portable one. A convolution the Pallas tap kernel covers (ungrouped, stride 1,
   padding at most 'same', which the kernel completes before cropping;
-  ``jspatial._accel.conv.same_size``) runs that kernel, whatever ``algorithm`` says: it
+  ``jspatial._accel.tpu.conv.same_size``) runs that kernel, whatever ``algorithm`` says: it
   reads each image from HBM once, which matters more there than the multiplies Winograd
   saves. Any other convolution takes the CPU's choice. Speed unmeasured.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 # ---------------------------------------------------------------------- convolution
 
@@ -89,3 +93,41 @@ POOL_UNROLL_TAPS = 16
 # than a speed one. CPU: batchnorm 256ch @8, batch 128, forward + backward 0.81x XLA's
 # time and 1.00x its memory (bench/RESULTS.md).
 BN_MAX_CHUNKS = 4
+
+# ---------------------------------------------------------------------- GPU
+#
+# A GPU runs the same portable loops, with other settings. On a CPU the batch chunks and
+# rolled loops keep the working set in cache; on a GPU every chunk and every loop
+# iteration is a handful of separate kernel launches, each a few microseconds plus a
+# round trip of its operands through HBM. Where JAX's CUDA plugin is installed the
+# program holds both settings (``lax.platform_dependent``, via
+# ``jspatial._windows.for_gpu``) and lowering for ``cuda`` keeps the GPU's; elsewhere
+# only the CPU's are traced, and the CPU program is the one it always was.
+#
+# Where measured: compiled ahead of time for an H100 SXM, A100 and T4 on a CPU-only host
+# (``make bench-gpu``: FLOPs, HBM bytes and kernels launched from the optimized HLO, loop
+# trip counts included), airbench94's layers and train step at batch 512, float32.
+# Speed on a real GPU is not measured yet.
+
+STAGE_GPU = any(
+    importlib.util.find_spec(name) is not None
+    for name in ("jax_cuda12_plugin", "jax_cuda13_plugin")
+)
+
+# No batch chunks on a GPU: a chunk loop launches each of its kernels once per chunk,
+# and a GPU's memory holds the whole batch's windows for the layer sizes measured.
+GPU_MAX_CHUNKS = 1
+
+# Tap loops fully unrolled on a GPU: a rolled loop is a device-side while loop whose
+# every iteration launches its kernels in turn; unrolled, XLA fuses each tap's window
+# copy into its neighbours.
+GPU_UNROLL = True
+
+# algorithm='auto' on a GPU without an on-chip kernel for the layer: im2col whenever
+# the layer is ungrouped (one large product on the matrix units instead of kh * kw
+# thin ones, and one pass of the taps' copies instead of one per tap), the direct loop
+# for grouped layers. Winograd alone moves fewer bytes than im2col on a T4 compile
+# (64->64 @15, batch 512, forward + backward: 1.9 GB vs 2.9), but inside the airbench94
+# train step it moves more: 14.9 GB vs 14.0 on a T4, 18.1 vs 14.0 on an H100, whose
+# compile fuses im2col's window copies into the products.
+GPU_IM2COL_MAX_DEPTH = 1 << 30

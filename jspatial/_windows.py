@@ -205,6 +205,7 @@ def over_batch_chunks(body, chunks: int, inputs, outputs, carry=()):
     into rows ``i::chunks`` of the matching full-size array in ``outputs`` (zeros to start).
     A loop over batch chunks bounds an op's temporaries (windows, transformed tiles,
     gradient buffers) to a chunk's worth, while each chunk's matrix products stay large.
+    Lowered for a GPU, the whole batch is one chunk (``_tuning.GPU_MAX_CHUNKS``).
     """
 
     def step(i, state):
@@ -213,4 +214,37 @@ def over_batch_chunks(body, chunks: int, inputs, outputs, carry=()):
         outs = tuple(set_batch_chunk(o, i, r, chunks) for o, r in zip(outs, results, strict=True))
         return outs, carry
 
-    return lax.fori_loop(0, chunks, step, (tuple(outputs), carry))
+    def chunked(inputs, outputs, carry):
+        return lax.fori_loop(0, chunks, step, (tuple(outputs), carry))
+
+    def whole(inputs, outputs, carry):
+        results, carry = body(list(inputs), carry)
+        return tuple(r.astype(o.dtype) for o, r in zip(outputs, results, strict=True)), carry
+
+    if chunks == 1:
+        return chunked(inputs, outputs, carry)
+    return for_gpu(chunked, whole, list(inputs), list(outputs), carry)
+
+
+def tap_loop(taps: int, body, init, unroll=1):
+    """``lax.fori_loop(0, taps, body, init, unroll=unroll)``, fully unrolled for a GPU.
+
+    Every tap loop of the ops runs through here, so that lowered for a GPU it takes
+    ``_tuning.GPU_UNROLL`` instead of the CPU's ``unroll``.
+    """
+    cpu = lambda init: lax.fori_loop(0, taps, body, init, unroll=unroll)  # noqa: E731
+    gpu = lambda init: lax.fori_loop(0, taps, body, init, unroll=_tuning.GPU_UNROLL)  # noqa: E731
+    if unroll is True or unroll >= taps:
+        return cpu(init)
+    return for_gpu(cpu, gpu, init)
+
+
+def for_gpu(cpu, gpu, *operands):
+    """``cpu(*operands)``, or ``gpu(*operands)`` in a program lowered for a GPU.
+
+    Both are staged only where JAX's CUDA plugin is installed (``_tuning.STAGE_GPU``);
+    elsewhere this is ``cpu(*operands)`` and nothing else is traced.
+    """
+    if not _tuning.STAGE_GPU:
+        return cpu(*operands)
+    return lax.platform_dependent(*operands, default=cpu, cuda=gpu)

@@ -57,6 +57,7 @@ from jax.typing import ArrayLike
 
 from jspatial import _args, _tuning, winograd
 from jspatial import _windows as win
+from jspatial._accel import dispatch
 from jspatial._args import IntOrPair, Padding
 from jspatial.pad import _check_pad, _pad_normalised
 from jspatial.shapes import output_hw, transposed_size
@@ -85,6 +86,10 @@ def conv2d(
     with bias ``b``. ``conv2d(x, w, 2)`` is an error naming ``bias``, as the third
     positional argument is the bias.
 
+    See also: the loop body, ``jspatial.conv.conv_tap`` (its backward pass:
+    ``jspatial.conv.conv_backward_tap``); ``jspatial.steps`` runs it tap by tap
+    and ``jspatial.loop_jaxpr`` prints it as compiled; ``jspatial.reference.conv2d``.
+
     Args:
         x: input ``(N, C_in, H, W)``, a floating dtype; ``N`` may be 0.
         weight: ``(C_out, C_in // groups, kh, kw)`` (OIHW).
@@ -98,18 +103,13 @@ def conv2d(
         algorithm: keyword only, not in torch. ``'direct'`` (the tap loop),
             ``'winograd'`` (F(2x2, 3x3), for ungrouped 3x3 stride-1 convolutions; see
             ``jspatial.winograd``), ``'im2col'`` (the taps copied into one matrix, one
-            product; ungrouped) or ``'auto'``, which picks by layer shape. On a CPU,
-            ``'auto'`` takes im2col when ``C_in * kh * kw <= 32`` (a first layer),
-            Winograd for 3x3 stride-1 layers with at least 64 channels on both sides
-            and an output of at least 6x6, the direct loop otherwise: where each measured
-            fastest (``bench/RESULTS.md``). A GPU makes the same choice, not yet measured
-            there. Compiled for a TPU, a convolution that the on-chip tap kernel supports
-            (ungrouped, stride 1, output the size of the input) runs that kernel whatever
-            ``algorithm`` says, the others as on a CPU (``jspatial._tuning``).
+            product; ungrouped) or ``'auto'``, which picks by layer shape and backend
+            (``jspatial._tuning``). All four give the same result within rounding.
 
     Returns:
-        ``(N, C_out, H_out, W_out)`` in the dtype of ``x`` (accumulated in float32),
-        with ``H_out = floor((H + pads - dilation * (kh - 1) - 1) / stride) + 1``.
+        ``(N, C_out, H_out, W_out)`` in the dtype of ``x`` (accumulated in float32, or
+        float64 for float64 inputs), with
+        ``H_out = floor((H + pads - dilation * (kh - 1) - 1) / stride) + 1``.
 
     Example:
         >>> import jax.numpy as jnp, jspatial as js
@@ -149,7 +149,8 @@ def _conv2d_checked(
         pads = _check_pad(x.shape, (left, right, top, bottom), padding_mode, op)
         x = _pad_normalised(x, pads, padding_mode, 0.0)
         geom = geom._replace(in_hw=tuple(x.shape[2:]), padding=((0, 0), (0, 0)))
-    return _conv2d(x, weight, bias, geom, groups, method)
+    gpu = _gpu_plan(algorithm, geom, groups, x.shape[1], weight.shape[0], op)
+    return _conv2d(x, weight, bias, geom, groups, method, gpu)
 
 
 def _check_conv2d(x, weight, bias, stride, padding, dilation, groups, algorithm, op):
@@ -165,23 +166,42 @@ def _check_conv2d(x, weight, bias, stride, padding, dilation, groups, algorithm,
 
 
 # Compiled once per shape and configuration, so eager calls do not re-trace the loops.
-@partial(jax.jit, static_argnums=(3, 4, 5))
-def _conv2d(x, weight, bias, geom, groups, method):
-    from jspatial._accel import dispatch  # the Pallas kernels load only when a conv traces
-
-    def portable(x, w):
-        if method == "winograd":
-            return winograd._conv3x3(x, w, geom)
-        if method == "im2col":
-            return _conv_im2col(x, w, geom)
-        return _conv_direct(x, w, geom, groups)
-
-    # Lowered for a TPU, the same tap loop runs on-chip as a Pallas kernel (jspatial/_accel);
-    # CPUs and GPUs keep the loops above.
-    y = dispatch.conv2d(x, weight.astype(x.dtype), geom, groups, portable)
+@partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _conv2d(x, weight, bias, geom, groups, method, gpu=None):
+    # ``gpu``: ``(compute capability, method)`` where a GPU version is staged (dispatch).
+    # The on-chip kernels multiply floats: integer convolutions keep the portable loops.
+    on_chip = jnp.issubdtype(x.dtype, jnp.floating)
+    kernels = {"tpu": dispatch.kernel_for("conv2d", "tpu", geom, groups) if on_chip else None}
+    if gpu is not None:
+        capability, gpu_method = gpu
+        if on_chip:
+            kernels["cuda"] = dispatch.kernel_for("conv2d", "cuda", geom, groups, gpu=capability)
+        if kernels.get("cuda") is None and gpu_method != method:
+            kernels["cuda"] = partial(_conv_portable, geom=geom, groups=groups, method=gpu_method)
+    # Lowered for a TPU or a recent GPU, the same tap loop runs on-chip as a Pallas kernel
+    # where one covers the layer (jspatial/_accel); everywhere else the loops of this file.
+    portable = partial(_conv_portable, geom=geom, groups=groups, method=method)
+    y = dispatch.per_target(portable, kernels, x, weight.astype(x.dtype))
     if bias is not None:
         y = y + bias.astype(y.dtype)[:, None, None]
     return y.astype(x.dtype)
+
+
+def _conv_portable(x, w, *, geom, groups, method):
+    if method == "winograd":
+        return winograd._conv3x3(x, w, geom)
+    if method == "im2col":
+        return _conv_im2col(x, w, geom)
+    return _conv_direct(x, w, geom, groups)
+
+
+def _gpu_plan(algorithm, geom, groups, c_in, c_out, op):
+    """``(compute capability, method)`` for ``_conv2d``'s GPU branch, or ``None`` where no
+    GPU version is staged (``jspatial._accel.dispatch``)."""
+    if not _tuning.STAGE_GPU:
+        return None
+    method = _choose_method(algorithm, geom, groups, c_in, c_out, op, gpu=True)
+    return dispatch.gpu_target(), method
 
 
 def _check_weight_shape(weight, op, layout):
@@ -215,11 +235,12 @@ def _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
     return win.Geometry((h, w), out_hw, kernel, strides, dil, pads), groups
 
 
-def _choose_method(algorithm, geom, groups, c_in, c_out, op, integer=False) -> str:
+def _choose_method(algorithm, geom, groups, c_in, c_out, op, integer=False, gpu=False) -> str:
     """Resolve ``algorithm`` for one convolution; rejects a method that does not apply.
 
-    ``'auto'`` uses the CPU's thresholds of ``jspatial._tuning`` (see there for the GPU
-    and the TPU). ``integer`` input never takes Winograd, whose transforms divide by 2.
+    ``'auto'`` uses the CPU's thresholds of ``jspatial._tuning``, or with ``gpu`` the
+    GPU's (see there for the TPU). ``integer`` input never takes Winograd, whose
+    transforms divide by 2.
     """
     _args.one_of(algorithm, _ALGORITHMS, op, "algorithm")
     if integer and algorithm == "winograd":
@@ -234,6 +255,12 @@ def _choose_method(algorithm, geom, groups, c_in, c_out, op, integer=False) -> s
         raise ValueError(f"{op} algorithm='im2col' needs groups=1, got groups={groups}")
     if algorithm != "auto":
         return algorithm
+    if gpu:
+        return (
+            "im2col"
+            if groups == 1 and c_in * geom.taps <= _tuning.GPU_IM2COL_MAX_DEPTH
+            else "direct"
+        )
     if (
         not integer
         and winograd._supports(geom, groups)
@@ -378,14 +405,14 @@ def _forward_loop(xph, w_taps, geom, gm=None, dw=None):
     out = jnp.zeros((m, w_taps.shape[1], w_taps.shape[-1]), win.accum_dtype(xph.dtype))
     if gm is None:
         tap = partial(conv_tap, xph=xph, w_taps=w_taps, geom=geom)
-        return lax.fori_loop(0, geom.taps, tap, out, unroll=_tuning.CONV_UNROLL)
+        return win.tap_loop(geom.taps, tap, out, _tuning.CONV_UNROLL)
 
     def tap_and_grad(t, carry):
         out, dw = carry
         dw = conv_weight_grad_tap(t, dw, xph, gm, geom)
         return conv_tap(t, out, xph, w_taps, geom), dw
 
-    return lax.fori_loop(0, geom.taps, tap_and_grad, (out, dw), unroll=_tuning.CONV_UNROLL)
+    return win.tap_loop(geom.taps, tap_and_grad, (out, dw), _tuning.CONV_UNROLL)
 
 
 def _input_grad_loop(gm, w_taps, geom, phased_shape, xph=None, dw=None):
@@ -400,9 +427,9 @@ def _input_grad_loop(gm, w_taps, geom, phased_shape, xph=None, dw=None):
     dxph = jnp.zeros(phased_shape, win.accum_dtype(gm.dtype))
     if xph is None:
         tap = partial(conv_transpose_tap, g=gm, w_taps=w_taps, geom=geom)
-        return lax.fori_loop(0, geom.taps, tap, dxph, unroll=_tuning.CONV_UNROLL)
+        return win.tap_loop(geom.taps, tap, dxph, _tuning.CONV_UNROLL)
     tap = partial(conv_backward_tap, xph=xph, g=gm, w_taps=w_taps, geom=geom)
-    return lax.fori_loop(0, geom.taps, tap, (dxph, dw), unroll=_tuning.CONV_UNROLL)
+    return win.tap_loop(geom.taps, tap, (dxph, dw), _tuning.CONV_UNROLL)
 
 
 def _phased_shape(n, c, geom):
@@ -496,7 +523,7 @@ def _im2col(x, geom):
         block = win.window(xph, t, geom).reshape(m, 1, c)
         return lax.dynamic_update_slice_in_dim(cols, block, t, axis=1)
 
-    return lax.fori_loop(0, geom.taps, tap, jnp.zeros((m, geom.taps, c), x.dtype))
+    return win.tap_loop(geom.taps, tap, jnp.zeros((m, geom.taps, c), x.dtype))
 
 
 def _im2col_fwd(x, weight, geom):
@@ -534,7 +561,7 @@ def _im2col_bwd(geom, residuals, g):
             return win.add_to_window(dxph, t, block, geom)
 
         dxph = win.to_phases(jnp.zeros(xc.shape, acc), geom, 0)
-        dxph = lax.fori_loop(0, geom.taps, tap, dxph)
+        dxph = win.tap_loop(geom.taps, tap, dxph)
         return (win.nhwc_to_nchw(win.from_phases(dxph, geom)),), dw
 
     dw = jnp.zeros(w.shape, acc)
@@ -573,6 +600,10 @@ def conv_transpose2d(
     (``window(dy, t).T @ x``). Stride ``s`` spreads the input pixels ``s`` apart, which
     is why it upsamples: ``H_out = (H - 1) * s - 2 * padding + dilation * (kh - 1)
     + output_padding + 1``.
+
+    See also: the loop body, ``jspatial.conv.conv_transpose_tap``; ``jspatial.steps``
+    runs it tap by tap and ``jspatial.loop_jaxpr`` prints it as compiled;
+    ``jspatial.reference.conv_transpose2d``.
 
     Args:
         x: input ``(N, C_in, H, W)``, a floating dtype; ``N`` may be 0.

@@ -33,6 +33,7 @@ from jax.typing import ArrayLike
 
 from jspatial import _args, _tuning
 from jspatial import _windows as win
+from jspatial._accel import dispatch
 
 
 def batch_norm(
@@ -52,6 +53,12 @@ def batch_norm(
     reads the same here. One difference: JAX arrays are immutable, so where PyTorch
     updates ``running_mean``/``running_var`` in place, this returns the updated
     statistics alongside the output.
+
+    See also: the statistics loop's body, ``jspatial.norm.merge_stats`` (one batch
+    chunk merged into the count, mean and squared deviations so far);
+    ``jspatial.loop_jaxpr`` prints it as compiled (with ``training=True``;
+    ``jspatial.steps`` takes the four window ops, not this one);
+    ``jspatial.reference.batch_norm``.
 
     Args:
         x: input ``(N, C, *)``: ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)``,
@@ -172,11 +179,12 @@ def _batch_norm_core(x, running_mean, running_var, weight, bias, training, momen
     count = x.shape[0] * x.shape[2] * x.shape[3]
     if count == 0:  # nothing to normalise, no statistics to fold in (PyTorch's behaviour)
         return _affine(x, w, b), running_mean, running_var
-    from jspatial._accel import dispatch  # the Pallas kernels load only when a norm traces
-
     # Lowered for a TPU, the statistics are whole-array reductions XLA fuses (jspatial/_accel);
     # everywhere else the chunked loop of ``_bn_train``.
-    y, mean, var = dispatch.bn_train(x, w, b, eps, _bn_train)
+    kernel = dispatch.kernel_for("bn_train", "tpu", eps)
+    y, mean, var = dispatch.per_target(
+        lambda x, w, b: _bn_train(x, w, b, eps), {"tpu": kernel}, x, w, b
+    )
     if running_mean is None:
         return y, None, None
     unbiased = var * (count / (count - 1))
@@ -203,9 +211,16 @@ def _batch_stats(x):
     def step(i, total):
         return merge_stats(total, chunk_stats(win.batch_chunk(x, i, chunks).astype(acc)))
 
-    init = (jnp.zeros((), acc), jnp.zeros((c,), acc), jnp.zeros((c,), acc))
-    count, mean, m2 = lax.fori_loop(0, chunks, step, init)
-    return mean, m2 / count
+    def chunked(x):
+        init = (jnp.zeros((), acc), jnp.zeros((c,), acc), jnp.zeros((c,), acc))
+        count, mean, m2 = lax.fori_loop(0, chunks, step, init)
+        return mean, m2 / count
+
+    def whole(x):  # lowered for a GPU: one chunk (_tuning.GPU_MAX_CHUNKS)
+        count, mean, m2 = chunk_stats(x.astype(acc))
+        return mean, m2 / count
+
+    return chunked(x) if chunks == 1 else win.for_gpu(chunked, whole, x)
 
 
 def chunk_stats(part):

@@ -36,6 +36,9 @@ def pad(
 ) -> jax.Array:
     """Pad (or crop) the trailing axes of ``x``, as ``torch.nn.functional.pad``.
 
+    See also: no loop here, slices (``jspatial.pad._pad_axis``);
+    ``jspatial.reference.pad`` copies the cells one by one.
+
     Args:
         x: an array of any rank and dtype; an axis may be empty.
         pad: amounts in torch's order, last axis first: ``(left, right)`` pads the last

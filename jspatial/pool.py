@@ -43,6 +43,7 @@ from jax.typing import ArrayLike
 
 from jspatial import _args, _tuning
 from jspatial import _windows as win
+from jspatial._accel import dispatch
 from jspatial._args import IntOrPair, OutputSize
 from jspatial.shapes import output_hw
 
@@ -62,6 +63,10 @@ def max_pool2d(
     padding (possible only with dilation) outputs ``-inf`` and passes no gradient.
     Ties send the gradient to the first maximum in window order, a NaN wins its
     window (the last NaN, if several), as PyTorch does.
+
+    See also: the loop body, ``jspatial.pool.max_pool_tap``; ``jspatial.steps`` runs it
+    tap by tap and ``jspatial.loop_jaxpr`` prints it as compiled;
+    ``jspatial.reference.max_pool2d``.
 
     Args:
         x: input ``(N, C, H, W)``.
@@ -107,12 +112,11 @@ def _max_pool2d_checked(
 @partial(jax.jit, static_argnums=(1, 2))
 def _max_pool2d(x, geom, return_indices):
     if not return_indices:
-        from jspatial._accel import dispatch  # the Pallas kernels load only when a pool traces
-
         # Lowered for a TPU, non-overlapping windows run as a Pallas kernel (jspatial/_accel);
         # everywhere else this is the tap loop below.
         portable = lambda x: win.nhwc_to_nchw(_max_pool_nhwc(win.nchw_to_nhwc(x), geom)[0])  # noqa: E731
-        return dispatch.max_pool2d(x, geom, portable)
+        kernel = dispatch.kernel_for("max_pool2d", "tpu", geom)
+        return dispatch.per_target(portable, {"tpu": kernel}, x)
     y, arg = _max_pool_nhwc(win.nchw_to_nhwc(x), geom)
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
     row0 = np.arange(geom.out_hw[0]) * sh - geom.padding[0][0]
@@ -162,6 +166,10 @@ def avg_pool2d(
     divisor_override: float | None = None,
 ) -> jax.Array:
     """2-D average pooling with PyTorch's ``torch.nn.functional.avg_pool2d`` semantics.
+
+    See also: the loop body, ``jspatial.pool.avg_pool_tap``; ``jspatial.steps`` runs it
+    tap by tap and ``jspatial.loop_jaxpr`` prints it as compiled;
+    ``jspatial.reference.avg_pool2d``.
 
     Args:
         x: input ``(N, C, H, W)``.
@@ -213,6 +221,8 @@ def _check_avg_pool2d(
 
 def global_avg_pool2d(x: ArrayLike) -> jax.Array:
     """Mean over the spatial axes: ``(N, C, H, W) -> (N, C)``, summed in float32.
+
+    See also: no loop here, one mean; ``jspatial.reference.global_avg_pool2d``.
 
     Example:
         >>> import jax.numpy as jnp, jspatial as js
@@ -308,7 +318,7 @@ def _lowest(dtype):
 def _max_fwd(x, geom):
     xph, real, init = max_pool_start(x, geom)
     tap = partial(max_pool_tap, xph=xph, real=real, geom=geom)
-    best, arg = lax.fori_loop(0, geom.taps, tap, init, unroll=_unroll(geom.taps))
+    best, arg = win.tap_loop(geom.taps, tap, init, _unroll(geom.taps))
     return (best, arg), arg
 
 
@@ -326,7 +336,7 @@ def _max_bwd(geom, arg, cotangents):
     def tap(t, dxph):
         return win.add_to_window(dxph, t, jnp.where(arg == t, g, 0), geom)
 
-    dxph = lax.fori_loop(0, geom.taps, tap, jnp.zeros(hq_shape, acc), unroll=_unroll(geom.taps))
+    dxph = win.tap_loop(geom.taps, tap, jnp.zeros(hq_shape, acc), _unroll(geom.taps))
     return (win.from_phases(dxph, geom).astype(g.dtype),)
 
 
@@ -379,9 +389,7 @@ def _avg_pool_nhwc(x, geom, divisor):
     xph = win.to_phases(x, geom, 0)
     acc = win.accum_dtype(x.dtype)
     tap = partial(avg_pool_tap, xph=xph, geom=geom)
-    total = lax.fori_loop(
-        0, geom.taps, tap, jnp.zeros((n, *geom.out_hw, c), acc), unroll=_unroll(geom.taps)
-    )
+    total = win.tap_loop(geom.taps, tap, jnp.zeros((n, *geom.out_hw, c), acc), _unroll(geom.taps))
     return (total * _avg_scale(geom, divisor, acc)).astype(x.dtype)
 
 
@@ -399,7 +407,7 @@ def _avg_bwd(geom, divisor, token, g):
     def tap(t, dxph):
         return win.add_to_window(dxph, t, gs, geom)
 
-    dxph = lax.fori_loop(0, geom.taps, tap, jnp.zeros(hq_shape, acc), unroll=_unroll(geom.taps))
+    dxph = win.tap_loop(geom.taps, tap, jnp.zeros(hq_shape, acc), _unroll(geom.taps))
     return (win.from_phases(dxph, geom).astype(token.dtype),)
 
 
@@ -421,6 +429,11 @@ def adaptive_avg_pool2d(x: ArrayLike, output_size: OutputSize) -> jax.Array:
     When ``H_out`` divides ``H`` and ``W_out`` divides ``W`` this is ``avg_pool2d``
     with ``kernel_size = stride = (H // H_out, W // W_out)``; otherwise each tap
     gathers its cells, which is slower than the strided slices of the ordinary pool.
+
+    See also: the loop over tap offsets, ``jspatial.pool._adaptive_avg_nhwc`` (each
+    tap's cells from ``jspatial.pool._adaptive_tap``); ``jspatial.loop_jaxpr`` prints
+    its body as compiled (``jspatial.steps`` takes the four window ops, not this one);
+    ``jspatial.reference.adaptive_avg_pool2d``.
 
     Args:
         x: input ``(N, C, H, W)``.
@@ -452,6 +465,11 @@ def adaptive_max_pool2d(
 
     The windows are those of ``adaptive_avg_pool2d``; ties and NaNs follow
     ``max_pool2d`` (the first maximum in row-major order wins, a NaN wins its window).
+
+    See also: the loop over tap offsets, ``jspatial.pool._adaptive_max_fwd`` (each
+    tap's cells from ``jspatial.pool._adaptive_tap``); ``jspatial.loop_jaxpr`` prints
+    its body as compiled (``jspatial.steps`` takes the four window ops, not this one);
+    ``jspatial.reference.adaptive_max_pool2d``.
 
     Args:
         x: input ``(N, C, H, W)``.
@@ -583,7 +601,7 @@ def _adaptive_avg_nhwc(x, sizes):
 
     taps = _adaptive_taps(sizes)
     init = jnp.zeros((n, *sizes[1], c), acc)
-    total = lax.fori_loop(0, taps, tap, init, unroll=_unroll(taps))
+    total = win.tap_loop(taps, tap, init, _unroll(taps))
     return (total * _adaptive_scale(sizes, acc)).astype(x.dtype)
 
 
@@ -602,7 +620,7 @@ def _adaptive_avg_bwd(sizes, token, g):
         return _scatter_add(dx, rows, cols, jnp.where(inside, gs, 0))
 
     taps = _adaptive_taps(sizes)
-    dx = lax.fori_loop(0, taps, tap, jnp.zeros((n, *sizes[0], c), acc), unroll=_unroll(taps))
+    dx = win.tap_loop(taps, tap, jnp.zeros((n, *sizes[0], c), acc), _unroll(taps))
     return (dx.astype(token.dtype),)
 
 
@@ -629,7 +647,7 @@ def _adaptive_max_fwd(x, sizes):
     taps = _adaptive_taps(sizes)
     shape = (n, *sizes[1], c)
     init = (jnp.full(shape, -jnp.inf, x.dtype), jnp.full(shape, -1, _tap_dtype(taps)))
-    best, arg = lax.fori_loop(0, taps, tap, init, unroll=_unroll(taps))
+    best, arg = win.tap_loop(taps, tap, init, _unroll(taps))
     return (best, arg), arg
 
 
@@ -643,7 +661,7 @@ def _adaptive_max_bwd(sizes, arg, cotangents):
         return _scatter_add(dx, rows, cols, jnp.where(arg == t, g, 0))
 
     taps = _adaptive_taps(sizes)
-    dx = lax.fori_loop(0, taps, tap, jnp.zeros((n, *sizes[0], c), acc), unroll=_unroll(taps))
+    dx = win.tap_loop(taps, tap, jnp.zeros((n, *sizes[0], c), acc), _unroll(taps))
     return (dx.astype(g.dtype),)
 
 
@@ -673,6 +691,10 @@ def max_unpool2d(
 
     Indices out of the plane raise a ``ValueError`` when their values are known
     (outside ``jax.jit``); under ``jax.jit`` such values are dropped.
+
+    See also: no loop here, one scatter (``jspatial.pool._scatter_planes``);
+    ``jspatial.steps`` watches the loop of ``max_pool2d``, which this inverts;
+    ``jspatial.reference.max_unpool2d`` writes the cells one by one.
 
     Args:
         x: input ``(N, C, H_in, W_in)``.

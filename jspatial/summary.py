@@ -6,7 +6,11 @@ never touched, so BatchNorm running statistics and RNG counters stay as they wer
 While it runs, the ``__call__`` of every *leaf* layer (a module with no sub-modules,
 or one that holds parameters itself) is intercepted to record its input and output,
 in call order, whatever the model's ``__call__`` does between them. A layer called
-twice gets two rows.
+twice gets two rows. The plain functions of an ``nnx.Sequential`` (``nnx.relu``,
+``functools.partial(jax.nn.leaky_relu, ...)``) get a row for each call too, named by
+their index like a layer there and typed by the function's name, as ``torchinfo``
+lists a ``ReLU``; a function called inside a model's own ``__call__`` is not a layer
+and has no row.
 
 What each column counts:
 
@@ -19,7 +23,9 @@ What each column counts:
   ``rows * in_features * out_features``). Only dot products count: BatchNorm,
   pooling (comparisons or additions), activations and reshapes are 0, since at
   inference BatchNorm folds into the convolution before it. A layer of a type not
-  known here that holds parameters shows ``?`` and is left out of the total.
+  known here that holds parameters shows ``?`` and is left out of the total; so does
+  a function of a Sequential that multiplies arrays (a matrix product or a
+  convolution in its traced program). Functions hold no parameters.
 - **Memory**: bytes of the layer's output(s) for the given batch
   (``activation_bytes``), e.g. a pool's indices too.
 - **RF / jump**: the receptive field of one output cell, in input pixels, and the
@@ -52,14 +58,15 @@ Example:
     Layer  Type       Output shape    Params     MACs    Memory   RF  Jump
     -----  ---------  --------------  ------  -------  --------  ---  ----
     0      Conv2d     (2, 8, 16, 16)     224  110,592  16.0 KiB    3     1
+    1      relu       (2, 8, 16, 16)       0        0  16.0 KiB    3     1
     2      MaxPool2d  (2, 8, 8, 8)         0        0   4.0 KiB    4     2
     3      Conv2d     (2, 8, 8, 8)       584   73,728   4.0 KiB   12     2
     4      Flatten    (2, 512)             0        0   4.0 KiB    -     -
     5      Linear     (2, 10)          5,130   10,240      80 B  all     -
     -----  ---------  --------------  ------  -------  --------  ---  ----
-    Total                              5,938  194,560  28.1 KiB
+    Total                              5,938  194,560  44.1 KiB
     Input (2, 3, 16, 16) float32, output (2, 10); MACs x 2 = FLOPs.
-    >>> s.rows[2].receptive_field, s.rows[2].jump, s.total_params
+    >>> s.rows[3].receptive_field, s.rows[3].jump, s.total_params
     ((12, 12), (2, 2), 5938)
 """
 
@@ -75,6 +82,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.extend import core as jcore
 
 from jspatial import shapes
 from jspatial.layers import module as _module
@@ -84,18 +92,19 @@ from jspatial.layers import module as _module
 
 @dataclasses.dataclass(frozen=True)
 class SummaryRow:
-    """One call of one leaf layer.
+    """One call of one leaf layer (or of one function of an ``nnx.Sequential``).
 
     Attributes:
         name: PyTorch-style dotted path (``0``, ``features.3``, ``groups.0.conv1``);
             ``""`` for the model itself when it is a single layer.
-        type: the layer's class name.
+        type: the layer's class name; for a function, its name (``relu``).
         call: 1 for the first call of this layer, 2 for the second, ...
         input_shape: shape of the first array argument.
         output_shape: shape of the first array output.
         output_shapes: shapes of all array outputs (a pool's indices too).
         params: elements of the layer's ``nnx.Param`` variables (0 on repeated calls).
-        macs: multiply-accumulates for the batch; ``None`` when not known for the type.
+        macs: multiply-accumulates for the batch; ``None`` when not known for the type
+            (or for a function that multiplies arrays).
         activation_bytes: bytes of all the layer's outputs.
         receptive_field: ``(h, w)`` in input pixels (ints; ``Fraction`` past a
             transposed conv), ``"all"`` (the whole input) or ``None`` (no spatial
@@ -123,7 +132,8 @@ class Summary:
     """What ``summary`` found: the rows, in call order, and the totals.
 
     Attributes:
-        rows: one ``SummaryRow`` per leaf-layer call, in the order the calls return.
+        rows: one ``SummaryRow`` per call of a leaf layer or of a Sequential's
+            function, in the order the calls return.
         input_shape, dtype: the input the forward pass was traced with.
         output_shape: the shape of the model's (first array) output.
         total_params: every ``nnx.Param`` element of the model, counted once; equals
@@ -256,7 +266,31 @@ class _Recorder:
             own = [v for _, v in _module.named_variables(mod, nnx.Param) if id(v) not in inside]
             if not children or own:
                 self.layers[id(mod)] = _Layer(_torch_name(model, path), mod, own)
+            if isinstance(mod, nnx.Sequential):
+                self._record_functions(mod, _torch_name(model, path))
         self.tensors.append((x, _Field.identity()))
+
+    def _record_functions(self, seq: nnx.Sequential, prefix: str) -> None:
+        """Wraps the plain functions of a Sequential (``nnx.relu``) so that each call is a row.
+
+        Only the traced copy's list is changed; each position gets a layer of its own,
+        named like a module at that index (``features.2``).
+        """
+        for i, fn in enumerate(seq.layers):
+            if isinstance(fn, nnx.Module) or not callable(fn):
+                continue
+            seq.layers[i] = self._recording(
+                fn, _Layer(f"{prefix}.{i}" if prefix else str(i), fn, [])
+            )
+
+    def _recording(self, fn: Callable, layer: _Layer) -> Callable:
+        @functools.wraps(fn)  # the signature too: Sequential passes ``rngs`` if fn takes it
+        def call(*args: Any, **kwargs: Any) -> Any:
+            out = fn(*args, **kwargs)
+            self.leave(fn, layer, args, kwargs, out)
+            return out
+
+        return call
 
     def enter(self, mod: Any) -> _Layer | None:
         layer = self.layers.get(id(mod))
@@ -285,13 +319,13 @@ class _Recorder:
         self.rows.append(
             SummaryRow(
                 name=layer.name,
-                type=type(mod).__name__,
+                type=_type_name(mod),
                 call=layer.calls,
                 input_shape=in_shape,
                 output_shape=out_shape,
                 output_shapes=out_shapes,
                 params=params,
-                macs=_layer_macs(mod, in_shape, bool(layer.own_params)),
+                macs=_layer_macs(mod, in_shape, bool(layer.own_params), args, kwargs),
                 activation_bytes=sum(shapes.activation_bytes(o.shape, o.dtype) for o in outputs),
                 receptive_field=field.field_value() if spatial else field,
                 jump=field.jump_value() if spatial else None,
@@ -495,7 +529,39 @@ def _layer_field(mod: Any, field: Any, in_shape: tuple, out_shape: tuple) -> Any
 _NORMS = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm)
 
 
-def _layer_macs(mod: Any, in_shape: tuple, has_params: bool) -> int | None:
+def _type_name(mod: Any) -> str:
+    """A layer's class name; a function's own name (``relu``, a ``partial``'s function's)."""
+    if isinstance(mod, nnx.Module):
+        return type(mod).__name__
+    fn = mod.func if isinstance(mod, functools.partial) else mod
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+_PRODUCTS = frozenset({"dot_general", "conv_general_dilated"})
+
+
+def _function_macs(fn: Callable, args: tuple, kwargs: dict) -> int | None:
+    """0 for a function that multiplies no two arrays together (an activation, a reshape).
+
+    Its program is traced again, abstractly, and searched for a matrix product or a
+    convolution, nested programs (``jit``, ``custom_jvp``) included; with one the MACs
+    are not known here (``None``).
+    """
+    todo = [jax.make_jaxpr(fn)(*args, **kwargs).jaxpr]
+    while todo:
+        jaxpr = todo.pop()
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in _PRODUCTS:
+                return None
+            todo.extend(jcore.jaxprs_in_params(eqn.params))
+    return 0
+
+
+def _layer_macs(
+    mod: Any, in_shape: tuple, has_params: bool, args: tuple = (), kwargs: dict | None = None
+) -> int | None:
+    if not isinstance(mod, nnx.Module):
+        return _function_macs(mod, args, kwargs or {})
     if _is(mod, "Conv2d"):
         return shapes.conv2d_macs(in_shape, mod.out_channels, mod.kernel_size, mod.stride,
                                   mod.padding, mod.dilation, mod.groups)  # fmt: skip
@@ -577,5 +643,5 @@ def _format_table(s: Summary) -> str:
         names = ", ".join(f"{k} ({v:,})" for k, v in s.uncalled.items())
         lines.append(f"Params of layers never called (in the total): {names}.")
     if any(r.macs is None for r in s.rows):
-        lines.append("?: MACs not known for this layer type, left out of the total.")
+        lines.append("?: MACs not known for this layer type or function, left out of the total.")
     return "\n".join(lines)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from jspatial import _windows as win
-from jspatial._accel import conv as aconv
 from jspatial._accel import dispatch
-from jspatial._accel import norm as anorm
-from jspatial._accel import pool as apool
+from jspatial._accel.tpu import conv as aconv
+from jspatial._accel.tpu import norm as anorm
+from jspatial._accel.tpu import pool as apool
 from tests.tolerances import assert_close, fast_jit
 
 
@@ -157,6 +157,13 @@ def test_batch_norm_matches_torch():
         assert_close(got, want, scale=10)
 
 
+def _dispatched(x, w, geom, portable):
+    """The convolution as ``jspatial.conv`` stages it: the TPU kernel where one applies."""
+    return dispatch.per_target(
+        portable, {"tpu": dispatch.kernel_for("conv2d", "tpu", geom, 1)}, x, w
+    )
+
+
 def _lowered(f, platform, *args):
     return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
@@ -172,14 +179,14 @@ def test_dispatch_keeps_portable_loops_off_tpu(monkeypatch):
 
     def step(x, w):
         portable = lambda x, w: jconv._conv_direct(x, w, geom, 1)  # noqa: E731
-        return jax.grad(lambda x, w: dispatch.conv2d(x, w, geom, 1, portable).sum(), (0, 1))(x, w)
+        return jax.grad(lambda x, w: _dispatched(x, w, geom, portable).sum(), (0, 1))(x, w)
 
     for platform in ("cpu", "cuda"):
         text = _lowered(step, platform, x, w)
         assert "tpu_custom_call" not in text and "while" in text  # the tap loop, no kernel
     # On the CPU the result is the portable loop's, bit for bit.
     portable = lambda x, w: jconv._conv_direct(x, w, geom, 1)  # noqa: E731
-    dispatched = jax.jit(lambda x, w: dispatch.conv2d(x, w, geom, 1, portable))(x, w)
+    dispatched = jax.jit(lambda x, w: _dispatched(x, w, geom, portable))(x, w)
     np.testing.assert_array_equal(np.asarray(jax.jit(portable)(x, w)), np.asarray(dispatched))
 
 
@@ -202,7 +209,7 @@ def test_dispatch_lowers_kernels_for_tpu():
 
     def step(x, w):
         portable = lambda x, w: jconv._conv_direct(x, w, geom, 1)  # noqa: E731
-        return jax.grad(lambda x, w: dispatch.conv2d(x, w, geom, 1, portable).sum(), (0, 1))(x, w)
+        return jax.grad(lambda x, w: _dispatched(x, w, geom, portable).sum(), (0, 1))(x, w)
 
     with jax.set_mesh(mesh):
         text = _lowered(step, "tpu", x, w)

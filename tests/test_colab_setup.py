@@ -54,7 +54,7 @@ subprocess.run = fake_run
 exec(compile(cell.read_text(), "setup-cell", "exec"), {"__name__": "__main__"})
 module = sys.modules.get("jspatial")
 try:
-    import train  # the checkout's training package, for section 8
+    import train  # the checkout's training package, for section 9
     train_from = str(Path(train.__file__).parent)
 except ImportError:
     train_from = None
@@ -120,7 +120,7 @@ def test_checkout(tmp_path, checkout):
     assert report["jspatial"] == str(checkout / "jspatial")
     assert report["train"] == str(checkout / "train")  # the repo root is on sys.path
     assert f"jspatial 0.0.checkout from {checkout / 'jspatial'}" in out
-    assert "section 8" not in out
+    assert "section 9" not in out
 
 
 def test_checkout_already_importable(tmp_path, checkout):
@@ -141,7 +141,7 @@ def test_uploaded_wheel(tmp_path):
     assert report["jspatial"] == str(tmp_path / "site" / "jspatial")
     assert report["train"] is None
     assert f"(installed from {wheel.name})" in out
-    assert "section 8" in out and "checkout" in out  # says what needs the repository
+    assert "section 9" in out and "checkout" in out  # says what needs the repository
 
 
 def test_url(tmp_path):

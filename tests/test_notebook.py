@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK = REPO / "notebooks" / "spatial_operations.ipynb"
-CELL_TIMEOUT_S = 300  # the slowest cell (training, quick mode) takes well under a minute
+from notebooks.execute import NOTEBOOK, execute
+
 MIN_FIGURES = 15  # the notebook draws 15 figures; fewer means plotting silently broke
 
 
@@ -26,34 +22,13 @@ def test_notebook_is_committed_without_outputs():
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
 
 
-def test_notebook_runs(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (test extra)")
-    nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (test extra)")
+def test_notebook_runs():
+    pytest.importorskip("nbformat", reason="nbformat is not installed (test extra)")
+    pytest.importorskip("nbclient", reason="nbclient is not installed (test extra)")
     pytest.importorskip("ipykernel", reason="ipykernel is not installed (test extra)")
 
-    # A "python3" kernelspec that runs this interpreter, found before any other: a user-wide
-    # python3 kernel may belong to another Python without jspatial. JUPYTER_PATH comes first.
-    spec = tmp_path / "jupyter" / "kernels" / "python3"
-    spec.mkdir(parents=True)
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    kernel = {"argv": argv, "display_name": "Python 3 (test)", "language": "python"}
-    (spec / "kernel.json").write_text(json.dumps(kernel))
-    paths = [str(tmp_path / "jupyter"), *filter(None, [os.environ.get("JUPYTER_PATH")])]
-    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(paths))
-    monkeypatch.setenv("JSPATIAL_NOTEBOOK_QUICK", "1")
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the training run's folder goes here
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(
-        nb,
-        kernel_name="python3",
-        timeout=CELL_TIMEOUT_S,
-        allow_errors=False,
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-    )
     start = time.perf_counter()
-    client.execute()  # raises CellExecutionError, naming the cell, on any error
+    nb = execute()  # quick mode, this interpreter as the kernel; raises naming a failing cell
     elapsed = time.perf_counter() - start
     print(f"notebook executed in {elapsed:.0f} s")
 
@@ -67,3 +42,14 @@ def test_notebook_runs(tmp_path, monkeypatch):
     assert "def conv_tap(" in html and "dot_general" in html  # the loop's source and jaxpr
     assert "def merge_stats(" in text  # the batch-norm statistics loop
     assert "Output shape" in text and "MACs x 2 = FLOPs" in text  # the default model's summary
+    # Check your understanding: each answer, worked with the calculators and checked against
+    # the ops, and each common error made on purpose with jspatial's message printed.
+    for answer in ("answer (32, 64, 64, 64)", "9,633,856", "x 9 taps x 16 images = 3,699,376,128",
+                   "answer 822,083,584 bytes = 784 MiB", "answer 12x12"):  # fmt: skip
+        assert answer in text, answer
+    for message in ("Conv2d expected 16 input channels, got 3", "got (3600,) and (4096,)",
+                    "conv2d expected 4D input", "padding='same' needs stride 1",
+                    "padding must be at most half the kernel size",
+                    "the third positional argument is bias", "reads per cell",
+                    "forward outputs for a batch of 256: 13.0 GiB"):  # fmt: skip
+        assert message in text, message

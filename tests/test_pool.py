@@ -371,9 +371,10 @@ def test_float64_is_float64_accurate(x64, name):
 @pytest.mark.parametrize("name", ["avg_ceil_6_k3_s2_p1_exclude_pad"])
 def test_jit_equals_eager(name):
     x, _ = make_data(CASES[name])
-    eager = CASES[name].call(x)
+    with jax.disable_jit():  # the op's own jit too: every loop runs op by op, in Python
+        eager = CASES[name].call(x)
     jitted = jax.jit(CASES[name].call)(x)  # default compiler options
-    np.testing.assert_array_equal(np.asarray(jitted), np.asarray(eager))
+    assert_close(jitted, eager)
     assert_close(js_results(name)[0], eager)
 
 

@@ -128,3 +128,80 @@ def test_airbench94_train_step_lowers_for_accelerators():
 
     args = (params, rest, tx.init(params), jnp.ones((4, 3, 32, 32)), jnp.zeros(4, jnp.int32))
     _check(step, *args)
+
+
+# ------------------------------------------------------------ the GPU setting of the loops
+#
+# Where JAX's CUDA plugin is installed, the ops also stage the GPU's settings of the portable
+# loops (jspatial._tuning, "GPU"), chosen when lowering for cuda. Here the plugin is absent,
+# so the staging is switched on by hand: the CPU's answer must not change, and the program
+# must still lower for both platforms.
+
+
+@pytest.fixture
+def gpu_staged(monkeypatch):
+    from jspatial import _tuning
+
+    monkeypatch.setattr(_tuning, "STAGE_GPU", True)
+    jax.clear_caches()
+    yield
+    jax.clear_caches()
+
+
+def _grads(f, *args):
+    return jax.jit(jax.grad(lambda *a: f(*a).sum(), tuple(range(len(args)))))(*args)
+
+
+GPU_CASES = {
+    # a batch of 16 makes several batch chunks on the CPU, one on the GPU
+    "conv2d direct": (
+        lambda x, w: js.conv2d(x, w, padding=1, algorithm="direct"),
+        (jnp.ones((16, 4, 9, 9)), jnp.ones((6, 4, 3, 3))),
+    ),
+    "conv2d auto (im2col on a GPU)": (
+        lambda x, w: js.conv2d(x, w, padding=1),
+        (jnp.ones((16, 64, 7, 7)) / 7, jnp.ones((64, 64, 3, 3)) / 9),
+    ),
+    "conv2d grouped strided": (
+        lambda x, w: js.conv2d(x, w, stride=2, groups=2),
+        (jnp.ones((16, 4, 9, 9)), jnp.ones((6, 2, 3, 3))),
+    ),
+    # 25 taps: a rolled loop on the CPU (jspatial._tuning.POOL_UNROLL_TAPS), unrolled on a GPU
+    "max_pool2d": (
+        lambda x: js.max_pool2d(x, 5, 2, 2),
+        (jnp.arange(16 * 4 * 81.0).reshape(16, 4, 9, 9),),
+    ),
+    "batch_norm": (
+        lambda x: js.batch_norm(x, None, None, training=True)[0],
+        (jnp.arange(16 * 4 * 81.0).reshape(16, 4, 9, 9) / 100,),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GPU_CASES))
+def test_gpu_setting_keeps_cpu_results(name, monkeypatch):
+    from jspatial import _tuning
+
+    f, args = GPU_CASES[name]
+    jax.clear_caches()
+    want = _grads(f, *args)
+    monkeypatch.setattr(_tuning, "STAGE_GPU", True)
+    jax.clear_caches()
+    try:
+        got = _grads(f, *args)
+        traced = jax.jit(jax.grad(lambda *a: f(*a).sum())).trace(*args)
+        for platform in ("cpu", "cuda"):
+            assert "stablehlo.case" in traced.lower(lowering_platforms=(platform,)).as_text()
+    finally:
+        jax.clear_caches()
+    for a, b in zip(want, got, strict=True):
+        assert (a == b).all()
+
+
+def test_gpu_kernels_need_a_known_recent_gpu(gpu_staged):
+    from jspatial import _windows as win
+
+    geom = win.Geometry((8, 8), (8, 8), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)))
+    assert dispatch.gpu_target() is None  # no GPU here, and no GPU mesh set
+    for capability in (None, (7, 5)):  # unknown, or a T4: the portable loops
+        assert dispatch.kernel_for("conv2d", "cuda", geom, 1, gpu=capability) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 
@@ -77,8 +78,11 @@ def test_training_model_params(training_summaries, name):
     assert s.total_params == models.count_params(model)
     assert sum(r.params for r in s.rows) == s.total_params and s.uncalled == {}
     for row in s.rows:
-        if row.call == 1:
-            assert row.params == _param_count(_module_at(model, row.name)), row
+        layer = _module_at(model, row.name)
+        if not isinstance(layer, nnx.Module):  # a function of a Sequential (nnx.relu)
+            assert row.params == 0, row
+        elif row.call == 1:
+            assert row.params == _param_count(layer), row
         else:
             assert row.params == 0, row
     frozen = models.count_params(model, models.Frozen)
@@ -109,6 +113,9 @@ def test_training_model_macs_and_shapes_match_the_calculators(training_summaries
         elif isinstance(layer, nnx.Linear):
             assert row.macs == row.input_shape[0] * layer.in_features * layer.out_features
             assert row.output_shape == (*row.input_shape[:-1], layer.out_features)
+        elif layer is nnx.relu:  # in a Sequential: a row of its own, as torchinfo lists ReLU
+            assert row.type == "relu" and row.output_shape == row.input_shape
+            assert row.macs == 0 and row.params == 0
         else:
             assert isinstance(layer, (BatchNorm2d, Flatten, GlobalAvgPool2d)), row
             assert row.macs == 0
@@ -191,10 +198,11 @@ def test_resnet18_fields_follow_the_residual_branches(training_summaries):
 
 def test_vgg11_names_are_pytorch_style(training_summaries):
     _, s = training_summaries["vgg11"]
-    assert [(r.name, r.type) for r in s.rows[:4]] == [
+    assert [(r.name, r.type) for r in s.rows[:5]] == [
         ("features.0", "Conv2d"),
         ("features.1", "BatchNorm2d"),
-        ("features.3", "MaxPool2d"),  # features.2 is nnx.relu, a function
+        ("features.2", "relu"),  # nnx.relu, a function in the Sequential
+        ("features.3", "MaxPool2d"),
         ("features.4", "Conv2d"),
     ]
 
@@ -495,3 +503,44 @@ def test_layer_types_not_known_here():
     assert conv.macs is None and norm.macs == 0 and s.total_macs == 0
     assert conv.receptive_field is None  # the shape changed in a way not understood
     assert "?: MACs not known for this layer type" in s.table()
+
+
+def test_functions_of_a_sequential_are_rows():
+    # torchinfo lists nn.ReLU and friends; here they are functions, and each call is a row
+    # with no parameters, and no MACs unless the function multiplies arrays.
+    rngs = nnx.Rngs(0)
+    project = jnp.ones((10, 4))
+    parts = (
+        Conv2d(3, 4, 3, padding=1, rngs=rngs),
+        nnx.relu,
+        MaxPool2d(2),
+        functools.partial(jax.nn.leaky_relu, negative_slope=0.2),
+        nnx.relu,  # the same function again: a row of its own
+        lambda y: y.reshape(y.shape[0], -1),  # a reshape: 0 MACs
+        nnx.Linear(4 * 4 * 4, 10, rngs=rngs),
+        lambda y: y @ project,  # a matrix product: MACs not known here
+        nnx.Sequential(jnp.tanh),  # nested: named by its path
+    )
+    model = nnx.Sequential(*parts)
+    s = js.summary(model, (2, 3, 8, 8), print_table=False)
+    assert [(r.name, r.type) for r in s.rows] == [
+        ("0", "Conv2d"), ("1", "relu"), ("2", "MaxPool2d"), ("3", "leaky_relu"),
+        ("4", "relu"), ("5", "<lambda>"), ("6", "Linear"), ("7", "<lambda>"), ("8.0", "tanh"),
+    ]  # fmt: skip
+    x, shapes = jnp.ones((2, 3, 8, 8)), []
+    for part in parts:  # the real forward, step by step
+        x = part(x)
+        shapes.append(x.shape)
+    assert [r.output_shape for r in s.rows] == shapes
+    assert [r.activation_bytes for r in s.rows] == [math.prod(sh) * 4 for sh in shapes]
+    assert [r.macs for r in s.rows] == [
+        js.conv2d_macs((2, 3, 8, 8), 4, 3, padding=1), 0, 0, 0, 0, 0, 2 * 64 * 10, None, 0,
+    ]  # fmt: skip
+    assert [r.params for r in s.rows] == [3 * 4 * 9 + 4, 0, 0, 0, 0, 0, 64 * 10 + 10, 0, 0]
+    # An element-wise function keeps the receptive field of its input.
+    assert [r.receptive_field for r in s.rows[:5]] == [(3, 3), (3, 3), (4, 4), (4, 4), (4, 4)]
+    assert s.total_macs == sum(r.macs for r in s.rows if r.macs is not None)
+    assert "?: MACs not known for this layer type or function" in s.table()
+    # The model keeps its own functions: only the traced copy was wrapped.
+    assert model.layers[1] is nnx.relu and model.layers[3] is parts[3]
+    assert s.total_params == models.count_params(model)

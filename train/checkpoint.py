@@ -16,6 +16,10 @@ which the next manager deletes (``cleanup_tmp_directories=True``); never a half-
 step. Only the newest ``max_to_keep`` checkpoints are kept. Saving is synchronous:
 when :meth:`Checkpointer.save` returns the checkpoint is on disk.
 
+A run stopped by a signal saves the same two items mid-epoch under
+``<out_dir>/checkpoints/interrupted/<global step>/`` with a checkpointer of its own
+(``train/run.py``); the epoch's position (steps done, running loss sums) is in ``meta``.
+
 Several processes (``jax.distributed``, see ``train/distributed.py``) use the same calls:
 every process calls ``save`` and ``restore`` with its global arrays (replicated over the
 device mesh), orbax synchronises them and the primary host (process 0) writes the
@@ -50,7 +54,9 @@ TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix of a step being written
 class Checkpointer:
     """Saves and restores ``(model, optimizer, ema, meta)`` under ``directory``."""
 
-    def __init__(self, directory: str | Path, max_to_keep: int = 2):
+    def __init__(self, directory: str | Path, max_to_keep: int = 2, read_only: bool = False):
+        """``read_only``: reads an existing ``directory`` and changes nothing in it (not
+        even the leftovers of an interrupted write)."""
         self.directory = Path(directory).absolute()
         # The manager deletes these on start: note them first (a save that was interrupted).
         self.unfinished = sorted(
@@ -59,8 +65,9 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             enable_async_checkpointing=False,
-            cleanup_tmp_directories=True,
-            create=True,
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 

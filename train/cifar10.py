@@ -2,8 +2,8 @@
 
     python -m train.cifar10                                   # airbench94 recipe, 9.9 epochs
     python -m train.cifar10 --model resnet18 --epochs 20
-    python -m train.cifar10 --train-limit 2000 --test-limit 1000 --epochs 1 --no-tta  # smoke run
-    python -m train.cifar10 --resume                          # continue the run in --out-dir
+    python -m train.cifar10 --quick        # small model, 10000 images, 3 epochs: ~1 min on a CPU
+    python -m train.cifar10 --resume --out-dir runs/quick-seed0   # continue a run, its settings
     python -m train.cifar10 --devices 8 --batch-size 1024     # data parallel over 8 GPUs
     python -m train.cifar10 --dtype bfloat16                  # bfloat16 compute, float32 weights
     python -m train.cifar10 --set translate=0 --set ema=0     # any setting of train/config.py
@@ -17,10 +17,13 @@ are gathered, augmented and normalised inside the jitted train step.
 
 Every setting of a run is one frozen ``train.config.Config``: the model's recipe, then the
 flags below. Everything written goes to ``--out-dir`` (default ``runs/<model>-seed<seed>``):
-``metrics.jsonl`` (one record per epoch), ``checkpoints/`` (orbax, the last 2 epochs),
+``metrics.jsonl`` (one record per epoch), ``checkpoints/`` (orbax, the last 2 epochs, and
+``checkpoints/interrupted/`` after a Ctrl-C mid-epoch),
 ``summary.json`` and, unless ``--no-plots``, ``curves.png``, ``filters.png`` and
 ``confusion.png``. Runs are deterministic for a given ``--seed``, including across a
-``--resume`` from any checkpoint.
+``--resume`` from any checkpoint. ``--resume`` takes the settings saved with the checkpoint;
+a flag given with it must agree with them. Ctrl-C (or SIGTERM) stops after the current step
+and saves a checkpoint that ``--resume`` continues exactly; a second Ctrl-C quits at once.
 
 The pieces live in ``train/config.py`` (settings), ``train/loop.py`` (optimiser, train
 step, lookahead, evaluation), ``train/run.py`` (the phases of a run), ``train/report.py``
@@ -34,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import signal
 import sys
 import textwrap
 import time
@@ -66,8 +71,15 @@ def _recipes_epilog() -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line in one line, like the run's other errors (exit 2)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see python -m train.cifar10 --help)\n")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m train.cifar10",
         description="Train a CIFAR-10 classifier built from jspatial layers "
         "(default: the airbench94 recipe).",
@@ -77,8 +89,11 @@ def parse_args(argv=None):
     add = p.add_argument
     add("--data-dir", help=f"folder holding cifar-10-batches-bin/ (default: "
         f"${data.DATA_DIR_ENV} or ~/.cache/jspatial/data; downloaded when missing)")  # fmt: skip
-    add("--model", default="airbench94", choices=list(models.MODELS),
-        help="the network and its recipe")  # fmt: skip
+    add("--model", choices=list(models.MODELS),
+        help="the network and its recipe (default: airbench94)")  # fmt: skip
+    add("--quick", action="store_true",
+        help=f"a short run that visibly learns in about a minute on a CPU: "
+        f"{_quick_text()}; other flags override it; out-dir runs/quick-seed<seed>")  # fmt: skip
     add("--epochs", type=float, help="training epochs, may be fractional (default: the recipe's)")
     add("--batch-size", type=int, help="images per step over all devices (default: the recipe's)")
     add("--optimizer", choices=("sgd", "adamw"), help="default: the recipe's (sgd)")
@@ -87,11 +102,12 @@ def parse_args(argv=None):
     add("--weight-decay", type=float, help="sgd: per 1024 examples (default: the recipe's)")
     add("--ema", type=float, help="base decay of airbench's lookahead weight average, 0 = off "
         "(default: 0.95 for airbench94, else off)")  # fmt: skip
-    add("--seed", type=int, default=0, help="initialisation, data order and augmentation")
+    add("--seed", type=int, help="initialisation, data order and augmentation (default: 0)")
     add("--set", action="append", default=[], metavar="NAME=VALUE",
         help="override any other setting (listed below); repeatable")  # fmt: skip
     add("--out-dir", help="default: runs/<model>-seed<seed>")
-    add("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
+    add("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir "
+        "with the settings saved in it (flags given too must agree with them)")  # fmt: skip
     add("--overwrite", action="store_true",
         help="delete the checkpoints of an earlier run in --out-dir and start afresh")  # fmt: skip
     add("--train-limit", type=int, help="use the first N train images")
@@ -110,9 +126,9 @@ def _add_scaling_args(group) -> None:
     add("--devices", type=int, help="devices per process to split each batch over "
         "(default: all local devices); the batch size must divide by the total number of "
         "devices")  # fmt: skip
-    add("--dtype", choices=list(config.DTYPES), default="float32",
-        help="compute dtype; bfloat16 keeps float32 parameters, optimiser state, BatchNorm "
-        "statistics and loss")  # fmt: skip
+    add("--dtype", choices=list(config.DTYPES),
+        help="compute dtype (default: float32); bfloat16 keeps float32 parameters, "
+        "optimiser state, BatchNorm statistics and loss")  # fmt: skip
     add(
         "--coordinator",
         metavar="HOST:PORT",
@@ -126,7 +142,7 @@ def _add_scaling_args(group) -> None:
 
 
 def _check_args(p: argparse.ArgumentParser, args) -> None:
-    for name in ("epochs", "batch_size", "train_limit", "test_limit", "devices", "num_processes"):
+    for name in ("devices", "num_processes"):  # the settings' rules: train/config.py
         value = getattr(args, name)
         if value is not None and not value > 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -146,19 +162,55 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
         p.error(str(exc))
 
 
-def make_config(args) -> config.Config:
-    """The run's settings: the model's recipe, then ``--set``, then the named flags."""
-    overrides = {}
+def _quick_text() -> str:
+    q = config.QUICK
+    return (f"model {q['model']}, {q['epochs']} epochs on the first {q['train_limit']} train "
+            f"images, {q['test_limit']} test images, no TTA")  # fmt: skip
+
+
+def explicit_settings(args) -> dict:
+    """The settings the command line gives: ``--quick``'s, then ``--set``, then the named
+    flags (``--model`` included); what it leaves out is not in the dict."""
+    overrides = dict(config.QUICK) if args.quick else {}
     for item in args.set:
         name, sep, text = item.partition("=")
         if not sep:
             raise ValueError(f"--set takes NAME=VALUE, got {item!r}")
         overrides[name.strip()] = config.parse_value(name.strip(), text.strip())
-    named = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "ema", "seed",
+    named = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "ema", "seed",
              "train_limit", "test_limit", "dtype")  # fmt: skip
     overrides.update({k: getattr(args, k) for k in named if getattr(args, k) is not None})
-    overrides["tta"] = overrides.get("tta", True) and not args.no_tta
-    return config.make_config(args.model, **overrides)
+    if args.no_tta:
+        overrides["tta"] = False
+    return overrides
+
+
+def make_config(args) -> config.Config:
+    """The run's settings: the model's recipe, then ``--quick``, ``--set`` and the flags."""
+    overrides = explicit_settings(args)
+    return config.make_config(overrides.pop("model", "airbench94"), **overrides)
+
+
+def resume_config(args, saved: config.Config) -> config.Config:
+    """The settings of a resumed run: those saved with its checkpoint. A flag given with
+    ``--resume`` must agree with them, since every setting decides the run's numbers."""
+    given = explicit_settings(args)
+    changes = {k: (getattr(saved, k), v) for k, v in given.items() if getattr(saved, k) != v}
+    if "epochs" in changes:
+        raise run.Stop(
+            f"--resume with --epochs {changes['epochs'][1]}, but the run was started with "
+            f"{saved.epochs}: its learning-rate schedule and weight average are laid out over "
+            "all of its steps from the first one, so a run cannot be extended or shortened; "
+            "start a new run (another --out-dir, or --overwrite) to train for longer"
+        )
+    if changes:
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        raise run.Stop(
+            f"--resume with settings that differ from the checkpoint's ({listed}); they would "
+            "change the run's numbers: drop them to continue with the saved settings, or start "
+            "a new run (another --out-dir, or --overwrite)"
+        )
+    return saved
 
 
 # ---------------------------------------------------------------------------- Main
@@ -174,16 +226,22 @@ def main(argv=None) -> int:
     if args.coordinator is None and not args.distributed and (hint := distributed.cluster_hint()):
         report.note(hint)
     cfg = args.config
+    name = "quick" if args.quick else cfg.model
+    out_dir = Path(args.out_dir or f"runs/{name}-seed{cfg.seed}")
     opts = run.Options(
-        out_dir=Path(args.out_dir or f"runs/{cfg.model}-seed{cfg.seed}"),
+        out_dir=out_dir,
         data_dir=args.data_dir,
         devices=args.devices,
         resume=args.resume,
         overwrite=args.overwrite,
         plots=not args.no_plots,
         progress=not args.no_progress,
+        resume_command=resume_command(args, out_dir),
     )
+    job = None
     try:
+        if args.resume and (saved := run.saved_config(out_dir / "checkpoints")) is not None:
+            cfg = resume_config(args, saved)
         job = run.setup(cfg, opts, start_time)
         run.restore_or_start(job)
         if run.is_complete(job):
@@ -194,10 +252,28 @@ def main(argv=None) -> int:
         for epoch in range(job.epoch0, job.n_epochs):
             run.train_epoch(job, epoch)
         run.finish(job)
+    except run.Interrupted as stop:
+        report.note(str(stop))
+        return stop.code
     except run.Stop as stop:
         report.note(f"error: {stop}")
         return stop.code
+    except KeyboardInterrupt:  # before training started or after it ended: nothing to save
+        report.note(f"interrupted; the checkpoints in {out_dir / 'checkpoints'} (if any) are "
+                    f"kept; continue with: {opts.resume_command}")  # fmt: skip
+        return 128 + signal.SIGINT
+    finally:
+        if job is not None:
+            job.interrupt.uninstall()
     return 0
+
+
+def resume_command(args, out_dir: Path) -> str:
+    """The command that continues this run: its folder, and where its data is."""
+    words = ["python", "-m", "train.cifar10", "--resume", "--out-dir", str(out_dir)]
+    if args.data_dir:
+        words += ["--data-dir", args.data_dir]
+    return shlex.join(words)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ loss is the *sum* of the label-smoothed cross entropy over the batch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -69,6 +70,9 @@ class Config:
     train_limit: int | None = None  # use the first N training images (None: all 50000)
     test_limit: int | None = None  # use the first N test images (None: all 10000)
     dtype: str = "float32"  # compute dtype of the layers, a key of DTYPES
+
+    def __post_init__(self):
+        check(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,6 +121,62 @@ ADAMW = {
     "vgg13": dict(lr=1e-3, weight_decay=5e-2),
     "simple_cnn": dict(lr=2e-3, weight_decay=5e-4),
 }
+
+
+# What a setting must satisfy for a run to train: (test, the rule in words).
+_RULES: dict[str, tuple[Any, str]] = {
+    "seed": (lambda v: v >= 0, ">= 0"),
+    "epochs": (lambda v: v > 0, "> 0"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "optimizer": (lambda v: v in ("sgd", "adamw"), "'sgd' or 'adamw'"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "bias_scaler": (lambda v: v >= 0, ">= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "lr_start": (lambda v: v >= 0, ">= 0"),
+    "lr_peak": (lambda v: v >= 0, ">= 0"),
+    "lr_end": (lambda v: v >= 0, ">= 0"),
+    "lr_peak_at": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "ema": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "lookahead_start_epochs": (lambda v: v >= 0, ">= 0"),
+    "lookahead_every_n_steps": (lambda v: v >= 1, ">= 1"),
+    "lookahead_decay_pow": (lambda v: v >= 0, ">= 0"),
+    "whiten_images": (lambda v: v >= 1, ">= 1"),
+    "whiten_bias_epochs": (lambda v: v >= 0, ">= 0"),
+    "translate": (lambda v: 0 <= v <= 16, "in [0, 16] pixels"),
+    "eval_subset": (lambda v: v >= 0, ">= 0 (0: all test images)"),
+    "eval_batch": (lambda v: v >= 1, ">= 1"),
+    "train_limit": (lambda v: v is None or v >= 1, ">= 1"),
+    "test_limit": (lambda v: v is None or v >= 1, ">= 1"),
+    "dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+}
+
+
+def check(cfg: Config) -> None:
+    """Raises ``ValueError`` (one line, naming the setting and the value) for a setting a
+    run cannot train with: e.g. a learning rate <= 0, label smoothing outside [0, 1).
+
+    >>> make_config(lr=-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: lr must be > 0, got -1
+    """
+    for name, (ok, rule) in _RULES.items():
+        value = getattr(cfg, name)
+        finite = not isinstance(value, float) or math.isfinite(value)
+        if not (finite and ok(value)):
+            raise ValueError(f"{name} must be {rule}, got {value!r}")
+    if cfg.model not in RECIPES:
+        raise ValueError(f"unknown model {cfg.model!r}; choose one of {', '.join(RECIPES)}")
+    if not max(cfg.lr_start, cfg.lr_peak, cfg.lr_end) > 0:
+        raise ValueError("lr_start, lr_peak and lr_end are all 0: the learning rate is 0 "
+                         "throughout")  # fmt: skip
+
+
+# --quick: a run that visibly learns in about a minute on 2 CPU cores (3 epochs of the small
+# model on the first 10000 training images; scored on 2000 test images, no TTA).
+QUICK = dict(model="simple_cnn", epochs=3, train_limit=10000, test_limit=2000, tta=False)
 
 
 def make_config(model: str = "airbench94", **overrides: Any) -> Config:

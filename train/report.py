@@ -2,6 +2,10 @@
 
 Only process 0 prints (one log for a run of several processes). Accuracies are printed in
 percent everywhere; the JSON files (``metrics.jsonl``, ``summary.json``) hold fractions.
+The learning rate ``lr`` is in ``--lr``'s units everywhere (for SGD airbench's, per 1024
+examples; the optimiser's step size is that divided by ``train.loop.kilostep_scale``): the
+log's column and ``metrics.jsonl`` hold the same number, the scheduled rate of the epoch's
+last step.
 """
 
 from __future__ import annotations
@@ -40,12 +44,11 @@ def print_row(cells, head: bool = False) -> None:
     say("\n".join([rule, line, rule] if head else [line]))
 
 
-def log_epoch(r: dict, lr_scale: float = 1.0) -> None:
-    """One row of the table from a ``metrics.jsonl`` record; ``lr_scale`` turns the
-    record's step size into the recipe's lr units."""
+def log_epoch(r: dict) -> None:
+    """One row of the table from a ``metrics.jsonl`` record."""
     print_row([
         r["epoch"], f"{r['train_loss']:.4f}", f"{100 * r['train_acc']:.2f}",
-        f"{100 * r['test_acc']:.2f}", r.get("test_images", ""), f"{r['lr'] * lr_scale:.4g}",
+        f"{100 * r['test_acc']:.2f}", r.get("test_images", ""), f"{r['lr']:.4g}",
         f"{r['epoch_s']:.1f}", f"{r['total_s']:.1f}",
     ])  # fmt: skip
 

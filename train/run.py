@@ -4,14 +4,24 @@
 checkpoint with ``--resume``), :func:`train_epoch` (steps, evaluation, checkpoint, log)
 once per epoch, and :func:`finish` (summary and plots). A phase that cannot go on raises
 :class:`Stop` with a one-line reason and the exit status.
+
+Ctrl-C or SIGTERM during training (:class:`Interrupt`) lets the current step finish (or
+abandons the current evaluation), saves the state under ``checkpoints/interrupted/<global
+step>/`` (parameters, optimiser, weight average, the epoch's position in its data order and
+its running loss sums) and raises :class:`Interrupted`; ``--resume`` continues from there
+exactly as if the run had not stopped. A second signal quits at once, without saving. That
+checkpoint is deleted once the next epoch's checkpoint is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +37,8 @@ from train.config import DTYPES, Config, diff
 
 NAN_EXIT_CODE = 3
 KEY_IMPL = "rbg"  # XLA's RngBitGenerator: compiles much faster on CPU than threefry
+LR_UNIT = "--lr"  # the unit of the lr in the saved metrics: --lr's (see Run.lr_at)
+INTERRUPTED = "interrupted"  # checkpoints/<this>/: the checkpoint of a run stopped mid-epoch
 
 
 class Stop(Exception):
@@ -35,6 +47,59 @@ class Stop(Exception):
     def __init__(self, message: str, code: int = 2):
         super().__init__(message)
         self.code = code
+
+
+class Interrupted(Stop):
+    """The run stopped on a signal after saving its state; ``str()`` says how to resume."""
+
+
+class Interrupt:
+    """SIGINT/SIGTERM while training: the first sets :attr:`signum` (the run stops at the
+    next step boundary and saves), the second quits the process at once.
+
+    Python runs a signal handler only between bytecodes of the main thread, which may sit
+    for minutes inside XLA (compiling, running a step). So the signals are counted by a
+    thread woken through ``signal.set_wakeup_fd``, which C writes to as a signal arrives;
+    the Python handler only keeps the default ``KeyboardInterrupt`` away.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def install(self) -> None:
+        if jax.process_count() > 1:  # the processes would stop at different steps: not here
+            return
+        read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self.previous = {sig: signal.signal(sig, lambda *_: None) for sig in self.SIGNALS}
+        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read_fd,), daemon=True).start()
+
+    def uninstall(self) -> None:
+        if self.previous is None:
+            return
+        signal.set_wakeup_fd(self._previous_fd)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        os.close(self._write_fd)  # the watcher reads end-of-file and ends
+        self.previous = None
+
+    def _watch(self, read_fd: int) -> None:
+        with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+            while byte := pipe.read(1):
+                if self.signum is not None:
+                    os.write(2, b"\nsecond interrupt: quitting now, without saving\n")
+                    os._exit(128 + byte[0])
+                self.signum = byte[0]
+                os.write(2, b"\ninterrupt: saving a checkpoint after the current step (press "
+                            b"Ctrl-C again to quit at once, without saving)\n")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +113,7 @@ class Options:
     overwrite: bool = False
     plots: bool = True
     progress: bool = True
+    resume_command: str = "python -m train.cifar10 --resume"  # shown when interrupted
 
 
 @dataclasses.dataclass
@@ -83,6 +149,10 @@ class Run:
     first_step_s: float | None = None  # compile + one step, in this process
     run_steps: int = 0
     run_train_s: float = 0.0
+    # Restored from an interrupted checkpoint: where in epoch ``epoch0`` the run stopped
+    # ({"steps_done", "loss", "correct", "epoch_s", "averaged"}); None: at an epoch's start.
+    partial: dict | None = None
+    interrupt: Interrupt = dataclasses.field(default_factory=Interrupt)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -93,9 +163,18 @@ class Run:
         return distributed.replicated(self.mesh)
 
     @property
+    def interrupted_dir(self) -> Path:
+        return self.ckpt_dir / INTERRUPTED
+
+    @property
     def lr_scale(self) -> float:
         """Optimiser step size -> the recipe's lr units."""
         return loop.kilostep_scale(self.cfg.momentum) if self.cfg.optimizer == "sgd" else 1.0
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of ``step`` in ``--lr``'s units (sgd: per 1024 examples), as
+        logged: ``cfg.lr`` times the schedule's multiplier."""
+        return self.cfg.lr * float(loop.lr_multiplier(self.cfg, self.total_steps)(step))
 
 
 # ---------------------------------------------------------------------------- Set up
@@ -105,13 +184,41 @@ def check_out_dir(opts: Options) -> bool:
     """Whether ``out_dir`` holds checkpoints of an earlier run; stops if it does and
     neither ``resume`` nor ``overwrite`` says what to do with them."""
     ckpt_dir = opts.out_dir / "checkpoints"
-    earlier = ckpt_dir.is_dir() and any(p.name[:1].isdigit() for p in ckpt_dir.iterdir())
+    earlier = any(_step_dirs(ckpt_dir)) or any(_step_dirs(ckpt_dir / INTERRUPTED))
     if earlier and not opts.resume and not opts.overwrite:
         raise Stop(
             f"{ckpt_dir} holds checkpoints of an earlier run; pass --resume to continue it, "
             "--overwrite to start afresh, or another --out-dir"
         )
     return earlier
+
+
+def _step_dirs(folder: Path) -> list[Path]:
+    """The checkpoint directories in ``folder`` (complete or not), if it exists."""
+    return [p for p in folder.iterdir() if p.name[:1].isdigit()] if folder.is_dir() else []
+
+
+def saved_config(ckpt_dir: Path) -> Config | None:
+    """The settings saved with the newest readable checkpoint in ``ckpt_dir`` (the
+    interrupted one first), or ``None`` if there is none; nothing is changed on disk."""
+    for folder in (ckpt_dir / INTERRUPTED, ckpt_dir):
+        if not any(_step_dirs(folder)):
+            continue
+        ckpt = Checkpointer(folder, read_only=True)
+        try:
+            for step in ckpt.steps_on_disk():
+                try:
+                    if not ckpt.problem(step):
+                        return _config_of(ckpt.read_meta(step))
+                except Exception:  # a damaged record: _resume reports it
+                    continue
+        finally:
+            ckpt.close()
+    return None
+
+
+def _config_of(meta: dict) -> Config:
+    return Config.from_dict({"dtype": "float32", **meta["config"]})  # saved before --dtype
 
 
 def load_data(opts: Options):
@@ -181,16 +288,18 @@ def setup(cfg: Config, opts: Options, start_time: float) -> Run:
 
 def restore_or_start(run: Run) -> None:
     """With ``--resume``, loads the newest good checkpoint; then prints the run's header
-    and the epochs done so far."""
+    and the epochs done so far. From here on a signal stops the run with a checkpoint."""
+    run.interrupt.install()
     if run.opts.resume:
         _resume(run)
     if distributed.is_main():  # rewritten: drops epochs past the checkpoint
         report.write_metrics(run.opts.out_dir / "metrics.jsonl", run.history)
     _print_header(run)
     for record in run.history:
-        report.log_epoch(record, run.lr_scale)
+        report.log_epoch(record)
     eval_left = sum(_eval_cost(run, e) for e in range(run.epoch0, run.n_epochs))
-    train_left = (run.total_steps - run.epoch0 * run.steps_per_epoch) * run.batch_size
+    done = run.epoch0 * run.steps_per_epoch + (run.partial["steps_done"] if run.partial else 0)
+    train_left = (run.total_steps - done) * run.batch_size
     run.progress = report.Progress(run.opts.progress, max(train_left, 0), eval_left)
 
 
@@ -200,43 +309,62 @@ def is_complete(run: Run) -> bool:
 
 
 def _resume(run: Run) -> None:
-    ckpt = run.checkpointer
-    for name in ckpt.unfinished:
-        report.note(f"note: discarded {ckpt.directory / name}, a checkpoint whose write was "
-                    "interrupted")  # fmt: skip
-    steps = ckpt.steps_on_disk()
-    if not steps:
+    interrupted = _interrupted_checkpointer(run)
+    for ckpt in filter(None, (interrupted, run.checkpointer)):
+        for name in ckpt.unfinished:
+            report.note(f"note: discarded {ckpt.directory / name}, a checkpoint whose write "
+                        "was interrupted")  # fmt: skip
+    epochs = run.checkpointer.steps_on_disk()
+    # A checkpoint taken mid-epoch is newer than every epoch checkpoint up to its epoch.
+    newest = epochs[0] * run.steps_per_epoch if epochs else 0
+    candidates = [(run.checkpointer, step) for step in epochs]
+    if interrupted is not None:
+        for step in interrupted.steps_on_disk():
+            if step > newest:
+                candidates.insert(0, (interrupted, step))
+            else:
+                interrupted.discard(step)  # superseded by the epoch checkpoints
+    if not candidates:
         report.note(f"note: no checkpoint in {run.ckpt_dir}; starting from scratch")
         return
     damaged = []
-    for step in steps:
-        if (problem := _try_restore(run, step)) is None:
+    for ckpt, step in candidates:
+        if (problem := _try_restore(run, ckpt, step)) is None:
             break
-        report.note(f"warning: checkpoint {step} in {run.ckpt_dir} is damaged ({problem})")
-        damaged.append(step)
+        report.note(f"warning: checkpoint {step} in {ckpt.directory} is damaged ({problem})")
+        damaged.append((ckpt, step))
     else:
+        tried = ", ".join(str(step) for _, step in candidates)
         raise Stop(
-            f"no readable checkpoint in {run.ckpt_dir} (tried {', '.join(map(str, steps))}); "
+            f"no readable checkpoint in {run.ckpt_dir} (tried {tried}); "
             "pass --overwrite to start afresh, or another --out-dir"
         )
-    for bad in damaged:  # so that these epochs can be written again
-        ckpt.discard(bad)
-    report.note(f"resumed from {run.ckpt_dir / str(step)} (epoch {run.epoch0}, step "
-                f"{run.epoch0 * run.steps_per_epoch})")  # fmt: skip
+    for bad, bad_step in damaged:  # so that these epochs can be written again
+        bad.discard(bad_step)
+    if interrupted is not None:
+        interrupted.close()
+    done = run.partial["steps_done"] if run.partial else 0
+    report.note(f"resumed from {ckpt.directory / str(step)} (epoch {run.epoch0}, step "
+                f"{run.epoch0 * run.steps_per_epoch + done})")  # fmt: skip
 
 
-def _try_restore(run: Run, step: int) -> str | None:
-    """Loads checkpoint ``step`` into ``run``; returns what is wrong with it, or ``None``.
-    Stops if it was written with other settings."""
-    ckpt = run.checkpointer
+def _interrupted_checkpointer(run: Run) -> Checkpointer | None:
+    """The checkpoints of interrupted epochs (one at most), if any were written."""
+    if not run.interrupted_dir.is_dir():
+        return None
+    return Checkpointer(run.interrupted_dir, max_to_keep=1)
+
+
+def _try_restore(run: Run, ckpt: Checkpointer, step: int) -> str | None:
+    """Loads checkpoint ``step`` of ``ckpt`` into ``run``; returns what is wrong with it, or
+    ``None``. Stops if it was written with other settings."""
     if problem := ckpt.problem(step):
         return problem
     try:
         saved = ckpt.read_meta(step)
     except Exception as exc:  # whatever orbax raises on a damaged record
         return f"its record is unreadable: {_first_line(exc)}"
-    saved_cfg = Config.from_dict({"dtype": "float32", **saved["config"]})  # before --dtype
-    if changes := diff(saved_cfg, run.cfg):
+    if changes := diff(_config_of(saved), run.cfg):
         listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
         raise Stop(f"--resume with settings that differ from the checkpoint's ({listed}); "
                    "rerun with the original flags")  # fmt: skip
@@ -251,6 +379,9 @@ def _try_restore(run: Run, step: int) -> str | None:
     except Exception as exc:  # whatever orbax raises on damaged arrays
         return f"its arrays are unreadable: {_first_line(exc)}"
     run.ema, run.history, run.epoch0 = ema, meta["history"], meta["epoch"]
+    run.partial = meta.get("partial")
+    if meta.get("lr_unit") != LR_UNIT:  # written before the log's lr was in --lr's units
+        run.history = [dict(r, lr=r["lr"] * run.lr_scale) for r in run.history]
     run.elapsed_before = meta["elapsed_s"]
     run.aug_key = jax.random.wrap_key_data(jnp.asarray(meta["aug_key"], jnp.uint32), impl=KEY_IMPL)
     return None
@@ -277,14 +408,15 @@ def _print_header(run: Run) -> None:
         f"out {run.opts.out_dir}"
     )
     report.say(cfg.describe())
-    unit = "per 1024 examples" if cfg.optimizer == "sgd" else "(AdamW's step size)"
+    unit = "(per 1024 examples)" if cfg.optimizer == "sgd" else "(AdamW's step size)"
     n_test, n_sub = len(run.test_labels), len(run.subset)
     scored = f"all {n_test}"
     if n_sub < n_test:
         scored = f"{n_sub} fixed ones, after the last all {n_test}"
     report.say(
-        f"columns: train_loss per image; accuracies in %; lr: {cfg.optimizer} lr {unit} at the "
-        f"epoch's last step;\n         test_acc% on test_imgs test images after each epoch: "
+        f"columns: train_loss per image; accuracies in %; lr: the scheduled {cfg.optimizer} "
+        f"--lr {unit} at the epoch's last step,\n         as in metrics.jsonl; test_acc% on "
+        f"test_imgs test images after each epoch: "
         f"{scored}"
     )
     report.print_row(report.COLUMNS, head=True)
@@ -294,7 +426,9 @@ def _print_header(run: Run) -> None:
 
 
 def train_epoch(run: Run, epoch: int) -> None:
-    """Trains epoch ``epoch`` (from 0), evaluates, logs it and saves a checkpoint."""
+    """Trains epoch ``epoch`` (from 0), evaluates, logs it and saves a checkpoint.
+
+    Raises :class:`Interrupted` once a signal asked the run to stop (after saving)."""
     metrics, steps, epoch_s = _train_steps(run, epoch)
     if not loop.all_finite(run.model):
         raise Stop(
@@ -302,7 +436,10 @@ def train_epoch(run: Run, epoch: int) -> None:
             NAN_EXIT_CODE,
         )
     last = epoch == run.n_epochs - 1
-    test_acc, tta_acc, n_test = _evaluate(run, epoch, last)
+    try:
+        test_acc, tta_acc, n_test = _evaluate(run, epoch, last)
+    except _Abandoned:  # the steps are done; the evaluation is repeated on resume
+        _save_interrupted(run, epoch, steps, metrics, epoch_s)
     n_seen, global_step = steps * run.batch_size, epoch * run.steps_per_epoch + steps
     record = {
         "epoch": epoch + 1,
@@ -311,37 +448,49 @@ def train_epoch(run: Run, epoch: int) -> None:
         "train_acc": float(metrics["correct"]) / n_seen,
         "test_acc": test_acc,
         "test_images": n_test,
-        "lr": float(run.schedule(global_step - 1)),
+        "lr": run.lr_at(global_step - 1),
         "epoch_s": epoch_s,
         "total_s": run.elapsed_before + time.perf_counter() - run.start_time,
     }
     if last and run.cfg.tta:
         record["test_acc_tta"] = tta_acc
     run.history.append(record)
-    report.log_epoch(record, run.lr_scale)
+    report.log_epoch(record)
     _save(run, epoch, record)
+    if run.interrupt.requested:  # it came during the save: the epoch's checkpoint is written
+        where, path = f"after epoch {epoch + 1}", run.ckpt_dir / str(epoch + 1)
+        raise Interrupted(_resume_line(run, where, path), 128 + run.interrupt.signum)
+
+
+class _Abandoned(Exception):
+    """An evaluation given up on an interrupt."""
 
 
 def _train_steps(run: Run, epoch: int):
-    """The steps of one epoch; returns the summed ``metrics``, the step count and seconds."""
+    """The steps of one epoch (those left of it, resumed mid-epoch); returns the summed
+    ``metrics``, the step count and seconds. Saves and raises :class:`Interrupted` if a
+    signal came during a step."""
     cfg, bs = run.cfg, run.batch_size
-    global_step = epoch * run.steps_per_epoch
-    steps = min(run.steps_per_epoch, run.total_steps - global_step)
+    steps = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)
+    partial = run.partial if run.partial is not None and epoch == run.epoch0 else {}
+    run.partial = None
+    first, before_s = partial.get("steps_done", 0), partial.get("epoch_s", 0.0)
+    global_step = epoch * run.steps_per_epoch + first
     order = np.random.default_rng([cfg.seed, epoch]).permutation(run.n_train)  # data order
     order = order[: steps * bs].astype(np.int32).reshape(steps, bs)
     # (steps, batch): the batch axis split over the devices, each device its own rows.
     perm = distributed.put(order, distributed.batch_sharding(run.mesh, ndim=2, axis=1))
     key = distributed.put(jax.random.fold_in(run.aug_key, epoch), run.replicated)
-    metrics = {
-        "loss": distributed.put(np.zeros((), np.float32), run.replicated),
-        "correct": distributed.put(np.zeros((), np.int32), run.replicated),
+    metrics = {  # the sums so far (exact: float32 and int32 values saved as JSON numbers)
+        "loss": distributed.put(np.float32(partial.get("loss", 0)), run.replicated),
+        "correct": distributed.put(np.int32(partial.get("correct", 0)), run.replicated),
     }
     batch = (run.train, perm, key, epoch)
-    run.progress.start("train", f"epoch {epoch + 1}/{run.n_epochs}", steps * bs)
+    run.progress.start("train", f"epoch {epoch + 1}/{run.n_epochs}", (steps - first) * bs)
     t0 = time.perf_counter()
     pending = None  # the previous step's loss, read after the next step is queued
     try:
-        for step in range(steps):
+        for step in range(first, steps):
             t_step = time.perf_counter()
             args = (*batch, step, epoch < cfg.whiten_bias_epochs)
             metrics, loss = run.train_step(run.model, run.optimizer, metrics, *args)
@@ -355,18 +504,25 @@ def _train_steps(run: Run, epoch: int):
             if pending is not None:
                 _show_loss(run, loop.check_loss(pending, epoch, global_step - 1, cfg))
             pending = loss
-        _show_loss(run, loop.check_loss(pending, epoch, global_step, cfg))
+            if run.interrupt.requested and step + 1 < steps:
+                _show_loss(run, loop.check_loss(pending, epoch, global_step, cfg))
+                epoch_s = before_s + time.perf_counter() - t0
+                _save_interrupted(run, epoch, step + 1, metrics, epoch_s, averaged=False)
+        if pending is not None:
+            _show_loss(run, loop.check_loss(pending, epoch, global_step, cfg))
     except loop.NonFiniteLoss as exc:  # the loss is replicated: every process stops here
         run.progress.close()
         last = run.checkpointer.latest_step()
         kept = f"epoch {last} in {run.ckpt_dir}" if last is not None else "none written yet"
         raise Stop(f"{exc}\nlast good checkpoint: {kept}", NAN_EXIT_CODE) from None
-    if run.ema is not None:  # airbench copies the average into the model after every epoch
+    # airbench copies the average into the model after every epoch (done before an
+    # interrupted evaluation was saved: not again)
+    if run.ema is not None and not partial.get("averaged", False):
         run.ema = loop.lookahead_step(run.model, run.ema, 1.0)
     run.progress.close()
     epoch_s = time.perf_counter() - t0
     run.run_train_s += epoch_s
-    return metrics, steps, epoch_s
+    return metrics, steps, before_s + epoch_s
 
 
 def _show_loss(run: Run, loss_sum: float) -> None:
@@ -395,9 +551,19 @@ def _evaluate(run: Run, epoch: int, last: bool):
     if not last:
         images, labels = images[run.subset], labels[run.subset]
     tta = last and run.cfg.tta
+
+    def progress(n: int) -> None:  # after each batch: an interrupt gives the evaluation up
+        if n:
+            run.progress.update(n)
+        if run.interrupt.requested:
+            run.progress.close()
+            run.model.train()
+            raise _Abandoned
+
+    progress(0)
     run.progress.start("eval", f"test {epoch + 1}/{run.n_epochs}", len(labels), 6 if tta else 1)
     test_acc, tta_acc, predictions = loop.evaluate(
-        run.model, images, labels, tta, run.mesh, run.cfg.eval_batch, run.progress.update
+        run.model, images, labels, tta, run.mesh, run.cfg.eval_batch, progress
     )
     run.progress.close()
     if last:
@@ -408,20 +574,59 @@ def _evaluate(run: Run, epoch: int, last: bool):
 def _save(run: Run, epoch: int, record: dict) -> None:
     """Checkpoint ``epoch + 1``: every process calls save; orbax coordinates them and the
     primary (process 0) writes the replicated arrays and the JSON record."""
-    meta = {
-        "epoch": epoch + 1,
-        "global_step": record["step"],
-        "data_order": {"epoch": epoch + 1, "permutation_seed": [run.cfg.seed, epoch + 1]},
-        "aug_key": np.asarray(jax.random.key_data(run.aug_key)).tolist(),
-        "ema_started": run.ema is not None,
-        "history": run.history,
-        "elapsed_s": record["total_s"],
-        "config": run.cfg.to_dict(),
-    }
+    meta = _meta(run, epoch + 1, record["step"], 0, record["total_s"])
     run.checkpointer.save(epoch + 1, model=run.model, optimizer=run.optimizer, ema=run.ema,
                           meta=meta)  # fmt: skip
     if distributed.is_main():
         report.write_metrics(run.opts.out_dir / "metrics.jsonl", run.history)
+        if run.interrupted_dir.is_dir():  # an interrupted epoch's checkpoint: superseded
+            shutil.rmtree(run.interrupted_dir)
+
+
+def _meta(run: Run, epochs_done: int, global_step: int, steps_done: int, elapsed_s: float):
+    """The JSON record of a checkpoint after ``steps_done`` steps of epoch ``epochs_done``
+    (from 0; 0 steps: at its start)."""
+    data_order = {"epoch": epochs_done, "permutation_seed": [run.cfg.seed, epochs_done]}
+    return {
+        "epoch": epochs_done,
+        "global_step": global_step,
+        "data_order": dict(data_order, next_step=steps_done),
+        "aug_key": np.asarray(jax.random.key_data(run.aug_key)).tolist(),
+        "ema_started": run.ema is not None,
+        "history": run.history,
+        "lr_unit": LR_UNIT,
+        "elapsed_s": elapsed_s,
+        "config": run.cfg.to_dict(),
+    }
+
+
+def _save_interrupted(run: Run, epoch: int, steps_done: int, metrics, epoch_s: float,
+                      averaged: bool = True) -> None:  # fmt: skip
+    """Saves the run stopped after ``steps_done`` steps of ``epoch`` (with ``averaged``:
+    and after the epoch's lookahead copy), then raises :class:`Interrupted`."""
+    run.progress.close()
+    global_step = epoch * run.steps_per_epoch + steps_done
+    elapsed = run.elapsed_before + time.perf_counter() - run.start_time
+    meta = _meta(run, epoch, global_step, steps_done, elapsed)
+    meta["partial"] = {
+        "steps_done": steps_done,
+        "loss": float(metrics["loss"]),  # a float32 value: exact in JSON
+        "correct": int(metrics["correct"]),
+        "epoch_s": epoch_s,
+        "averaged": averaged,
+    }
+    ckpt = Checkpointer(run.interrupted_dir, max_to_keep=1)
+    ckpt.save(global_step, model=run.model, optimizer=run.optimizer, ema=run.ema, meta=meta)
+    ckpt.close()
+    where = f"in epoch {epoch + 1} after step {steps_done} of {run.steps_per_epoch}"
+    if steps_done == min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch):
+        where = f"after the steps of epoch {epoch + 1}, before its evaluation"
+    raise Interrupted(_resume_line(run, where, ckpt.directory / str(global_step)),
+                      128 + run.interrupt.signum)  # fmt: skip
+
+
+def _resume_line(run: Run, where: str, path: Path) -> str:
+    return f"interrupted {where}; saved {path}; continue with: {run.opts.resume_command}"
 
 
 # ---------------------------------------------------------------------------- Finish
@@ -429,6 +634,7 @@ def _save(run: Run, epoch: int, record: dict) -> None:
 
 def finish(run: Run) -> None:
     """Writes ``summary.json`` and the plots, and prints the final line."""
+    run.interrupt.uninstall()  # nothing left to save: Ctrl-C quits
     run.checkpointer.close()
     if jax.process_count() > 1:  # the replicas must agree: every process shows its hash
         print(f"process {jax.process_index()}/{jax.process_count()}: parameter checksum "

@@ -1,5 +1,6 @@
-"""The accelerator path: the same tap loops, run on-chip (Pallas) or fused by XLA.
+"""The accelerator path: the same tap loops, run on-chip as Pallas kernels.
 
-``jspatial._accel.dispatch`` picks, per compile target, between the portable loops
-(CPU) and these versions (TPU); see ``bench/accel.py`` for what each saves.
+``tpu/`` holds the TPU kernels (Pallas TPU), ``gpu/`` the NVIDIA GPU kernels (Pallas
+Triton), and ``dispatch`` the one table that says which runs for which compile
+target (``kernel_for``); see ``bench/accel.py`` and ``bench/gpu.py`` for what each saves.
 """

@@ -1,14 +1,37 @@
-"""Per-backend choice between the portable loops and the accelerator versions.
+"""Which version of an op runs, decided by the compile target.
 
-The choice must follow the compile target, not the default device: a program traced
-on a CPU host may be lowered for a TPU. ``lax.platform_dependent`` stages both
-versions and keeps, at lowering time, the one for the target platform. TPUs take the
-Pallas kernels and fused forms of ``jspatial._accel``; CPUs and GPUs keep the
-portable ``lax.fori_loop`` code (Pallas TPU kernels do not lower for a GPU).
+Every op has one portable version, the ``lax.fori_loop``s of ``jspatial.conv``,
+``jspatial.pool`` and ``jspatial.norm``, which compiles for any backend. Some targets
+also have on-chip versions of the same tap loops:
 
-Each function takes ``portable``, the caller's own implementation with the same
-arguments, and returns its result unchanged wherever the accelerator version does not
-apply (unsupported geometry, empty batch).
+=============  ============================================  ==============================
+op             TPU (``tpu/``, Pallas TPU)                    NVIDIA GPU, compute capability
+                                                             >= 8.0 (``gpu/``, Pallas Triton)
+=============  ============================================  ==============================
+conv2d         ``tpu.conv``: ungrouped, stride 1, padding     ``gpu.conv``: the geometries
+               at most 'same'                                 of ``gpu.conv.supports``
+max_pool2d     ``tpu.pool``: non-overlapping windows          (the portable loop)
+batch norm     ``tpu.norm``: fused whole-array statistics     (the portable loop)
+=============  ============================================  ==============================
+
+``kernel_for(op, target, ...)`` answers the question "is there an on-chip version of
+this op, with this geometry, for this target?" with a function or ``None``, and
+``per_target(portable, kernels, *args)`` builds the program: one branch per target
+that has a kernel, the portable version everywhere else.
+
+The choice must follow the compile target, not the host: a program traced on a CPU
+may be lowered for a TPU or a GPU. ``lax.platform_dependent`` stages every branch and
+keeps, when lowering, the one for the target platform. A target's branch is staged only
+where its compiler is installed (libtpu for a TPU, ``STAGE_TPU``; JAX's CUDA plugin for
+a GPU, ``_tuning.STAGE_GPU``), so a CPU-only installation traces exactly the program it
+always did.
+
+A GPU's compute capability is not known to ``platform_dependent``: it is read at trace
+time (``gpu_target``) from the devices of the mesh set with ``jax.set_mesh`` (how a
+program is compiled ahead of time for a GPU it does not have), else from the local
+GPUs. Triton kernels need 8.0 or more (Ampere and later); an older GPU (a T4 is 7.5),
+an unknown one, and a program for several GPUs (XLA does not split a Pallas call over
+devices) take the portable loops with the GPU settings of ``jspatial._tuning``.
 """
 
 from __future__ import annotations
@@ -18,9 +41,7 @@ import importlib.util
 import jax
 from jax import lax
 
-from jspatial._accel import conv as _conv
-from jspatial._accel import norm as _norm
-from jspatial._accel import pool as _pool
+from jspatial import _tuning
 
 # Pallas TPU kernels lower only with libtpu present (it names the chip the kernel is
 # compiled for). Lowering for a TPU from a host without it (a portability check) sets
@@ -34,34 +55,87 @@ USE_PALLAS = True
 STAGE_TPU = importlib.util.find_spec("libtpu") is not None
 
 
-def _choose(portable, accelerated, *args):
+# Triton, and so Pallas on a GPU, needs compute capability 8.0 or more.
+TRITON_MIN_CAPABILITY = (8, 0)
+
+
+def gpu_target() -> tuple[int, int] | None:
+    """The compute capability of the one GPU this trace is for, or ``None``.
+
+    The devices of the mesh set with ``jax.set_mesh`` if that is a GPU mesh (compiling
+    ahead of time for a GPU topology), else the local GPUs. ``None`` where there is no
+    GPU, and where there are several: XLA cannot split a Pallas call over devices, so
+    inside a sharded program each device would run it on the whole batch; a program for
+    several GPUs takes the portable loops, which XLA partitions like any other op.
+    """
+    if not _tuning.STAGE_GPU:
+        return None
+    from jax._src import mesh as mesh_lib  # the concrete mesh of jax.set_mesh
+
+    mesh = mesh_lib.get_concrete_mesh()
+    devices = list(mesh.devices.flat) if mesh is not None and not mesh.empty else []
+    if not devices or devices[0].platform != "gpu":
+        try:
+            devices = jax.devices("cuda")
+        except RuntimeError:  # no GPU backend on this host
+            return None
+    capability = getattr(devices[0], "compute_capability", None)
+    if len(devices) != 1 or not capability:
+        return None
+    major, minor = str(capability).split(".")
+    return int(major), int(minor)
+
+
+def kernel_for(op: str, target: str, *static, gpu=None):
+    """The on-chip version of ``op`` for ``target`` (``'tpu'`` or ``'cuda'``), or ``None``.
+
+    ``static`` is the op's static description: ``(geom, groups)`` for ``'conv2d'``,
+    ``(geom,)`` for ``'max_pool2d'``, ``(eps,)`` for ``'bn_train'``. ``gpu`` is the
+    compute capability of a ``'cuda'`` target (``gpu_target()``). The function returned
+    takes the op's array arguments, as the portable version does.
+    """
+    if target == "tpu" and STAGE_TPU:
+        from jspatial._accel.tpu import conv, norm, pool
+
+        if op == "conv2d" and USE_PALLAS and conv.same_size(*static) is not None:
+            geom = static[0]
+            return lambda x, w: conv.conv2d_cropped(x, w, geom)
+        if op == "max_pool2d" and pool.supports(*static):
+            geom = static[0]
+            return lambda x: pool.max_pool2d(x, geom)
+        if op == "bn_train":
+            (eps,) = static
+            return lambda x, w, b: norm.bn_train(x, w, b, eps)
+    triton = target == "cuda" and gpu is not None and gpu >= TRITON_MIN_CAPABILITY
+    if triton and op == "conv2d" and (kernels := _gpu_conv()) and kernels.supports(*static):
+        geom = static[0]
+        return lambda x, w: kernels.conv2d(x, w, geom)
+    return None
+
+
+def _gpu_conv():
+    """``jspatial._accel.gpu.conv``, or ``None`` where this JAX has no Pallas Triton."""
+    try:
+        from jspatial._accel.gpu import conv
+    except ImportError:
+        return None
+    return conv
+
+
+def per_target(portable, kernels, *args):
+    """``portable(*args)``, with ``kernels[platform](*args)`` where lowered for that platform.
+
+    ``kernels`` maps a platform (``'tpu'``, ``'cuda'``) to a function with the portable
+    one's arguments; platforms without one, or a dict that is empty, run ``portable``.
+    An empty batch always runs ``portable`` (the kernels' grids need an image).
+    """
+    kernels = {p: k for p, k in kernels.items() if k is not None}
+    if not kernels or any(getattr(a, "shape", (1,))[:1] == (0,) for a in args[:1]):
+        return portable(*args)
     shape = jax.eval_shape(portable, *args)
 
-    def tpu(*args):  # the same output types as the portable branch, as a switch needs
-        return jax.tree.map(lambda y, s: y.astype(s.dtype), accelerated(*args), shape)
+    def same_types(kernel):  # the same output types as the portable branch, as a switch needs
+        return lambda *a: jax.tree.map(lambda y, s: y.astype(s.dtype), kernel(*a), shape)
 
-    return lax.platform_dependent(*args, tpu=tpu, default=portable)
-
-
-def conv2d(x, weight, geom, groups, portable):
-    """``portable(x, weight) -> y`` (NCHW) on CPU/GPU; the Pallas tap kernel on TPU."""
-    if not STAGE_TPU or x.shape[0] == 0 or not USE_PALLAS or _conv.same_size(geom, groups) is None:
-        return portable(x, weight)
-    return _choose(portable, lambda x, w: _conv.conv2d_cropped(x, w, geom), x, weight)
-
-
-def max_pool2d(x, geom, portable):
-    """``portable(x) -> y`` (NCHW) on CPU/GPU; the Pallas pooling kernel on TPU."""
-    if not STAGE_TPU or x.shape[0] == 0 or not _pool.supports(geom):
-        return portable(x)
-    return _choose(portable, lambda x: _pool.max_pool2d(x, geom), x)
-
-
-def bn_train(x, weight, bias, eps, portable):
-    """``portable(x, weight, bias, eps) -> (y, mean, var)``; fused reductions on TPU."""
-    if not STAGE_TPU:
-        return portable(x, weight, bias, eps)
-    return _choose(
-        lambda x, w, b: portable(x, w, b, eps), lambda x, w, b: _norm.bn_train(x, w, b, eps),
-        x, weight, bias,
-    )  # fmt: skip
+    branches = {p: same_types(k) for p, k in kernels.items()}
+    return lax.platform_dependent(*args, default=portable, **branches)

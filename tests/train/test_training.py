@@ -397,12 +397,18 @@ def test_resume_after_kill_matches_uninterrupted_run(reference, tiny_data, tmp_p
     assert acc == pytest.approx(100 * ref_summary["test_accuracy_no_tta"], abs=0.006)
     lr = float(row.split("|")[6])  # the recipe's units: lr 4.0 per 1024 times the multiplier
     assert lr == pytest.approx(4.0 * float(loop.lr_multiplier(config.Config(), 60)(59)), 1e-3)
+    assert float(f"{records[-1]['lr']:.4g}") == lr  # metrics.jsonl: the same lr, same unit
 
     # Resuming with different settings is refused, naming what changed.
     assert cifar10.main(tiny_args(tiny_data, run_dir, "--resume", "--lr", "1.0")) == 2
     assert "lr: 4.0 -> 1.0" in capsys.readouterr().err
     assert cifar10.main(tiny_args(tiny_data, run_dir, "--resume", "--set", "translate=0")) == 2
     assert "translate: 2 -> 0" in capsys.readouterr().err
+    # Extending a run is refused, saying why.
+    assert cifar10.main(tiny_args(tiny_data, run_dir, "--resume", "--epochs", "5")) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "--epochs 5.0, but the run was started with 3" in err and "schedule" in err
 
     # Resuming a finished run says so, and neither trains nor rewrites anything.
     before = {p: p.stat().st_mtime_ns for p in ref_dir.rglob("*") if p.is_file()}
@@ -482,6 +488,92 @@ def test_nan_loss_stops_with_message_and_keeps_the_last_good_checkpoint(
     assert not (out_dir / "summary.json").exists()
 
 
+def interrupt_after_header(args, env, signals=1):
+    """Starts the CLI, sends SIGINT ``signals`` times once its header is printed (it is then
+    tracing and compiling its first step) and returns ``(exit status, stdout, stderr)``."""
+    proc = start_cli(args, env)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("columns:"):
+            for _ in range(signals):
+                os.kill(proc.pid, signal.SIGINT)
+                time.sleep(0.5)
+            break
+    code, out, err = finish(proc)
+    return code, "".join(lines) + out, err
+
+
+def test_sigint_saves_mid_epoch_and_bare_resume_matches_uninterrupted_run(
+    reference, tiny_data, tmp_path, cli_env
+):
+    run_dir = tmp_path / "interrupted"
+    code, _, err = interrupt_after_header(tiny_args(tiny_data, run_dir), cli_env)
+    assert code == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted in epoch 1 after step "), err  # mid-epoch
+    resume = f"python -m train.cifar10 --resume --out-dir {run_dir} --data-dir {tiny_data}"
+    assert last.endswith(f"continue with: {resume}")
+    saved = [p.name for p in (run_dir / "checkpoints" / "interrupted").iterdir() if p.is_dir()]
+    assert len(saved) == 1 and 0 < int(saved[0]) < 20, saved  # global step, inside epoch 1
+    assert f"saved {run_dir / 'checkpoints' / 'interrupted' / saved[0]};" in last
+
+    # --resume alone takes the settings saved with the checkpoint (3 epochs of simple_cnn,
+    # batch 32, seed 7, ... : none of them repeated here).
+    code, out, err = finish(start_cli(resume.split()[3:] + ["--no-progress"], cli_env))
+    assert code == 0, err
+    assert f"resumed from {run_dir / 'checkpoints' / 'interrupted' / saved[0]}" in err
+    assert "config: model=simple_cnn seed=7 epochs=3.0 batch_size=32" in out
+    ref_dir, _ = reference()
+    assert_same_run(run_dir, ref_dir)  # bit for bit, the partial epoch's loss sums included
+    assert not (run_dir / "checkpoints" / "interrupted").exists()  # superseded by epoch 1
+
+
+def test_second_sigint_quits_at_once_without_saving(tiny_data, tmp_path, cli_env):
+    run_dir = tmp_path / "quit"
+    code, _, err = interrupt_after_header(tiny_args(tiny_data, run_dir), cli_env, signals=2)
+    assert code == 128 + signal.SIGINT, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "second interrupt: quitting now, without saving"
+    interrupted = run_dir / "checkpoints" / "interrupted"
+    assert not interrupted.exists() or not any(p.name.isdigit() for p in interrupted.iterdir())
+
+
+BAD_VALUES = [
+    (["--lr", "-1"], "lr must be > 0, got -1.0"),
+    (["--lr", "0"], "lr must be > 0, got 0.0"),
+    (["--lr", "nan"], "lr must be > 0, got nan"),
+    (["--set", "label_smoothing=1"], "label_smoothing must be in [0, 1), got 1.0"),
+    (["--weight-decay", "-0.1"], "weight_decay must be >= 0, got -0.1"),
+    (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+    (["--epochs", "0"], "epochs must be > 0, got 0.0"),
+    (["--epochs", "-2"], "epochs must be > 0, got -2.0"),
+    (["--set", "momentum=1"], "momentum must be in [0, 1), got 1.0"),
+    (["--ema", "1"], "ema must be in [0, 1), got 1.0"),
+    (["--train-limit", "0"], "train_limit must be >= 1, got 0"),
+    (["--set", "lr_start=0", "--set", "lr_peak=0", "--set", "lr_end=0"], "all 0"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_VALUES, ids=[" ".join(f) for f, _ in BAD_VALUES])
+def test_values_that_cannot_train_are_refused_in_one_line(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cifar10.main(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "run"), *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_value_from_the_shell_is_one_line_without_traceback(tmp_path, cli_env):
+    args = ["--lr", "-1", "--out-dir", str(tmp_path / "run")]
+    code, out, err = finish(start_cli(args, cli_env))
+    assert code == 2
+    assert err == "error: lr must be > 0, got -1.0 (see python -m train.cifar10 --help)\n"
+    assert out == "" and not (tmp_path / "run").exists()
+
+
 def real_data_dir():
     path = os.environ.get(DATA_DIR_ENV)
     if not path:
@@ -495,18 +587,17 @@ def real_data_dir():
     reason=f"real CIFAR-10 not found: set {DATA_DIR_ENV} to the folder holding "
     f"cifar-10-batches-bin/ (default location {default_data_dir()} is not used by tests)",
 )
-def test_smoke_run_on_real_data(tmp_path, cli_env):
-    args = [
-        "--data-dir", str(real_data_dir()), "--out-dir", str(tmp_path / "smoke"),
-        "--train-limit", "2000", "--test-limit", "1000", "--epochs", "1", "--no-tta",
-        "--model", "airbench94", "--no-plots", "--no-progress",
-    ]  # fmt: skip
+def test_quick_run_learns(tmp_path, cli_env):
+    """The README's quick run (``--quick``): about a minute on 2 CPU cores."""
+    out_dir = tmp_path / "quick"
+    args = ["--quick", "--data-dir", str(real_data_dir()), "--out-dir", str(out_dir),
+            "--no-progress"]  # fmt: skip
     code, out, err = finish(start_cli(args, cli_env), timeout=600)
     assert code == 0, err
-    summary = json.loads((tmp_path / "smoke" / "summary.json").read_text())
-    assert summary["train_images"] == 2000 and summary["test_images"] == 1000
-    assert 0.0 <= summary["test_accuracy"] <= 1.0  # one step from scratch: about chance
-    assert math.isfinite(
-        json.loads((tmp_path / "smoke" / "metrics.jsonl").read_text())["train_loss"]
-    )
-    assert "test accuracy" in out
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert (summary["model"], summary["epochs"], summary["tta"]) == ("simple_cnn", 3, False)
+    assert summary["train_images"] == 10000 and summary["test_images"] == 2000
+    assert summary["test_accuracy"] > 0.25, summary  # chance: 0.10; it reaches about 0.6
+    records = strip_times(out_dir / "metrics.jsonl")
+    assert records[-1]["train_loss"] < records[0]["train_loss"] < 2.3  # log(10) = 2.303
+    assert out.splitlines()[-1].startswith(f"test accuracy {100 * summary['test_accuracy']:.2f}%")

@@ -2,7 +2,7 @@
 
 A TPU stores an activation ``(N, C, H, W)`` whose batch is a multiple of 128 with the
 batch as its fastest axis and the channels next (physically ``(H, W, C, N)``: a
-``(C, 128)`` tile per pixel, the order of ``jspatial._accel.conv`` too). Pooling
+``(C, 128)`` tile per pixel, the order of ``jspatial._accel.tpu.conv`` too). Pooling
 needs no matrix product, so the kernel works in exactly that order, and the
 ``NCHW -> HWCN`` transposes around it cost nothing. For every tap of the window the
 kernel loads the strided block of rows and columns that the tap sees, on-chip::
