@@ -5,7 +5,7 @@ tangent as a ``linear_call``; reverse mode (``jax.grad``) transposes that tangen
 transpose of a ``linear_call`` is the hand-written backward loop it names. So one rule
 serves both modes, and the backward pass keeps its loops and its memory.
 
-``linear_call(fun, transpose, res, lin, out_avals)`` is ``fun(res, lin)``, where ``fun``
+``linear_call(fun, transpose, res, lin)`` is ``fun(res, lin)``, where ``fun``
 is linear in the arrays ``lin`` (and may be anything in ``res``), and
 ``transpose(res, cts)`` is its transpose: the cotangents of ``lin`` given those of the
 outputs. JAX then knows how to
@@ -26,15 +26,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import Primitive
+from jax.extend.core import Primitive, jaxpr_as_fun
 from jax.interpreters import ad, batching, mlir
 
 linear_p = Primitive("jspatial_linear_call")
 linear_p.multiple_results = True
 
 
-def linear_call(fun, transpose, res, lin, out_avals):
+def linear_call(fun, transpose, res, lin):
     """``fun(res, lin)``, linear in ``lin``, with ``transpose(res, cts)`` as its transpose.
+
+    ``fun`` is traced once, here, to a jaxpr: the primitive carries it (so ``jax.make_jaxpr``
+    shows the loop that runs), and compiling the primitive compiles that jaxpr.
 
     Args:
         fun: ``(res, lin) -> outputs``, lists of arrays; linear in ``lin``.
@@ -42,46 +45,44 @@ def linear_call(fun, transpose, res, lin, out_avals):
             shape and dtype, linear in ``cts`` (one per output).
         res: arrays ``fun`` need not be linear in.
         lin: arrays ``fun`` is linear in.
-        out_avals: shapes and dtypes of the outputs (``jax.ShapeDtypeStruct`` or arrays).
 
     Returns:
         The list of outputs.
     """
-    avals = tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in out_avals)
-    return linear_p.bind(*res, *lin, fun=fun, transpose=transpose, n_res=len(res), out_avals=avals)
+    n_res = len(res)
+    avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (*res, *lin)]
+    jaxpr = jax.make_jaxpr(lambda *a: list(fun(*_split(a, n_res))))(*avals)
+    return linear_p.bind(*res, *lin, jaxpr=jaxpr, fun=fun, transpose=transpose, n_res=n_res)
 
 
 def _split(args, n_res):
     return list(args[:n_res]), list(args[n_res:])
 
 
-def _impl(*args, fun, transpose, n_res, out_avals):
-    del transpose, out_avals
-    return list(fun(*_split(args, n_res)))
+def _impl(*args, jaxpr, **_):
+    return jaxpr_as_fun(jaxpr)(*args)
 
 
-def _abstract_eval(*args, fun, transpose, n_res, out_avals):
-    del args, fun, transpose, n_res
-    return list(out_avals)
+def _abstract_eval(*args, jaxpr, **_):
+    return jaxpr.out_avals
 
 
-def _transpose_rule(cts, *args, fun, transpose, n_res, out_avals):
+def _transpose_rule(cts, *args, jaxpr, fun, transpose, n_res):
     res, lin = _split(args, n_res)
     if any(ad.is_undefined_primal(r) for r in res):
         raise ValueError("linear_call is not linear in its residual arguments")
     cts = [ad.instantiate_zeros(ct) for ct in cts]
-    lin_avals = [x.aval if ad.is_undefined_primal(x) else x for x in lin]
     # The transpose of the transpose is ``fun`` again: transposing twice (jax.grad of a
     # jax.linear_transpose) returns to the forward loop.
-    dlin = linear_call(transpose, fun, res, cts, lin_avals)
+    dlin = linear_call(transpose, fun, res, cts)
     # An argument given as a value (a zero tangent made concrete) has no cotangent.
     return [None] * n_res + [d if ad.is_undefined_primal(x) else None for x, d in zip(lin, dlin)]
 
 
-def _jvp_rule(primals, tangents, *, fun, transpose, n_res, out_avals):
+def _jvp_rule(primals, tangents, *, jaxpr, fun, transpose, n_res):
     res, lin = _split(primals, n_res)
     dres, dlin = _split(tangents, n_res)
-    params = dict(fun=fun, transpose=transpose, n_res=n_res, out_avals=out_avals)
+    params = dict(jaxpr=jaxpr, fun=fun, transpose=transpose, n_res=n_res)
     out = linear_p.bind(*res, *lin, **params)
     tangent = None
     if not all(_is_zero(d) for d in dlin):
@@ -94,7 +95,7 @@ def _jvp_rule(primals, tangents, *, fun, transpose, n_res, out_avals):
         _, t_res = jax.jvp(lambda *r: list(fun(list(r), lin)), res, dres)
         tangent = t_res if tangent is None else [a + b for a, b in zip(tangent, t_res)]
     if tangent is None:
-        tangent = [ad.Zero(a.to_tangent_aval()) for a in out_avals]
+        tangent = [ad.Zero(a.to_tangent_aval()) for a in jaxpr.out_avals]
     return out, tangent
 
 
@@ -103,7 +104,7 @@ def _is_zero(tangent):
     return type(tangent) is ad.Zero or tangent.dtype == jax.dtypes.float0
 
 
-def _batch_rule(args, dims, *, fun, transpose, n_res, out_avals):
+def _batch_rule(args, dims, *, jaxpr, fun, transpose, n_res):
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
     res, lin = _split(args, n_res)
     res_dims, lin_dims = _split(dims, n_res)
@@ -114,10 +115,7 @@ def _batch_rule(args, dims, *, fun, transpose, n_res, out_avals):
         for x, d in zip(lin, lin_dims)
     ]
     axes = (res_dims, [0] * len(lin))
-    out = linear_call(
-        _Batched(fun, axes), _Batched(transpose, axes), res, lin,
-        [jax.ShapeDtypeStruct((size, *a.shape), a.dtype) for a in out_avals],
-    )  # fmt: skip
+    out = linear_call(_Batched(fun, axes), _Batched(transpose, axes), res, lin)
     return out, [0] * len(out)
 
 
@@ -138,11 +136,8 @@ class _Batched:
         return hash((self.f, self.axes))
 
 
-def _lowering(ctx, *args, fun, transpose, n_res, out_avals):
-    del transpose, out_avals
-    return mlir.lower_fun(lambda *a: list(fun(*_split(a, n_res))), multiple_results=True)(
-        ctx, *args
-    )
+def _lowering(ctx, *args, jaxpr, **_):
+    return mlir.lower_fun(jaxpr_as_fun(jaxpr), multiple_results=True)(ctx, *args)
 
 
 linear_p.def_impl(_impl)
@@ -192,7 +187,7 @@ def bilinear_jvp(op, bwd, static, primals, tangents):
     x, w = primals
     y = op(x, w, *static)
     fun, transpose = Fn(_bilinear_tangent, op, static), Fn(_one_cotangent, bwd, static)
-    return y, linear_call(fun, transpose, [x, w], list(tangents), [y])[0]
+    return y, linear_call(fun, transpose, [x, w], list(tangents))[0]
 
 
 def defbilinear(op, bwd):
@@ -214,7 +209,7 @@ def linear_jvp(op, bwd, *args):
     static = tuple(static)
     y = op(x, *static)
     fun, transpose = Fn(_linear_tangent, op, static), Fn(bwd, *static)
-    return y, linear_call(fun, transpose, [], list(tangents), [y])[0]
+    return y, linear_call(fun, transpose, [], list(tangents))[0]
 
 
 def float0_zeros(a):

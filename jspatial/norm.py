@@ -265,7 +265,7 @@ def _bn_jvp(op, eps, primals, tangents):
     outputs = op(*primals, eps)
     residuals = (primals[0], primals[1], outputs[1], lax.rsqrt(outputs[2] + eps))
     transpose = Fn(_bn_train_bwd, eps)
-    tangent = linear_call(Fn(_bn_tangent), transpose, list(residuals), list(tangents), outputs)
+    tangent = linear_call(Fn(_bn_tangent), transpose, list(residuals), list(tangents))
     return outputs, tuple(tangent)
 
 

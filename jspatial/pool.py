@@ -337,7 +337,7 @@ def _winner_jvp(op, tangent, bwd, config, primals, tangents):
     ``tangent(config, [arg], [dx])``, a ``linear_call`` whose transpose is ``bwd``."""
     best, arg = op(primals[0], config)
     fun, transpose = Fn(tangent, config), Fn(bwd, config)
-    (dbest,) = linear_call(fun, transpose, [arg], list(tangents), [best])
+    (dbest,) = linear_call(fun, transpose, [arg], list(tangents))
     return (best, arg), (dbest, float0_zeros(arg))
 
 
@@ -771,4 +771,4 @@ def _scatter_planes_jvp(size, primals, tangents):
     (x, idx), dx = primals, tangents[0]
     y = _scatter_planes(x, idx, size)
     fun, transpose = Fn(_scatter_tangent, size), Fn(_scatter_planes_bwd, size)
-    return y, linear_call(fun, transpose, [idx], [dx], [y])[0]
+    return y, linear_call(fun, transpose, [idx], [dx])[0]

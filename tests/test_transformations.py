@@ -151,8 +151,7 @@ CASES = {
 }
 NAMES = list(CASES)
 # check_grads evaluates many perturbed programs: one case of each kind of op.
-CHECK_GRADS = ["conv_direct", "conv_winograd", "conv_transpose", "max_pool", "adaptive_avg",
-               "max_unpool", "batch_norm"]  # fmt: skip
+CHECK_GRADS = ["conv_direct", "conv_transpose", "max_pool", "max_unpool", "batch_norm"]
 
 
 def _args(case, seed=0):
@@ -220,7 +219,7 @@ def _close(actual, expected):
 class _Tiny(nnx.Module):
     def __init__(self, rngs):
         self.conv = Conv2d(2, 3, 3, padding=1, rngs=rngs)
-        self.norm = BatchNorm2d(3)
+        self.norm = BatchNorm2d(3, track_running_stats=False)  # batch statistics, no state
         self.pool = MaxPool2d(2)
 
     def __call__(self, x):
