@@ -59,6 +59,7 @@ from jspatial import _args, _tuning, winograd
 from jspatial import _windows as win
 from jspatial._accel import dispatch
 from jspatial._args import IntOrPair, Padding
+from jspatial._linear import defbilinear
 from jspatial.pad import _check_pad, _pad_normalised
 from jspatial.shapes import output_hw, transposed_size
 
@@ -459,7 +460,7 @@ def _transpose_chunks(n, geom):
 # ---------------------------------------------------------------------------- direct
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv_direct(x, weight, geom, groups):
     return _conv_fwd(x, weight, geom, groups)[0]
 
@@ -497,7 +498,7 @@ def _conv_bwd(geom, groups, residuals, g):
     return dx, _weight_from_taps(dw, geom.kernel).astype(weight.dtype)
 
 
-_conv_direct.defvjp(_conv_fwd, _conv_bwd)
+defbilinear(_conv_direct, _conv_bwd)
 
 
 # ---------------------------------------------------------------------------- im2col
@@ -508,7 +509,7 @@ _conv_direct.defvjp(_conv_fwd, _conv_bwd)
 # product of depth C_in * kh * kw does the whole convolution.
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _conv_im2col(x, weight, geom):
     return _im2col_fwd(x, weight, geom)[0]
 
@@ -570,7 +571,7 @@ def _im2col_bwd(geom, residuals, g):
     return dx, dw.astype(weight.dtype)
 
 
-_conv_im2col.defvjp(_im2col_fwd, _im2col_bwd)
+defbilinear(_conv_im2col, _im2col_bwd)
 
 
 # -------------------------------------------------------------------- conv_transpose2d
@@ -710,7 +711,7 @@ def _conv_transpose2d(x, weight, bias, geom, groups):
     return y.astype(x.dtype)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv_transpose(x, weight, geom, groups):
     return _conv_transpose_fwd(x, weight, geom, groups)[0]
 
@@ -752,4 +753,4 @@ def _conv_transpose_bwd(geom, groups, residuals, g):
     return dx, _weight_from_taps(dw, geom.kernel).astype(weight.dtype)
 
 
-_conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+defbilinear(_conv_transpose, _conv_transpose_bwd)

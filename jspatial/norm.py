@@ -34,6 +34,7 @@ from jax.typing import ArrayLike
 from jspatial import _args, _tuning
 from jspatial import _windows as win
 from jspatial._accel import dispatch
+from jspatial._linear import Fn, linear_call
 
 
 def batch_norm(
@@ -254,7 +255,7 @@ def _affine(x, scale, shift):
     return y.astype(x.dtype)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _bn_train(x, weight, bias, eps):
     return _bn_train_fwd(x, weight, bias, eps)[0]
 
@@ -270,6 +271,43 @@ def _normalise(x, weight, bias, eps, mean, var):
     scale = weight * inv_std
     y = _affine(x, scale, bias - mean * scale)
     return (y, mean, var), (x, weight, mean, inv_std)
+
+
+def _bn_tangent(residuals, tangents):
+    """Forward mode: the linearisation of ``(y, mean, var)`` at ``x``, given the residuals.
+
+    Linear in the tangents ``(dx, dweight, dbias)``; ``_bn_train_bwd`` is its transpose.
+    With ``x_hat = (x - mean) * inv_std``::
+
+        dmean = mean(dx)
+        dvar  = 2 * mean((x - mean) * dx)
+        dy    = weight * inv_std * (dx - dmean - x_hat * mean(x_hat * dx))
+                + x_hat * dweight + dbias
+    """
+    x, weight, mean, inv_std = residuals
+    dx, d_weight, d_bias = tangents
+    per_channel = lambda v: v[None, :, None, None]  # noqa: E731
+    centred = x.astype(mean.dtype) - per_channel(mean)
+    x_hat = centred * per_channel(inv_std)
+    dx = dx.astype(mean.dtype)
+    d_mean = jnp.mean(dx, axis=(0, 2, 3))
+    d_var = 2 * jnp.mean(centred * dx, axis=(0, 2, 3))
+    # d x_hat = inv_std * (dx - dmean) - x_hat * inv_std^2 * dvar / 2.
+    projection = jnp.mean(x_hat * dx, axis=(0, 2, 3))
+    d_x_hat = per_channel(inv_std) * (dx - per_channel(d_mean) - x_hat * per_channel(projection))
+    dy = per_channel(weight) * d_x_hat + x_hat * per_channel(d_weight) + per_channel(d_bias)
+    return dy.astype(x.dtype), d_mean, d_var
+
+
+def _bn_jvp(op, eps, primals, tangents):
+    """The JVP of training-mode batch norm ``op`` (this module's ``_bn_train``, or the
+    accelerator's): the outputs, and their tangent as a ``linear_call`` of
+    ``_bn_tangent`` whose transpose is the hand-written ``_bn_train_bwd``."""
+    outputs = op(*primals, eps)
+    residuals = (primals[0], primals[1], outputs[1], lax.rsqrt(outputs[2] + eps))
+    transpose = Fn(_bn_train_bwd, eps)
+    tangent = linear_call(Fn(_bn_tangent), transpose, list(residuals), list(tangents))
+    return outputs, tuple(tangent)
 
 
 def _bn_train_bwd(eps, residuals, cotangents):
@@ -292,7 +330,7 @@ def _bn_train_bwd(eps, residuals, cotangents):
     return dx.astype(x.dtype), g_weight, g_bias
 
 
-_bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
+_bn_train.defjvp(partial(_bn_jvp, _bn_train))
 
 
 def _check(x, running_mean, running_var, weight, bias, op, num_features, ndims):

@@ -45,6 +45,7 @@ from jspatial import _args, _tuning
 from jspatial import _windows as win
 from jspatial._accel import dispatch
 from jspatial._args import IntOrPair, OutputSize
+from jspatial._linear import Fn, float0_zeros, linear_call, linear_jvp
 from jspatial.shapes import output_hw
 
 
@@ -263,7 +264,7 @@ def _unroll(taps):
 # ---------------------------------------------------------------------------- max
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _max_pool_nhwc(x, geom):
     """``(max, winning tap)`` per output cell; the tap numbers carry no gradient."""
     return _max_fwd(x, geom)[0]
@@ -327,8 +328,22 @@ def _tap_dtype(taps):
     return jnp.int8 if taps < 127 else jnp.int32
 
 
-def _max_bwd(geom, arg, cotangents):
-    g = cotangents[0]
+def _max_tangent(geom, res, tangents):
+    """Forward mode: every output takes the tangent of the cell that won its window."""
+    (arg,), (dx,) = res, tangents
+    xph = win.to_phases(dx, geom, 0)
+
+    def tap(t, dy):
+        return jnp.where(arg == t, win.window(xph, t, geom), dy)
+
+    init = jnp.zeros(arg.shape, dx.dtype)
+    return [win.tap_loop(geom.taps, tap, init, _unroll(geom.taps))]
+
+
+def _max_bwd(geom, res, cotangents):
+    """The transpose of ``_max_tangent``: each tap sends back the gradient of the cells
+    it won (the winning taps ``res[0]`` are all it needs)."""
+    (arg,), (g,) = res, cotangents
     n, c = g.shape[0], g.shape[-1]
     acc = win.accum_dtype(g.dtype)
     hq_shape = win.to_phases(jnp.zeros((n, *geom.in_hw, c), acc), geom, 0).shape
@@ -337,10 +352,19 @@ def _max_bwd(geom, arg, cotangents):
         return win.add_to_window(dxph, t, jnp.where(arg == t, g, 0), geom)
 
     dxph = win.tap_loop(geom.taps, tap, jnp.zeros(hq_shape, acc), _unroll(geom.taps))
-    return (win.from_phases(dxph, geom).astype(g.dtype),)
+    return [win.from_phases(dxph, geom).astype(g.dtype)]
 
 
-_max_pool_nhwc.defvjp(_max_fwd, _max_bwd)
+def _winner_jvp(op, tangent, bwd, config, primals, tangents):
+    """The JVP of a max pool ``op(x, config) -> (best, arg)``: the tangent of each winner,
+    ``tangent(config, [arg], [dx])``, a ``linear_call`` whose transpose is ``bwd``."""
+    best, arg = op(primals[0], config)
+    fun, transpose = Fn(tangent, config), Fn(bwd, config)
+    (dbest,) = linear_call(fun, transpose, [arg], list(tangents))
+    return (best, arg), (dbest, float0_zeros(arg))
+
+
+_max_pool_nhwc.defjvp(partial(_winner_jvp, _max_pool_nhwc, _max_tangent, _max_bwd))
 
 
 # ---------------------------------------------------------------------------- average
@@ -383,7 +407,7 @@ def avg_pool_tap(t, total, xph, geom):
     return total + win.window(xph, t, geom).astype(total.dtype)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _avg_pool_nhwc(x, geom, divisor):
     n, c = x.shape[0], x.shape[-1]
     xph = win.to_phases(x, geom, 0)
@@ -393,12 +417,9 @@ def _avg_pool_nhwc(x, geom, divisor):
     return (total * _avg_scale(geom, divisor, acc)).astype(x.dtype)
 
 
-def _avg_fwd(x, geom, divisor):
-    # Averaging is linear: the backward needs only the input's shape and dtype.
-    return _avg_pool_nhwc(x, geom, divisor), jnp.zeros((0,), x.dtype)
-
-
-def _avg_bwd(geom, divisor, token, g):
+def _avg_bwd(geom, divisor, res, cotangents):
+    # Averaging is linear: the backward needs only the input's shape (no residuals).
+    (g,) = cotangents
     n, c = g.shape[0], g.shape[-1]
     acc = win.accum_dtype(g.dtype)
     gs = g.astype(acc) * _avg_scale(geom, divisor, acc)
@@ -408,10 +429,10 @@ def _avg_bwd(geom, divisor, token, g):
         return win.add_to_window(dxph, t, gs, geom)
 
     dxph = win.tap_loop(geom.taps, tap, jnp.zeros(hq_shape, acc), _unroll(geom.taps))
-    return (win.from_phases(dxph, geom).astype(token.dtype),)
+    return [win.from_phases(dxph, geom).astype(g.dtype)]
 
 
-_avg_pool_nhwc.defvjp(_avg_fwd, _avg_bwd)
+_avg_pool_nhwc.defjvp(partial(linear_jvp, _avg_pool_nhwc, _avg_bwd))
 
 
 # ---------------------------------------------------------------------------- adaptive
@@ -590,7 +611,7 @@ def _adaptive_scale(sizes, dtype):
     return jnp.asarray((1.0 / np.outer(len_h, len_w))[None, :, :, None], dtype)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _adaptive_avg_nhwc(x, sizes):
     n, c = x.shape[0], x.shape[-1]
     acc = win.accum_dtype(x.dtype)
@@ -605,12 +626,9 @@ def _adaptive_avg_nhwc(x, sizes):
     return (total * _adaptive_scale(sizes, acc)).astype(x.dtype)
 
 
-def _adaptive_avg_fwd(x, sizes):
-    # Linear, like the ordinary average: the backward needs only the input's dtype.
-    return _adaptive_avg_nhwc(x, sizes), jnp.zeros((0,), x.dtype)
-
-
-def _adaptive_avg_bwd(sizes, token, g):
+def _adaptive_avg_bwd(sizes, res, cotangents):
+    # Linear, like the ordinary average: no residuals.
+    (g,) = cotangents
     n, c = g.shape[0], g.shape[-1]
     acc = win.accum_dtype(g.dtype)
     gs = g.astype(acc) * _adaptive_scale(sizes, acc)
@@ -621,13 +639,13 @@ def _adaptive_avg_bwd(sizes, token, g):
 
     taps = _adaptive_taps(sizes)
     dx = win.tap_loop(taps, tap, jnp.zeros((n, *sizes[0], c), acc), _unroll(taps))
-    return (dx.astype(token.dtype),)
+    return [dx.astype(g.dtype)]
 
 
-_adaptive_avg_nhwc.defvjp(_adaptive_avg_fwd, _adaptive_avg_bwd)
+_adaptive_avg_nhwc.defjvp(partial(linear_jvp, _adaptive_avg_nhwc, _adaptive_avg_bwd))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _adaptive_max_nhwc(x, sizes):
     """``(max, winning tap)`` per output cell, as ``_max_pool_nhwc``."""
     return _adaptive_max_fwd(x, sizes)[0]
@@ -651,8 +669,22 @@ def _adaptive_max_fwd(x, sizes):
     return (best, arg), arg
 
 
-def _adaptive_max_bwd(sizes, arg, cotangents):
-    g = cotangents[0]
+def _adaptive_max_tangent(sizes, res, tangents):
+    """Forward mode: every output takes the tangent of the cell that won its window."""
+    (arg,), (dx,) = res, tangents
+
+    def tap(t, dy):
+        rows, cols, _ = _adaptive_tap(t, sizes)
+        return jnp.where(arg == t, _gather(dx, rows, cols), dy)
+
+    taps = _adaptive_taps(sizes)
+    init = jnp.zeros(arg.shape, dx.dtype)
+    return [win.tap_loop(taps, tap, init, _unroll(taps))]
+
+
+def _adaptive_max_bwd(sizes, res, cotangents):
+    """The transpose of ``_adaptive_max_tangent``."""
+    (arg,), (g,) = res, cotangents
     n, c = g.shape[0], g.shape[-1]
     acc = win.accum_dtype(g.dtype)
 
@@ -662,10 +694,12 @@ def _adaptive_max_bwd(sizes, arg, cotangents):
 
     taps = _adaptive_taps(sizes)
     dx = win.tap_loop(taps, tap, jnp.zeros((n, *sizes[0], c), acc), _unroll(taps))
-    return (dx.astype(g.dtype),)
+    return [dx.astype(g.dtype)]
 
 
-_adaptive_max_nhwc.defvjp(_adaptive_max_fwd, _adaptive_max_bwd)
+_adaptive_max_nhwc.defjvp(
+    partial(_winner_jvp, _adaptive_max_nhwc, _adaptive_max_tangent, _adaptive_max_bwd)
+)
 
 
 # ---------------------------------------------------------------------------- unpooling
@@ -747,7 +781,7 @@ def _max_unpool2d(x, indices, out_hw):
     return planes.reshape(n, c, *out_hw)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _scatter_planes(x, idx, size):
     """Row ``r``: ``size`` zeros with ``x[r, k]`` written at ``idx[r, k]``."""
     rows = lax.broadcasted_iota(idx.dtype, idx.shape, 0)
@@ -758,16 +792,21 @@ def _scatter_planes(x, idx, size):
     )
 
 
-def _scatter_planes_fwd(x, idx, size):
-    return _scatter_planes(x, idx, size), idx
+def _scatter_tangent(size, res, tangents):
+    return [_scatter_planes(tangents[0], res[0], size)]  # linear: the scatter of the tangent
 
 
-def _scatter_planes_bwd(size, idx, g):
+def _scatter_planes_bwd(size, res, cotangents):
     # PyTorch's derivative: every value gets the gradient of the cell it names, even
     # where two values name one cell (autodiff of the scatter would pick one of them).
+    (idx,), (g,) = res, cotangents
     rows = lax.broadcasted_iota(idx.dtype, idx.shape, 0)
-    dx = g.at[rows, idx].get(mode="fill", fill_value=0, wrap_negative_indices=False)
-    return dx, None
+    return [g.at[rows, idx].get(mode="fill", fill_value=0, wrap_negative_indices=False)]
 
 
-_scatter_planes.defvjp(_scatter_planes_fwd, _scatter_planes_bwd)
+@_scatter_planes.defjvp
+def _scatter_planes_jvp(size, primals, tangents):
+    (x, idx), dx = primals, tangents[0]
+    y = _scatter_planes(x, idx, size)
+    fun, transpose = Fn(_scatter_tangent, size), Fn(_scatter_planes_bwd, size)
+    return y, linear_call(fun, transpose, [idx], [dx])[0]

@@ -38,6 +38,7 @@ import numpy as np
 
 from jspatial import _tuning
 from jspatial import _windows as win
+from jspatial._linear import defbilinear
 
 # F(2x2, 3x3) transform matrices.
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
@@ -147,7 +148,7 @@ def _weight_transform_transpose(du, c_out, c_in):
     return jnp.einsum("ia,jb,ijco->ocab", _G, _G, du)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _conv3x3(x, weight, geom):
     """Winograd convolution of NCHW ``x`` with OIHW ``weight``; ``geom`` from ``_conv_geometry``.
 
@@ -215,4 +216,4 @@ def _bwd(geom, residuals, g):
     return dx, dw.astype(weight.dtype)
 
 
-_conv3x3.defvjp(_fwd, _bwd)
+defbilinear(_conv3x3, _bwd)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from jspatial import _windows as win
 from jspatial._accel.gpu import conv as gconv
@@ -115,3 +116,20 @@ def test_input_gradient_phases_run_every_tap_once(stride, kernel):
     assert len(phases) == stride[0] * stride[1]
     taps = sorted(t for ph in phases for t, _, _ in ph.taps)
     assert taps == list(range(geom.taps))
+
+
+def test_forward_mode_matches_xla():
+    # Forward mode (jax.jvp) of the kernels, against XLA's convolution: the tangent is the
+    # kernel applied to the tangents, conv(dx, w) + conv(x, dw).
+    geom = win.Geometry((5, 6), (5, 6), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)))
+    rng = np.random.default_rng(7)
+    x, dx = (jnp.asarray(rng.standard_normal((2, 3, 5, 6)), jnp.float32) for _ in range(2))
+    w, dw = (jnp.asarray(rng.standard_normal((4, 3, 3, 3)), jnp.float32) for _ in range(2))
+
+    def xla(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)))
+
+    got = jax.jvp(lambda x, w: gconv.conv2d(x, w, geom, interpret=True), (x, w), (dx, dw))
+    want = jax.jvp(xla, (x, w), (dx, dw))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)

@@ -85,6 +85,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from jspatial import _windows as win
+from jspatial._linear import defbilinear
 
 # ----------------------------------------------------------------------------- jax versions
 #
@@ -373,13 +374,14 @@ def conv2d(x, weight, geom: win.Geometry, *, interpret: bool = False):
         interpret: run the kernels in Pallas' interpret mode (any backend, slowly).
 
     Returns:
-        ``(N, C_out, H_out, W_out)`` in ``x``'s dtype; differentiable (``jax.custom_vjp``:
-        the backward pass runs the input-gradient and weight-gradient kernels).
+        ``(N, C_out, H_out, W_out)`` in ``x``'s dtype; differentiable in both modes
+        (``jspatial._linear.defbilinear``: the backward pass runs the input-gradient and
+        weight-gradient kernels).
     """
     return _conv2d(x, weight, geom, interpret)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv2d(x, weight, geom, interpret):
     return _fwd(x, weight, geom, interpret)[0]
 
@@ -411,4 +413,4 @@ def _bwd(geom, interpret, residuals, g):
     return win.nhwc_to_nchw(dx), dw.astype(weight.dtype)
 
 
-_conv2d.defvjp(_fwd, _bwd)
+defbilinear(_conv2d, _bwd)  # forward mode: conv2d(dx, w) + conv2d(x, dw); reverse: _bwd

@@ -46,6 +46,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from jspatial import _windows as win
+from jspatial._linear import defbilinear
 
 # Bytes of one grid step's output block (double-buffered by Pallas). The input block is a
 # whole (H, W, C, 128) slab, up to 30 MB for a 256-channel 15x15 layer, so the kernels
@@ -234,7 +235,7 @@ def taps_weight_grad(x, g, offsets, *, interpret=False):
     )(x, g.astype(x.dtype))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def conv2d(x, weight, geom: win.Geometry, interpret=False):
     """Ungrouped stride-1 'same' convolution, NCHW in and out: ``(N, C_out, H, W)``."""
     return _fwd(x, weight, geom, interpret)[0]
@@ -259,4 +260,4 @@ def _bwd(geom, interpret, residuals, g):
     return dx, dw.astype(weight.dtype)
 
 
-conv2d.defvjp(_fwd, _bwd)
+defbilinear(conv2d, _bwd)  # forward mode: conv2d(dx, w) + conv2d(x, dw)

@@ -20,7 +20,7 @@ from jspatial import _windows as win
 from jspatial import norm as _norm
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
 def bn_train(x, weight, bias, eps):
     """``x: (N, C, H, W)``, ``weight, bias: (C,)`` in float32 -> ``(y, mean, var)``."""
     return _fwd(x, weight, bias, eps)[0]
@@ -33,5 +33,5 @@ def _fwd(x, weight, bias, eps):
     return _norm._normalise(x, weight, bias, eps, mean, var)
 
 
-# The normalisation and its backward are the portable version's own.
-bn_train.defvjp(_fwd, _norm._bn_train_bwd)
+# The normalisation, its tangent and its backward are the portable version's own.
+bn_train.defjvp(partial(_norm._bn_jvp, bn_train))

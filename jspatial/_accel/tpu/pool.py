@@ -30,6 +30,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from jspatial import _windows as win
+from jspatial import pool as _portable
+from jspatial._linear import Fn, linear_call
 
 # Bytes of one grid step's input and output blocks together. Channels go in blocks of 8
 # (the sublanes), so a 64-channel 31x31 layer needs about 8 MB a step, twice that with
@@ -146,19 +148,27 @@ def _pool_hwcn_grad(x, g, geom, interpret):
     )(x, g)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def max_pool2d(x, geom: win.Geometry, interpret=False):
     """``(N, C, H, W) -> (N, C, H_out, W_out)``, NCHW, PyTorch's tie and NaN rules."""
     return win.hwcn_to_nchw(_pool_hwcn(win.nchw_to_hwcn(x), geom, interpret))
 
 
-def _fwd(x, geom, interpret):
-    return max_pool2d(x, geom, interpret), x
+def _tangent(geom, res, tangents):
+    # Forward mode: the tangent of each window's winner, found by the portable loop.
+    x, dx = (win.nchw_to_nhwc(a) for a in (res[0], tangents[0]))
+    arg = _portable._max_fwd(x, geom)[1]
+    return [win.nhwc_to_nchw(_portable._max_tangent(geom, [arg], [dx])[0])]
 
 
-def _bwd(geom, interpret, x, g):
+def _bwd(geom, interpret, res, cotangents):
+    (x,), (g,) = res, cotangents
     dx = _pool_hwcn_grad(win.nchw_to_hwcn(x), win.nchw_to_hwcn(g.astype(x.dtype)), geom, interpret)
-    return (win.hwcn_to_nchw(dx),)
+    return [win.hwcn_to_nchw(dx)]
 
 
-max_pool2d.defvjp(_fwd, _bwd)
+@max_pool2d.defjvp
+def _jvp(geom, interpret, primals, tangents):
+    y = max_pool2d(primals[0], geom, interpret)
+    fun, transpose = Fn(_tangent, geom), Fn(_bwd, geom, interpret)
+    return y, linear_call(fun, transpose, list(primals), list(tangents))[0]
