@@ -123,6 +123,16 @@ GPU_MAX_CHUNKS = 1
 # copy into its neighbours.
 GPU_UNROLL = True
 
+# ... except the loops that scatter each tap's product back through its window (a
+# convolution's input gradient, a transposed convolution's forward pass). Unrolled, XLA
+# merges their kh * kw products, which all read the same output gradient, into one
+# product kh * kw * C wide, for which the GEMM emitter of compute capability 8.0 and up
+# finds no tiling at some widths (conv_transpose2d 4->6 k3 on an H100 or A100 compile:
+# "Couldn't find output tile sizes that satisfy hlo: ... f32[162,54] dot"). On those
+# GPUs the Triton kernels take every ungrouped convolution, so this loop stays rolled
+# only for conv_transpose2d, grouped layers and algorithm='direct' on older GPUs.
+GPU_UNROLL_SCATTER = 1
+
 # algorithm='auto' on a GPU without an on-chip kernel for the layer: im2col whenever
 # the layer is ungrouped (one large product on the matrix units instead of kh * kw
 # thin ones, and one pass of the taps' copies instead of one per tap), the direct loop

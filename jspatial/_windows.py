@@ -226,15 +226,16 @@ def over_batch_chunks(body, chunks: int, inputs, outputs, carry=()):
     return for_gpu(chunked, whole, list(inputs), list(outputs), carry)
 
 
-def tap_loop(taps: int, body, init, unroll=1):
-    """``lax.fori_loop(0, taps, body, init, unroll=unroll)``, fully unrolled for a GPU.
+def tap_loop(taps: int, body, init, unroll=1, gpu_unroll=None):
+    """``lax.fori_loop(0, taps, body, init, unroll=unroll)``, unrolled otherwise for a GPU.
 
     Every tap loop of the ops runs through here, so that lowered for a GPU it takes
-    ``_tuning.GPU_UNROLL`` instead of the CPU's ``unroll``.
+    ``gpu_unroll`` (default ``_tuning.GPU_UNROLL``) instead of the CPU's ``unroll``.
     """
+    gpu_unroll = _tuning.GPU_UNROLL if gpu_unroll is None else gpu_unroll
     cpu = lambda init: lax.fori_loop(0, taps, body, init, unroll=unroll)  # noqa: E731
-    gpu = lambda init: lax.fori_loop(0, taps, body, init, unroll=_tuning.GPU_UNROLL)  # noqa: E731
-    if unroll is True or unroll >= taps:
+    gpu = lambda init: lax.fori_loop(0, taps, body, init, unroll=gpu_unroll)  # noqa: E731
+    if unroll is True or unroll >= taps or gpu_unroll == unroll:
         return cpu(init)
     return for_gpu(cpu, gpu, init)
 

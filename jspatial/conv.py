@@ -428,9 +428,9 @@ def _input_grad_loop(gm, w_taps, geom, phased_shape, xph=None, dw=None):
     dxph = jnp.zeros(phased_shape, win.accum_dtype(gm.dtype))
     if xph is None:
         tap = partial(conv_transpose_tap, g=gm, w_taps=w_taps, geom=geom)
-        return win.tap_loop(geom.taps, tap, dxph, _tuning.CONV_UNROLL)
+        return win.tap_loop(geom.taps, tap, dxph, _tuning.CONV_UNROLL, _tuning.GPU_UNROLL_SCATTER)
     tap = partial(conv_backward_tap, xph=xph, g=gm, w_taps=w_taps, geom=geom)
-    return win.tap_loop(geom.taps, tap, (dxph, dw), _tuning.CONV_UNROLL)
+    return win.tap_loop(geom.taps, tap, (dxph, dw), _tuning.CONV_UNROLL, _tuning.GPU_UNROLL_SCATTER)
 
 
 def _phased_shape(n, c, geom):
