@@ -129,6 +129,10 @@ SMS = 132  # streaming multiprocessors of an H100/H200: enough programs to fill 
 BM, BO, BK = 128, 64, 32  # forward / input gradient: pixels x output channels, chunk
 BC, BP = 32, 64  # weight gradient: input channels per tile, pixels per chunk
 DW_ACC_BYTES = 72 * 2**10  # the weight gradient's float32 accumulators per program
+# ... and its input tiles in shared memory, one (BP, BC) tile per tap of the group plus the
+# (BP, BO) gradient tile: an A100 gives a program at most 163 KiB (a 7x7 layer with 16-wide
+# tiles asked for 200 KiB when all 49 taps shared one program).
+DW_SMEM_BYTES = 128 * 2**10
 
 
 def _tile(n: int, most: int) -> int:
@@ -272,7 +276,8 @@ def taps_weight_grad(x, g, geom: win.Geometry, *, interpret=False):
     taps, m = kh * kw, n * ho * wo
     bc, bo = _tile(c, BC), _tile(o, BO)
     ct, ot = _cdiv(c, bc), _cdiv(o, bo)
-    group = max(1, min(taps, DW_ACC_BYTES // (4 * bc * bo)))  # taps per program
+    smem_taps = (DW_SMEM_BYTES - 4 * BP * bo) // (4 * BP * bc)
+    group = max(1, min(taps, DW_ACC_BYTES // (4 * bc * bo), smem_taps))  # taps per program
     tg = _cdiv(taps, group)
     chunks = _cdiv(m, BP)
     # One wave: about SMS programs (each fills an SM's registers with its accumulators),
