@@ -235,7 +235,8 @@ def tap_loop(taps: int, body, init, unroll=1, gpu_unroll=None):
     gpu_unroll = _tuning.GPU_UNROLL if gpu_unroll is None else gpu_unroll
     cpu = lambda init: lax.fori_loop(0, taps, body, init, unroll=unroll)  # noqa: E731
     gpu = lambda init: lax.fori_loop(0, taps, body, init, unroll=gpu_unroll)  # noqa: E731
-    if unroll is True or unroll >= taps or gpu_unroll == unroll:
+    per_iteration = lambda u: taps if u is True else min(u, taps)  # noqa: E731 (True == 1)
+    if per_iteration(unroll) in (taps, per_iteration(gpu_unroll)):
         return cpu(init)
     return for_gpu(cpu, gpu, init)
 
