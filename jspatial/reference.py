@@ -320,7 +320,8 @@ def pad(x, pad, mode="constant", value=None):
     _args.one_of(mode, ("constant", "reflect", "replicate", "circular"), op, "mode")
     x = np.asarray(x, np.float64)
     n, c, h, w = x.shape
-    (top, bottom), (left, right) = _check_pad(x.shape, pad, mode, op)
+    pads = _check_pad(x.shape, pad, mode, op)  # ((lo, hi), ...) of the last len(pad) // 2 axes
+    (top, bottom), (left, right) = ((0, 0),) * (2 - len(pads)) + tuple(pads)
     fill = 0.0 if value is None else float(value)
     out = np.full((n, c, h + top + bottom, w + left + right), fill)
     for oy in range(out.shape[2]):

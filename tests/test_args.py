@@ -36,7 +36,7 @@ def test_pair_rejects_non_ints_with_type_error(value):
         _args.pair(value, "conv2d", "stride")
 
 
-@pytest.mark.parametrize("value", [(), (1,), (1, 2, 3), [1, 2, 3, 4]])
+@pytest.mark.parametrize("value", [(), (1, 2, 3), [1, 2, 3, 4]])  # (1,) is torch's (1, 1)
 def test_pair_rejects_wrong_length_with_value_error(value):
     with pytest.raises(ValueError, match=rf"max_pool2d kernel_size .* got {len(value)} values"):
         _args.pair(value, "max_pool2d", "kernel_size")

@@ -48,7 +48,9 @@ def test_notebook_runs():
                    "answer 822,083,584 bytes = 784 MiB", "answer 12x12"):  # fmt: skip
         assert answer in text, answer
     for message in ("Conv2d expected 16 input channels, got 3", "got (3600,) and (4096,)",
-                    "conv2d expected 4D input", "padding='same' needs stride 1",
+                    "is read as one image, as torch does: (8, 30, 30)",
+                    "conv2d expected 3D (unbatched: channels, height, width) or 4D",
+                    "padding='same' needs stride 1",
                     "padding must be at most half the kernel size",
                     "the third positional argument is bias", "reads per cell",
                     "forward outputs for a batch of 256: 13.0 GiB"):  # fmt: skip

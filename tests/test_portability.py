@@ -189,7 +189,7 @@ def test_gpu_setting_keeps_cpu_results(name, monkeypatch):
     jax.clear_caches()
     try:
         got = _grads(f, *args)
-        traced = jax.jit(jax.grad(lambda *a: f(*a).sum())).trace(*args)
+        traced = jax.jit(jax.value_and_grad(lambda *a: f(*a).sum())).trace(*args)
         for platform in ("cpu", "cuda"):
             assert "stablehlo.case" in traced.lower(lowering_platforms=(platform,)).as_text()
     finally:
