@@ -70,10 +70,7 @@ def gpu_target() -> tuple[int, int] | None:
     """
     if not _tuning.STAGE_GPU:
         return None
-    from jax._src import mesh as mesh_lib  # the concrete mesh of jax.set_mesh
-
-    mesh = mesh_lib.get_concrete_mesh()
-    devices = list(mesh.devices.flat) if mesh is not None and not mesh.empty else []
+    devices = _mesh_devices()
     if not devices or devices[0].platform != "gpu":
         try:
             devices = jax.devices("cuda")
@@ -84,6 +81,18 @@ def gpu_target() -> tuple[int, int] | None:
         return None
     major, minor = str(capability).split(".")
     return int(major), int(minor)
+
+
+def _mesh_devices() -> list:
+    """The devices of the mesh set with ``jax.set_mesh``, or ``[]``: a private JAX API,
+    read defensively so that a JAX that moved it falls back to the local devices."""
+    try:
+        from jax._src import mesh as mesh_lib
+
+        mesh = mesh_lib.get_concrete_mesh()
+        return [] if mesh is None or mesh.empty else list(mesh.devices.flat)
+    except (ImportError, AttributeError):
+        return []
 
 
 def kernel_for(op: str, target: str, *static, gpu=None):
