@@ -32,6 +32,11 @@ Padding = int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] | str
 # Adaptive pooling's output size: ``s``, or ``(h, w)`` where ``None`` keeps the input's size.
 OutputSize = int | tuple[int | None, int | None]
 
+# Where the channels are: ``'NCHW'`` (PyTorch's, the default) or ``'NHWC'`` (channels last,
+# what Flax, Keras and TensorFlow hold). Weights are OIHW in both.
+DATA_FORMATS = ("NCHW", "NHWC")
+_AXES = {"NCHW": "batch, channels, height, width", "NHWC": "batch, height, width, channels"}
+
 
 def is_int(value: Any) -> bool:
     """A Python or NumPy integer, not a bool (``stride=True`` is always a mistake)."""
@@ -163,8 +168,40 @@ def check_array(value: Any, op: str, name: str, *, floating: bool = True) -> Any
     return value
 
 
-def check_input(x: Any, op: str, name: str = "input", *, integers: bool = False) -> Any:
-    """The ``(N, C, H, W)`` input of an op, checked, as an array (see ``check_array``).
+def check_data_format(value: Any, op: str) -> str:
+    """``data_format``: ``'NCHW'`` (channels second, torch's) or ``'NHWC'`` (channels last)."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{op} data_format must be 'NCHW' or 'NHWC', got {value!r} ({type(value).__name__})"
+        )
+    if value not in DATA_FORMATS:
+        raise ValueError(f"{op} data_format must be 'NCHW' or 'NHWC', got {value!r}")
+    return value
+
+
+def channel_axis(data_format: str) -> int:
+    """The channel axis of a batched 4-D array in ``data_format``.
+
+    >>> channel_axis("NCHW"), channel_axis("NHWC")
+    (1, 3)
+    """
+    return 1 if data_format == "NCHW" else 3
+
+
+def spatial_shape(shape: tuple[int, ...], data_format: str) -> Pair:
+    """``(H, W)`` of a batched 4-D ``shape`` in ``data_format``.
+
+    >>> spatial_shape((2, 3, 8, 9), "NCHW"), spatial_shape((2, 8, 9, 3), "NHWC")
+    ((8, 9), (8, 9))
+    """
+    return (shape[2], shape[3]) if data_format == "NCHW" else (shape[1], shape[2])
+
+
+def check_input(
+    x: Any, op: str, name: str = "input", *, integers: bool = False, data_format: str = "NCHW"
+) -> Any:
+    """The ``(N, C, H, W)`` (or, in ``'NHWC'``, ``(N, H, W, C)``) input of an op, checked,
+    as an array (see ``check_array``).
 
     An empty batch (``N == 0``) is valid, as in PyTorch; zero channels are not. With
     ``integers`` an integer dtype is accepted too (the ops PyTorch runs on integers).
@@ -173,9 +210,9 @@ def check_input(x: Any, op: str, name: str = "input", *, integers: bool = False)
     shape = tuple(x.shape)
     if len(shape) != 4:
         raise ValueError(
-            f"{op} expected 4D {name} (batch, channels, height, width), got {len(shape)}D: {shape}"
+            f"{op} expected 4D {name} ({_AXES[data_format]}), got {len(shape)}D: {shape}"
         )
-    if shape[1] == 0:
+    if shape[channel_axis(data_format)] == 0:
         raise ValueError(f"{op} expected at least one channel, got {name} of shape {shape}")
     dtype = jnp.result_type(x)
     if integers and jnp.issubdtype(dtype, jnp.integer):
@@ -196,22 +233,25 @@ def unbatched(*positions: int) -> Callable:
     PyTorch reads a 3-D input of its 2-D ops as a batch of one: the arrays at
     ``positions`` (the input, and ``max_unpool2d``'s indices) get a leading axis of 1,
     the op runs on ``(1, C, H, W)``, and every array it returns loses that axis again.
-    4-D input passes through untouched; any other rank is refused here, naming the
-    op (the keyword argument ``op`` of the decorated function).
+    In ``data_format='NHWC'`` (a keyword argument of the decorated function) the same
+    holds for ``(H, W, C)``. 4-D input passes through untouched; any other rank is
+    refused here, naming the op (the keyword argument ``op``).
     """
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def entry(*args: Any, **kwargs: Any) -> Any:
             op = kwargs["op"]
+            data_format = check_data_format(kwargs.get("data_format", "NCHW"), op)
             x = check_array(args[0], op, "input", floating=False)
             ndim = len(x.shape)
             if ndim == 4:
                 return fn(x, *args[1:], **kwargs)
             if ndim != 3:
+                axes = _AXES[data_format]
                 raise ValueError(
-                    f"{op} expected 3D (unbatched: channels, height, width) or 4D (batch, "
-                    f"channels, height, width) input, got {ndim}D: {tuple(x.shape)}"
+                    f"{op} expected 3D (unbatched: {axes.split(', ', 1)[1]}) or 4D "
+                    f"({axes}) input, got {ndim}D: {tuple(x.shape)}"
                 )
             args = list(args)
             args[0] = x

@@ -11,7 +11,10 @@ and the same slice, run backwards, is a ``dynamic_update_slice`` that scatters a
 gradient into place. Stride 1 is simply the case ``stride_h = stride_w = 1``.
 
 Everything here works on channels-last arrays (``NHWC``) so that a window
-flattened to ``(N * H_out * W_out, C)`` is a matrix whose rows are pixels.
+flattened to ``(N * H_out * W_out, C)`` is a matrix whose rows are pixels. An op
+called with ``data_format='NCHW'`` (torch's layout, the default) transposes its
+input in and its result out (``to_nhwc``, ``from_nhwc``); with ``'NHWC'`` the loops
+run on the caller's arrays as they are.
 """
 
 from __future__ import annotations
@@ -26,7 +29,11 @@ from jspatial._args import Padding2d, Pair
 
 
 class Geometry(NamedTuple):
-    """Static description of one sliding-window op on an ``(H, W)`` input."""
+    """Static description of one sliding-window op on an ``(H, W)`` input.
+
+    ``layout`` is the caller's ``data_format``: where the channel axis of the op's
+    4-D arrays is (``'NCHW'`` or ``'NHWC'``); the loops themselves run channels-last.
+    """
 
     in_hw: Pair
     out_hw: Pair
@@ -34,6 +41,7 @@ class Geometry(NamedTuple):
     stride: Pair
     dilation: Pair
     padding: Padding2d
+    layout: str = "NCHW"
 
     @property
     def taps(self) -> int:
@@ -151,6 +159,16 @@ def nchw_to_nhwc(x):
 
 def nhwc_to_nchw(x):
     return jnp.transpose(x, (0, 3, 1, 2))
+
+
+def to_nhwc(x, layout: str):
+    """A 4-D array in ``layout`` as the channels-last array the loops run on."""
+    return nchw_to_nhwc(x) if layout == "NCHW" else x
+
+
+def from_nhwc(x, layout: str):
+    """The loops' channels-last result in the caller's ``layout``."""
+    return nhwc_to_nchw(x) if layout == "NCHW" else x
 
 
 def nchw_to_hwcn(x):
