@@ -1,5 +1,29 @@
 """The training loop's pieces: optimiser, train step, lookahead average, evaluation.
 
+The recipe, in the order airbench94 (``airbench94.py``, one script) runs it, each of its
+sections mapped to the function here or next door that does it:
+
+1. Data: the whole training set on the device as uint8 NCHW (:class:`TrainSet`); each
+   step gathers its batch by index (``train/run.py``, :func:`make_train_step`).
+2. Whitening init: the first conv's filters from the eigenvectors of the covariance of
+   2x2 training patches, frozen (``models.whitening_weights``, ``models.init_whitening``).
+3. The net: whiten -> GELU -> three conv-pool-norm-GELU groups (64, 256, 256) ->
+   max-pool -> linear / 9 (``models.Airbench94``, ``models.ConvGroup``).
+4. The optimiser: Nesterov SGD in airbench's decoupled units, the BatchNorm shifts at
+   ``bias_scaler`` times the lr (:func:`make_optimizer`, :func:`kilostep_scale`).
+5. The lr schedule: a triangle, warm-up to the peak then down (:func:`lr_multiplier`).
+6. Augmentation: alternating flips, random translate with reflect padding, normalise
+   (``augment.epoch_flips``, ``augment.augment``; inside the step).
+7. The loss: label-smoothed cross entropy summed over the batch; the whitening bias
+   trains for ``whiten_bias_epochs`` only (:func:`make_train_step`).
+8. Lookahead: every few steps average the weights and copy the average back, the decay
+   warming up over the run; the average copied in after every epoch
+   (:func:`maybe_lookahead`, :func:`lookahead_step`).
+9. Evaluation with test-time augmentation: the weighted views of airbench's TTA level 2
+   (:func:`evaluate`, :func:`eval_predictions`, ``augment.tta_views``).
+10. The epoch loop around them: steps, lookahead, evaluation, checkpoint, log
+    (``train/run.py``: ``train_epoch``).
+
 Every function takes its settings from a :class:`train.config.Config` passed in; nothing
 here reads a module-level setting. ``python -m train.cifar10`` (``train/run.py``), the
 notebook, the tests and the benchmarks all use these.
@@ -16,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,25 +109,45 @@ def make_optimizer(model, cfg: Config, total_steps: int, batch_size: int):
 # ---------------------------------------------------------------------------- Train step
 
 
+class TrainSet(NamedTuple):
+    """The whole training set on the device(s), replicated."""
+
+    images: Any  # uint8 (N, 3, 32, 32)
+    labels: Any  # int32 (N,)
+    base_flips: Any  # bool (N,): each image's flip bit, drawn once (augment.base_flips)
+
+
+class StepInputs(NamedTuple):
+    """What one train step reads besides the model, the optimiser and the running sums.
+
+    A pytree: every field is traced (``epoch``, ``step`` and ``train_whiten_bias`` as
+    scalars), so one compiled step serves every step of the run.
+    """
+
+    data: TrainSet
+    perm: Any  # int32 (steps, batch_size) (or flat): the epoch's image indices
+    key: Any  # the epoch's augmentation key
+    epoch: Any  # int: the epoch (from 0), for the alternating flips
+    step: Any  # int: the step within the epoch, a row of ``perm``
+    train_whiten_bias: Any  # bool: whether the whitening bias trains in this step
+
+
 def make_train_step(cfg: Config, batch_size: int):
-    """The jitted step ``(model, optimizer, metrics, train, perm, key, epoch, step,
-    train_whiten_bias) -> (metrics, loss)``; ``model``, ``optimizer`` and ``metrics`` are
-    donated (updated in place)."""
+    """The jitted step ``(model, optimizer, metrics, inputs: StepInputs) -> (metrics, loss)``;
+    ``model``, ``optimizer`` and ``metrics`` are donated (updated in place)."""
     translate, flip, smoothing = cfg.translate, cfg.flip, cfg.label_smoothing
 
     @nnx.jit(donate_argnames=("model", "optimizer", "metrics"))
-    def train_step(model, optimizer, metrics, train, perm, key, epoch, step, train_whiten_bias):
-        """One SGD step on batch ``step`` of the epoch's permutation ``perm``.
+    def train_step(model, optimizer, metrics, inputs: StepInputs):
+        """One SGD step on batch ``inputs.step`` of the epoch's permutation ``inputs.perm``.
 
-        ``train`` is ``(uint8 images, labels, base_flips)`` for the whole training set.
-        ``perm`` holds the epoch's image indices, ``(steps, batch_size)`` (or flat); with
-        several devices its batch axis is split over them, and so, by jit's sharding
-        propagation, is everything computed per image: each device gathers and augments
-        its own rows, and the sums over the batch (loss, gradients, BatchNorm statistics)
-        become all-reduces. Returns the updated running ``metrics`` and this batch's
-        summed loss.
+        With several devices the batch axis of ``perm`` is split over them, and so, by
+        jit's sharding propagation, is everything computed per image: each device gathers
+        and augments its own rows, and the sums over the batch (loss, gradients, BatchNorm
+        statistics) become all-reduces. Returns the updated running ``metrics`` and this
+        batch's summed loss.
         """
-        images, labels, base_flips = train
+        (images, labels, base_flips), perm, key, epoch, step, train_whiten_bias = inputs
         idx = jax.lax.dynamic_index_in_dim(perm.reshape(-1, batch_size), step, keepdims=False)
         y = labels[idx]
         flips = augment.epoch_flips(base_flips[idx], epoch)
@@ -155,11 +200,13 @@ def all_finite(model) -> bool:
 # ---------------------------------------------------------------------------- Lookahead
 
 
-@nnx.jit(donate_argnames=("ema",))
-def lookahead_step(model, ema, decay):
-    """``ema <- decay * ema + (1 - decay) * params``, then ``params <- ema`` (airbench).
+@nnx.jit(donate_argnames=("lookahead",))
+def lookahead_step(model, lookahead, decay):
+    """``lookahead <- decay * lookahead + (1 - decay) * params``, then ``params <- lookahead``
+    (airbench's ``LookaheadState.update``).
 
-    As in airbench only floating-point values are averaged; integer ones (BatchNorm's
+    ``lookahead`` is the average: a pure dict of the model's :data:`LOOKAHEAD_VARS`. As in
+    airbench only floating-point values are averaged; integer ones (BatchNorm's
     ``num_batches_tracked``) are the model's own.
     """
     params = nnx.to_pure_dict(nnx.state(model, LOOKAHEAD_VARS))
@@ -167,28 +214,29 @@ def lookahead_step(model, ema, decay):
     def average(e, p):
         return e + (1 - decay) * (p - e) if jnp.issubdtype(p.dtype, jnp.floating) else p
 
-    ema = jax.tree.map(average, ema, params)
+    lookahead = jax.tree.map(average, lookahead, params)
     state = nnx.state(model, LOOKAHEAD_VARS)
-    nnx.replace_by_pure_dict(state, ema)
+    nnx.replace_by_pure_dict(state, lookahead)
     nnx.update(model, state)
-    return ema
+    return lookahead
 
 
-def maybe_lookahead(model, ema, cfg: Config, epoch: int, global_step: int, total_steps: int):
+def maybe_lookahead(model, lookahead, cfg: Config, epoch: int, global_step: int,
+                    total_steps: int):  # fmt: skip
     """airbench's lookahead: from epoch ``lookahead_start_epochs``, every
     ``lookahead_every_n_steps`` steps average the weights and copy the average back.
 
-    The decay warms up as ``(ema ** n) * (step / total_steps) ** lookahead_decay_pow``: fast
-    moves early, strong averaging at the end. The first qualifying step only starts the
-    average. Returns the average (``None`` until it starts).
+    The decay warms up as ``lookahead_decay ** n * (step / total_steps) **
+    lookahead_decay_pow``: fast moves early, strong averaging at the end. The first
+    qualifying step only starts the average. Returns the average (``None`` until it starts).
     """
     n = cfg.lookahead_every_n_steps
-    if not cfg.ema or epoch < cfg.lookahead_start_epochs or global_step % n:
-        return ema
-    if ema is None:
+    if not cfg.lookahead_decay or epoch < cfg.lookahead_start_epochs or global_step % n:
+        return lookahead
+    if lookahead is None:
         return nnx.to_pure_dict(jax.tree.map(jnp.copy, nnx.state(model, LOOKAHEAD_VARS)))
-    decay = cfg.ema**n * (global_step / total_steps) ** cfg.lookahead_decay_pow
-    return lookahead_step(model, ema, decay)
+    decay = cfg.lookahead_decay**n * (global_step / total_steps) ** cfg.lookahead_decay_pow
+    return lookahead_step(model, lookahead, decay)
 
 
 # ---------------------------------------------------------------------------- Evaluation
@@ -196,8 +244,9 @@ def maybe_lookahead(model, ema, cfg: Config, epoch: int, global_step: int, total
 
 @nnx.jit(static_argnames=("tta",))
 def eval_predictions(model, images, tta):
-    """Predicted classes of uint8 test images: ``(plain, tta)``; with ``tta`` the 6 views
-    are run one after another by ``lax.map`` (one traced forward pass) and weighted."""
+    """Predicted classes of uint8 test images: ``(plain, tta)``; with ``tta`` the views of
+    ``augment.tta_views`` are run one after another by ``lax.map`` (one traced forward
+    pass) and weighted."""
     x = augment.normalize(images)
     if not tta:
         logits = model(x)
@@ -214,7 +263,7 @@ def evaluate(model, images, labels, tta, mesh=None, batch_size=2000, progress=No
 
     ``images`` are host uint8 arrays ``(N, 3, 32, 32)``; with a ``mesh`` each batch is split
     over its devices. ``progress(n)``, if given, is called after each batch of ``n`` images.
-    With ``tta`` a batch costs about 6 plain ones (6 views).
+    With ``tta`` a batch costs ``augment.TTA_VIEWS`` plain ones.
     """
     model.eval()
     n = len(images)

@@ -122,7 +122,7 @@ for n in (1, 4):
     optimizer = nnx.Optimizer(model, optax.sgd(1e-3, momentum=0.9), wrt=nnx.Param)
     distributed.replicate(optimizer, mesh)
     step = loop.make_train_step(config.make_config(label_smoothing=0.1), B)
-    train = tuple(distributed.put(a, rep) for a in (images, labels, flips))
+    train = loop.TrainSet(*(distributed.put(a, rep) for a in (images, labels, flips)))
     order = np.arange(B, dtype=np.int32)[None]
     perm = distributed.put(order, distributed.batch_sharding(mesh, 2, 1))
     key = distributed.put(jax.random.key(1, impl="rbg"), rep)
@@ -130,7 +130,7 @@ for n in (1, 4):
     for s in range(3):
         metrics = {"loss": distributed.put(np.zeros((), np.float32), rep),
                    "correct": distributed.put(np.zeros((), np.int32), rep)}
-        _, loss = step(model, optimizer, metrics, train, perm, key, s, 0, True)
+        _, loss = step(model, optimizer, metrics, loop.StepInputs(train, perm, key, s, 0, True))
         losses.append(float(loss))
     state = nnx.to_pure_dict(nnx.state(model))
     out[n] = {"losses": losses, "state": jax.tree.map(lambda x: np.asarray(x).tolist(), state)}
