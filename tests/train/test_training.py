@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import torch
 from flax import nnx
 
 from jspatial.layers import BatchNorm2d
@@ -36,7 +35,7 @@ def test_lr_schedule_is_airbench_triangle():
     assert float(m(60)) == pytest.approx(1.0 + (0.07 - 1.0) * (60 - 23) / 77, rel=1e-6)
 
 
-def test_sgd_matches_airbench_torch_param_groups():
+def test_sgd_matches_airbench_torch_param_groups(torch):
     """Our single SGD with pre-scaled BN-bias gradients == airbench's two torch param groups."""
     cfg = config.make_config(lr=11.5, momentum=0.85, weight_decay=0.0153, bias_scaler=64.0)
     batch, steps = 1024, 5
