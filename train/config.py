@@ -28,6 +28,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jspatial._args import DATA_FORMATS  # 'NCHW', 'NHWC': the layers' layouts
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -70,6 +72,9 @@ class Config:
     train_limit: int | None = None  # use the first N training images (None: all 50000)
     test_limit: int | None = None  # use the first N test images (None: all 10000)
     dtype: str = "float32"  # compute dtype of the layers, a key of DTYPES
+    # The layers' layout: "NCHW" (channels second, PyTorch's) or "NHWC" (channels last); the
+    # data, its augmentation and the weights (OIHW) are the same either way.
+    data_format: str = "NCHW"
 
     def __post_init__(self):
         check(self)
@@ -155,6 +160,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "train_limit": (lambda v: v is None or v >= 1, ">= 1"),
     "test_limit": (lambda v: v is None or v >= 1, ">= 1"),
     "dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+    "data_format": (lambda v: v in DATA_FORMATS, " or ".join(map(repr, DATA_FORMATS))),
 }
 
 

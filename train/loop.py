@@ -136,6 +136,7 @@ def make_train_step(cfg: Config, batch_size: int):
     """The jitted step ``(model, optimizer, metrics, inputs: StepInputs) -> (metrics, loss)``;
     ``model``, ``optimizer`` and ``metrics`` are donated (updated in place)."""
     translate, flip, smoothing = cfg.translate, cfg.flip, cfg.label_smoothing
+    data_format = cfg.data_format
 
     @nnx.jit(donate_argnames=("model", "optimizer", "metrics"))
     def train_step(model, optimizer, metrics, inputs: StepInputs):
@@ -154,6 +155,7 @@ def make_train_step(cfg: Config, batch_size: int):
         if not flip:
             flips = jnp.zeros_like(flips)
         x = augment.augment(images[idx], jax.random.fold_in(key, step), flips, translate)
+        x = models.model_input(x, data_format)
         targets = optax.smooth_labels(jax.nn.one_hot(y, 10), smoothing)
 
         def loss_fn(model):
@@ -242,28 +244,32 @@ def maybe_lookahead(model, lookahead, cfg: Config, epoch: int, global_step: int,
 # ---------------------------------------------------------------------------- Evaluation
 
 
-@nnx.jit(static_argnames=("tta",))
-def eval_predictions(model, images, tta):
+@nnx.jit(static_argnames=("tta", "data_format"))
+def eval_predictions(model, images, tta, data_format="NCHW"):
     """Predicted classes of uint8 test images: ``(plain, tta)``; with ``tta`` the views of
     ``augment.tta_views`` are run one after another by ``lax.map`` (one traced forward
     pass) and weighted."""
     x = augment.normalize(images)
     if not tta:
-        logits = model(x)
+        logits = model(models.model_input(x, data_format))
         return logits.argmax(-1), logits.argmax(-1)
     weights, views = zip(*augment.tta_views(x))
     graphdef, state = nnx.split(model)
-    outs = jax.lax.map(lambda v: nnx.merge(graphdef, state)(v), jnp.stack(views))
+    outs = jax.lax.map(
+        lambda v: nnx.merge(graphdef, state)(models.model_input(v, data_format)), jnp.stack(views)
+    )
     weighted = jnp.tensordot(jnp.asarray(weights), outs.astype(jnp.float32), axes=1)
     return outs[0].argmax(-1), weighted.argmax(-1)
 
 
-def evaluate(model, images, labels, tta, mesh=None, batch_size=2000, progress=None):
+def evaluate(model, images, labels, tta, mesh=None, batch_size=2000, progress=None,
+             data_format="NCHW"):  # fmt: skip
     """Test accuracy ``(plain, tta)`` and the predictions used for the confusion matrix.
 
     ``images`` are host uint8 arrays ``(N, 3, 32, 32)``; with a ``mesh`` each batch is split
     over its devices. ``progress(n)``, if given, is called after each batch of ``n`` images.
-    With ``tta`` a batch costs ``augment.TTA_VIEWS`` plain ones.
+    With ``tta`` a batch costs ``augment.TTA_VIEWS`` plain ones. ``data_format`` is the
+    model's layout (the images are moved to it on the device).
     """
     model.eval()
     n = len(images)
@@ -277,7 +283,7 @@ def evaluate(model, images, labels, tta, mesh=None, batch_size=2000, progress=No
             chunk = np.concatenate([chunk, np.take(images, np.arange(batch - real) % n, 0)])
         if mesh is not None:
             chunk = distributed.put(chunk, distributed.batch_sharding(mesh, chunk.ndim))
-        p, t = eval_predictions(model, chunk, tta=tta)
+        p, t = eval_predictions(model, chunk, tta=tta, data_format=data_format)
         plain.append(distributed.to_host(p))
         augmented.append(distributed.to_host(t))
         if progress is not None:

@@ -311,7 +311,7 @@ def setup(cfg: Config, opts: Options, start_time: float) -> Run:
         labels=distributed.put(train_np[1], replicated),
         base_flips=distributed.put(augment.base_flips(flip_key, n_train), replicated),
     )
-    model = models.build_model(cfg.model, seed=cfg.seed, dtype=DTYPES[cfg.dtype])
+    model = models.build_model(cfg.model, cfg.seed, DTYPES[cfg.dtype], cfg.data_format)
     models.init_whitening(model, augment.normalize(jnp.asarray(train_np[0][: cfg.whiten_images])))
     distributed.replicate(model, mesh, from_process_0=True)  # identical on every process
     optimizer, _ = loop.make_optimizer(model, cfg, total_steps, batch_size)
@@ -610,8 +610,9 @@ def _evaluate(run: Run, epoch: int, last: bool):
     run.state.bar.start("eval", f"test {epoch + 1}/{run.n_epochs}", len(labels),
                         augment.TTA_VIEWS if tta else 1)  # fmt: skip
     test_acc, tta_acc, predictions = loop.evaluate(
-        run.model, images, labels, tta, run.mesh, run.cfg.eval_batch, progress
-    )
+        run.model, images, labels, tta, run.mesh, run.cfg.eval_batch, progress,
+        run.cfg.data_format,
+    )  # fmt: skip
     run.state.bar.close()
     if last:
         run.state.predictions = predictions  # of the whole test set: the confusion matrix
@@ -688,8 +689,10 @@ def finish(run: Run) -> None:
               f"{distributed.checksum(run.model)}", file=sys.stderr, flush=True)  # fmt: skip
     if run.state.predictions is None and run.opts.plots:  # resumed after the last epoch
         cfg = run.cfg
-        run.state.predictions = loop.evaluate(run.model, run.test_images, run.test_labels,
-                                              cfg.tta, run.mesh, cfg.eval_batch)[2]  # fmt: skip
+        run.state.predictions = loop.evaluate(
+            run.model, run.test_images, run.test_labels, cfg.tta, run.mesh, cfg.eval_batch,
+            data_format=cfg.data_format,
+        )[2]  # fmt: skip
     if not distributed.is_main():
         return
     if run.opts.plots:

@@ -247,6 +247,8 @@ def test_set_overrides_settings_and_rejects_unknown_ones(capsys):
     cfg = args.config
     assert (cfg.translate, cfg.flip, cfg.lr, cfg.model) == (0, False, 3.0, "airbench94")
     assert cifar10.parse_args(["--no-tta"]).config.tta is False
+    assert cifar10.parse_args(["--set", "data_format=NHWC"]).config.data_format == "NHWC"
+    assert cifar10.parse_args([]).config.data_format == "NCHW"
     adamw = cifar10.parse_args(["--model", "simple_cnn", "--optimizer", "adamw"]).config
     assert (adamw.lr, adamw.weight_decay) == (2e-3, 5e-4)
     for bad, message in [("nonsense=1", "unknown setting 'nonsense'"),
@@ -565,6 +567,7 @@ BAD_VALUES = [
     (["--set", "momentum=1"], "momentum must be in [0, 1), got 1.0"),
     (["--lookahead-decay", "1"], "lookahead_decay must be in [0, 1), got 1.0"),
     (["--train-limit", "0"], "train_limit must be >= 1, got 0"),
+    (["--set", "data_format=NCWH"], "data_format must be 'NCHW' or 'NHWC', got 'NCWH'"),
     (["--set", "lr_start=0", "--set", "lr_peak=0", "--set", "lr_end=0"], "all 0"),
 ]
 
