@@ -1,28 +1,31 @@
 """The training loop's pieces: optimiser, train step, lookahead average, evaluation.
 
-The recipe, in the order airbench94 (``airbench94.py``, one script) runs it, each of its
-sections mapped to the function here or next door that does it:
+The recipe, section by section in the order of ``airbench94.py`` (one script; its names in
+brackets), each mapped to the function here or next door that does it:
 
-1. Data: the whole training set on the device as uint8 NCHW (:class:`TrainSet`); each
-   step gathers its batch by index (``train/run.py``, :func:`make_train_step`).
-2. Whitening init: the first conv's filters from the eigenvectors of the covariance of
-   2x2 training patches, frozen (``models.whitening_weights``, ``models.init_whitening``).
-3. The net: whiten -> GELU -> three conv-pool-norm-GELU groups (64, 256, 256) ->
-   max-pool -> linear / 9 (``models.Airbench94``, ``models.ConvGroup``).
-4. The optimiser: Nesterov SGD in airbench's decoupled units, the BatchNorm shifts at
-   ``bias_scaler`` times the lr (:func:`make_optimizer`, :func:`kilostep_scale`).
-5. The lr schedule: a triangle, warm-up to the peak then down (:func:`lr_multiplier`).
-6. Augmentation: alternating flips, random translate with reflect padding, normalise
-   (``augment.epoch_flips``, ``augment.augment``; inside the step).
-7. The loss: label-smoothed cross entropy summed over the batch; the whitening bias
-   trains for ``whiten_bias_epochs`` only (:func:`make_train_step`).
-8. Lookahead: every few steps average the weights and copy the average back, the decay
-   warming up over the run; the average copied in after every epoch
+1. Hyper-parameters (``hyp``): one frozen :class:`train.config.Config`, airbench94's values.
+2. Data and augmentation (``CifarLoader``, ``batch_crop``, ``batch_flip_lr``): the training
+   set on the device as uint8 NCHW (:class:`TrainSet`), each step gathering its batch by
+   index; random translate with reflect padding, alternating flips, normalisation
+   (``augment.augment``, ``augment.epoch_flips``; inside :func:`make_train_step`).
+3. The net (``Conv``, ``BatchNorm``, ``ConvGroup``, ``make_net``): whiten -> GELU -> three
+   conv-pool-norm-GELU groups (64, 256, 256) -> max-pool -> linear / 9
+   (``models.Airbench94``, ``models.ConvGroup``).
+4. Whitening init (``get_whitening_parameters``, ``init_whitening_conv``): the first conv's
+   filters from the eigenvectors of the covariance of 2x2 training patches, frozen
+   (``models.whitening_weights``, ``models.init_whitening``).
+5. Lookahead (``LookaheadState``): every few steps average the weights and copy the
+   average back, the decay warming up over the run, and copy it in after every epoch
    (:func:`maybe_lookahead`, :func:`lookahead_step`).
-9. Evaluation with test-time augmentation: the weighted views of airbench's TTA level 2
-   (:func:`evaluate`, :func:`eval_predictions`, ``augment.tta_views``).
-10. The epoch loop around them: steps, lookahead, evaluation, checkpoint, log
-    (``train/run.py``: ``train_epoch``).
+6. Evaluation with test-time augmentation (``infer``, ``evaluate``): the weighted views
+   of TTA level 2 (:func:`evaluate`, :func:`eval_predictions`, ``augment.tta_views``).
+7. Training (``main``):
+   the loss, label-smoothed cross entropy summed over the batch, with the whitening bias
+   trained for ``whiten_bias_epochs`` only (:func:`make_train_step`); Nesterov SGD in
+   airbench's decoupled units, the BatchNorm shifts at ``bias_scaler`` times the lr
+   (:func:`make_optimizer`, :func:`kilostep_scale`); the lr schedule, a triangle
+   (:func:`lr_multiplier`); the epoch loop of steps, lookahead, evaluation and, here,
+   checkpoint and log (``train/run.py``: ``train_epoch``).
 
 Every function takes its settings from a :class:`train.config.Config` passed in; nothing
 here reads a module-level setting. ``python -m train.cifar10`` (``train/run.py``), the

@@ -9,7 +9,7 @@ as it trains (its position, log, lookahead average and timings).
 
 Ctrl-C or SIGTERM during training (:class:`Interrupt`) lets the current step finish (or
 abandons the current evaluation), saves the state under ``checkpoints/interrupted/<global
-step>/`` (parameters, optimiser, weight average, the epoch's position in its data order and
+step>/`` (parameters, optimiser, lookahead average, the epoch's position in its data order and
 its running loss sums) and raises :class:`Interrupted`; ``--resume`` continues from there
 exactly as if the run had not stopped. A second signal quits at once, without saving. That
 checkpoint is deleted once the next epoch's checkpoint is written.
@@ -141,8 +141,8 @@ class Options:
 class State:
     """What a run changes as it goes: its position, its log and its timings.
 
-    Everything here but the timings and the progress bars is saved with every checkpoint
-    and restored by ``--resume``.
+    Everything here but the predictions, the progress bars and the timings of this process
+    is saved with every checkpoint and restored by ``--resume``.
     """
 
     aug_key: Any  # the run's augmentation key (fold_in(key, 1)), restored as saved
@@ -306,7 +306,7 @@ def setup(cfg: Config, opts: Options, start_time: float) -> Run:
     key = jax.random.key(cfg.seed, impl=KEY_IMPL)
     aug_key, flip_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
     replicated = distributed.replicated(mesh)
-    train = loop.TrainSet(  # on the devices for the whole run
+    train_set = loop.TrainSet(  # on the devices for the whole run
         images=distributed.put(train_np[0], replicated),
         labels=distributed.put(train_np[1], replicated),
         base_flips=distributed.put(augment.base_flips(flip_key, n_train), replicated),
@@ -317,7 +317,7 @@ def setup(cfg: Config, opts: Options, start_time: float) -> Run:
     optimizer, _ = loop.make_optimizer(model, cfg, total_steps, batch_size)
     distributed.replicate(optimizer, mesh)
     return Run(
-        cfg=cfg, opts=opts, start_time=start_time, mesh=mesh, data=train,
+        cfg=cfg, opts=opts, start_time=start_time, mesh=mesh, data=train_set,
         test_images=cifar.test_images[: cfg.test_limit],
         test_labels=cifar.test_labels[: cfg.test_limit], class_names=cifar.class_names,
         subset=eval_subset(cfg.eval_subset, len(cifar.test_labels[: cfg.test_limit])),
