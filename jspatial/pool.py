@@ -611,7 +611,8 @@ def _adaptive_avg_pool2d(x, out_hw, layout):
     geom = _uniform_geometry(in_hw, out_hw, layout)
     if geom is not None:
         return _avg_pool2d(x, geom, (True, None))
-    y = _adaptive_avg_nhwc(win.to_nhwc(x, layout), (in_hw, out_hw))
+    # As an array: under jax.disable_jit a NumPy input reaches the gathers as it is.
+    y = _adaptive_avg_nhwc(win.to_nhwc(jnp.asarray(x), layout), (in_hw, out_hw))
     return win.from_nhwc(y, layout)
 
 
@@ -624,7 +625,7 @@ def _adaptive_max_pool2d(x, out_hw, return_indices, layout):
     geom = _uniform_geometry(in_hw, out_hw, layout)
     if geom is not None:
         return _max_pool2d(x, geom, return_indices)
-    y, arg = _adaptive_max_nhwc(win.to_nhwc(x, layout), (in_hw, out_hw))
+    y, arg = _adaptive_max_nhwc(win.to_nhwc(jnp.asarray(x), layout), (in_hw, out_hw))
     if not return_indices:
         return win.from_nhwc(y, layout)
     (rows, _), (cols, _), (_, kw) = _adaptive_plan((in_hw, out_hw))
@@ -647,9 +648,10 @@ def _adaptive_tap(t, sizes):
     (h, w), _ = sizes
     (row0, len_h), (col0, len_w), (_, kw) = _adaptive_plan(sizes)
     i, j = t // kw, t % kw
+    dtype = jnp.result_type(t)  # t is a Python int where the loop runs eagerly (disable_jit)
     # Taps past a short window are clipped into the plane and masked out.
-    rows = jnp.minimum(jnp.asarray(row0, t.dtype) + i, h - 1)
-    cols = jnp.minimum(jnp.asarray(col0, t.dtype) + j, w - 1)
+    rows = jnp.minimum(jnp.asarray(row0, dtype) + i, h - 1)
+    cols = jnp.minimum(jnp.asarray(col0, dtype) + j, w - 1)
     inside = (i < jnp.asarray(len_h))[:, None] & (j < jnp.asarray(len_w))[None, :]
     return rows, cols, inside[None, :, :, None]
 
