@@ -25,6 +25,35 @@ Compilation dominates: each sample is a small program, forward and backward toge
 compiled at XLA's fastest optimisation level (``tolerances.fast_jit``), ``CHUNK`` samples
 to one program (``_run``). A sample that differs from torch is printed with its
 arguments, and the op's test fails once all its samples have run.
+
+A full run (torch 2.13, JAX 0.10.2, CPU; run op by op, so the summary test did not sum
+it), samples matched of samples run, per dtype; "integers" are uint8, int8, int16, int32
+and int64 where torch lists them (conv2d, conv_transpose2d and avg_pool2d: int64 only):
+
+| OpInfo entry | float32 | float64 | bfloat16 | float16 | integers | error_inputs refused |
+|---|---|---|---|---|---|---|
+| conv2d | 30/30 | 30/30 | 30/30 | 30/30 | 30/30 | 10/10 |
+| conv_transpose2d | 12/12 | 12/12 | 12/12 | 12/12 | 12/12 | (none) |
+| max_pool2d | 1440/1440 | 1440/1440 | not run in full | not run in full | not run in full | 7/7 |
+| avg_pool2d | 7/7 | 7/7 | 7/7 | 7/7 | 0/7, 7 refused | 5/5 |
+| adaptive_avg_pool2d | 10/10 | 10/10 | 10/10 | 10/10 | (none) | 3/3 |
+| adaptive_max_pool2d | 24/24 | 24/24 | 24/24 | 24/24 | (none) | 3/3 |
+| max_unpool2d | 288/288 | 288/288 | 288/288 | 288/288 | (none) | 1/1 |
+| max_unpool2d-grad | 33/33 | 35/35 | 28/28 | 33/33 | (none) | (none) |
+| batch_norm | 12/12 | 12/12 | 12/12 | 12/12 | (none) | (none) |
+| pad-constant | 51/51 | 51/51 | 51/51 | 51/51 | 255/255 | (none) |
+| pad-reflect | 12/12 | 12/12 | 12/12 | 12/12 | 60/60 | (none) |
+| pad-replicate | 12/12 | 12/12 | 12/12 | 12/12 | 60/60 | (none) |
+| pad-replicate_negative | 6/6 | 6/6 | 6/6 | 6/6 | 30/30 | (none) |
+| pad-circular | 8/8 | 8/8 | 8/8 | 8/8 | 40/40 | (none) |
+
+In all 5,391 samples: 5,384 matched, 7 refused (0.13%), none failed; 29 of 29
+error_inputs refused. The refusals, all listed in ``docs/pytorch.md``: avg_pool2d's int64
+samples, "avg_pool2d expected floating-point input (float32, bfloat16, float16 or
+float64), got int64". Not run in full: max_pool2d outside float32/float64 (1440 samples in
+each of seven dtypes; its covering subsets, 14 samples each, run by default in bfloat16,
+float16, uint8, int32 and int64). batch_norm-without_cudnn lists no CPU dtype; torch's
+complex samples (conv2d, conv_transpose2d, pad) and bool ones (pad) are not run.
 """
 
 from __future__ import annotations
@@ -383,7 +412,7 @@ def test_op_samples(op, dtype, request):
     COUNTS.update({(_id(op), k): v for k, v in counts.items()})
     for outcome, _, detail in outcomes:
         if outcome == "refused":  # grouped by message, the values seen left out
-            REFUSALS[(_id(op), re.sub(r"\d+", "#", detail))] += 1
+            REFUSALS[(_id(op), re.sub(r"\b\d+\b", "#", detail))] += 1
     print(f"{_id(op)} {_dtype_id(dtype)}: {dict(counts)}")
     failed = [
         f"{_describe(sample)}: {detail}"
