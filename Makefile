@@ -7,7 +7,7 @@ TRAIN_STAMP := $(VENV)/.installed-train
 DOCS_STAMP := $(VENV)/.docs-installed
 DIST ?= dist
 
-.PHONY: test train bench bench-accel bench-device bench-device-venv bench-gpu lint format install clean notebook wheel docs
+.PHONY: test test-samples train bench bench-accel bench-device bench-device-venv bench-gpu lint format install clean notebook wheel docs
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ install: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+# Every one of PyTorch's OpInfo samples of the ops, in every dtype torch lists (make test
+# runs a covering subset); long: the counts are in tests/test_torch_samples.py.
+test-samples: $(STAMP)
+	JSPATIAL_ALL_SAMPLES=1 $(PY) -m pytest -q -s tests/test_torch_samples.py -k "op_samples or error_inputs or summary"
 
 train: $(TRAIN_STAMP)
 	$(PY) -m train.cifar10 $(ARGS)

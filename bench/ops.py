@@ -9,11 +9,20 @@ compiled backward's peak temporary memory (``memory_analysis()``).
     python -m bench.ops                 # both suites, writes bench/out/ops.md
     python -m bench.ops --suite core --repeats 7
     python -m bench.ops --memory-only   # backward peak memory alone (compiles, runs nothing)
+    python -m bench.ops --data-format both   # each suite in NCHW, then channels last (NHWC)
+
+``--data-format NHWC`` passes ``data_format='NHWC'`` to jspatial's ops and feeds them (and
+XLA's primitives, given the same layout) channels-last inputs: the same numbers, transposed
+from the NCHW draw; weights stay ``(C_out, C_in, kh, kw)``, as PyTorch keeps them in
+channels-last memory. An op whose signature has no ``data_format`` keyword yet is run in
+NCHW only (the report says which were left out). PyTorch's inputs are channels-last memory
+in both layouts.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 import platform
@@ -39,6 +48,26 @@ class Case:
     padding: int = 1
     stride: int = 1  # conv_transpose only
     output_padding: int = 0  # conv_transpose only
+
+
+DATA_FORMATS = ("NCHW", "NHWC")
+# jspatial's op of each case kind.
+_OURS = {
+    "conv": js.conv2d,
+    "conv_transpose": js.conv_transpose2d,
+    "maxpool": js.max_pool2d,
+    "bn": js.batch_norm,
+}
+
+
+def takes_data_format(op: str) -> bool:
+    """Whether jspatial's op of a case kind (``Case.op``) takes ``data_format``."""
+    return "data_format" in inspect.signature(_OURS[op]).parameters
+
+
+def runs_in(case: Case, data_format: str) -> bool:
+    """Whether ``case`` can run in ``data_format``: NCHW always, NHWC where the op takes it."""
+    return data_format == "NCHW" or takes_data_format(case.op)
 
 
 def _suites(batch_core: int = 128, batch_model: int = 512) -> dict[str, list[Case]]:
@@ -75,44 +104,48 @@ def _suites(batch_core: int = 128, batch_model: int = 512) -> dict[str, list[Cas
 # ----------------------------------------------------------------------------- JAX
 
 
-def _jax_fns(case: Case, impl: str):
+def _jax_fns(case: Case, impl: str, data_format: str = "NCHW"):
     """(forward, forward+backward) jitted functions of ``(x, w)`` for one implementation.
 
     ``impl``: ``"xla"``, ``"ours"`` (``algorithm='auto'``) or ``"direct"`` (the tap loop).
+    ``data_format``: the layout of ``x`` (``_inputs``); in NCHW jspatial's ops are called
+    without the keyword, as before it existed.
     """
     k, p = case.kernel, case.padding
+    layout = {} if data_format == "NCHW" else {"data_format": data_format}
+    dims = (data_format, "OIHW", data_format)
     if case.op == "conv":
         if impl in ("ours", "direct"):
             algorithm = "auto" if impl == "ours" else "direct"
-            f = lambda x, w: js.conv2d(x, w, padding=p, algorithm=algorithm)  # noqa: E731
+            f = lambda x, w: js.conv2d(x, w, padding=p, algorithm=algorithm, **layout)  # noqa: E731
         else:
             f = lambda x, w: lax.conv_general_dilated(  # noqa: E731
-                x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=("NCHW", "OIHW", "NCHW")
+                x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=dims
             )
     elif case.op == "conv_transpose":
         s, op = case.stride, case.output_padding
         if impl == "ours":
-            f = lambda x, w: js.conv_transpose2d(x, w, None, s, p, op)  # noqa: E731
+            f = lambda x, w: js.conv_transpose2d(x, w, None, s, p, op, **layout)  # noqa: E731
         else:  # the same op as an input-dilated convolution, kernel flipped and transposed
             pads = ((k - 1 - p, k - 1 - p + op),) * 2
             f = lambda x, w: lax.conv_transpose(  # noqa: E731
-                x, w, (s, s), pads, dimension_numbers=("NCHW", "OIHW", "NCHW"),
-                transpose_kernel=True,
+                x, w, (s, s), pads, dimension_numbers=dims, transpose_kernel=True,
             )  # fmt: skip
     elif case.op == "maxpool":
         if impl == "ours":
-            f = lambda x, w: js.max_pool2d(x, k)  # noqa: E731
+            f = lambda x, w: js.max_pool2d(x, k, **layout)  # noqa: E731
         else:
+            window = (1, 1, k, k) if data_format == "NCHW" else (1, k, k, 1)
             f = lambda x, w: lax.reduce_window(  # noqa: E731
-                x, -jnp.inf, lax.max, (1, 1, k, k), (1, 1, k, k), "VALID"
+                x, -jnp.inf, lax.max, window, window, "VALID"
             )
     else:
         c = case.shape[1]
         stats = (jnp.zeros(c), jnp.ones(c))
         if impl == "ours":
-            f = lambda x, w: js.batch_norm(x, *stats, w, w, training=True)[0]  # noqa: E731
+            f = lambda x, w: js.batch_norm(x, *stats, w, w, training=True, **layout)[0]  # noqa: E731
         else:
-            f = lambda x, w: _xla_batch_norm(x, w, w)  # noqa: E731
+            f = lambda x, w: _xla_batch_norm(x, w, w, data_format)  # noqa: E731
 
     def loss(x, w):
         return jnp.vdot(f(x, w), jnp.ones_like(f(x, w)) * 0.001)
@@ -120,16 +153,23 @@ def _jax_fns(case: Case, impl: str):
     return jax.jit(f), jax.jit(jax.grad(loss, argnums=(0, 1)))
 
 
-def _xla_batch_norm(x, w, b):
-    mean = jnp.mean(x, axis=(0, 2, 3), keepdims=True)
-    var = jnp.var(x, axis=(0, 2, 3), keepdims=True)
+def _xla_batch_norm(x, w, b, data_format="NCHW"):
+    if data_format == "NCHW":
+        axes, index = (0, 2, 3), (None, slice(None), None, None)
+    else:
+        axes, index = (0, 1, 2), (None, None, None, slice(None))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.var(x, axis=axes, keepdims=True)
     y = (x - mean) * lax.rsqrt(var + 1e-5)
-    return y * w[None, :, None, None] + b[None, :, None, None]
+    return y * w[index] + b[index]
 
 
-def _inputs(case: Case):
+def _inputs(case: Case, data_format: str = "NCHW"):
+    """``(x, w)``: ``x`` drawn in NCHW (``case.shape``), transposed for NHWC."""
     key = jax.random.key(0)
     x = jax.random.normal(key, case.shape, jnp.float32)
+    if data_format == "NHWC":
+        x = jnp.transpose(x, (0, 2, 3, 1))
     if case.op == "conv":
         w = jax.random.normal(key, (case.out_channels, case.shape[1], case.kernel, case.kernel))
         return x, w * 0.05
@@ -214,11 +254,11 @@ def interleaved(items, repeats: int):
         yield items if r % 2 == 0 else items[::-1]
 
 
-def run_case(case: Case, repeats: int, with_torch: bool) -> dict:
-    x, w = _inputs(case)
+def run_case(case: Case, repeats: int, with_torch: bool, data_format: str = "NCHW") -> dict:
+    x, w = _inputs(case, data_format)
     timers: dict[str, tuple] = {}
     for impl in ("ours", "xla"):
-        fwd, fwd_bwd = _jax_fns(case, impl)
+        fwd, fwd_bwd = _jax_fns(case, impl, data_format)
         jax.block_until_ready(fwd(x, w))
         jax.block_until_ready(fwd_bwd(x, w))
         timers[impl] = (
@@ -292,16 +332,16 @@ def format_table(results: list[dict], with_torch: bool, digits: int = 1) -> str:
     return "\n".join(lines)
 
 
-def memory_table(cases: list[Case]) -> str:
+def memory_table(cases: list[Case], data_format: str = "NCHW") -> str:
     """Backward peak memory (temporaries + outputs) of every implementation, in MiB."""
     lines = [
         "| shape | XLA | ours (auto) | ours/XLA | direct loop |",
         "|---|---|---|---|---|",
     ]
     for case in cases:
-        x, w = _inputs(case)
+        x, w = _inputs(case, data_format)
         impls = ("xla", "ours", "direct") if case.op == "conv" else ("xla", "ours")
-        mib = {i: _peak_bytes(_jax_fns(case, i)[1], x, w) / 2**20 for i in impls}
+        mib = {i: _peak_bytes(_jax_fns(case, i, data_format)[1], x, w) / 2**20 for i in impls}
         direct = f"{mib['direct']:.1f}" if "direct" in mib else ""
         lines.append(
             f"| {case.name}, b{case.shape[0]} | {mib['xla']:.1f} | {mib['ours']:.1f} | "
@@ -334,6 +374,32 @@ def machine() -> str:
     )
 
 
+def _suite_report(name, suite, data_format, args, with_torch) -> list[str]:
+    """The report lines of one suite in one layout."""
+    cases = [c for c in suite if args.only in c.name]
+    left_out = sorted({c.op for c in cases if not runs_in(c, data_format)})
+    cases = [c for c in cases if runs_in(c, data_format)]
+    lines = []
+    if left_out:
+        note = ", ".join(_OURS[op].__name__ for op in left_out)
+        print(f"  {name} {data_format}: left out, no data_format keyword yet: {note}")
+        lines += [f"Left out in {data_format} (no `data_format` keyword yet): {note}.", ""]
+    if not cases:
+        return lines
+    if args.memory_only:
+        title = f"## {name} suite, {data_format}: backward peak memory, MiB"
+        return [title, ""] + lines + [memory_table(cases, data_format), ""]
+    results = []
+    for case in cases:
+        results.append(run_case(case, args.repeats, with_torch, data_format))
+        print(
+            f"  {case.name} {data_format}: ours {results[-1][('ours', 1)]:.1f} ms f+b", flush=True
+        )
+    batch = args.batch if name == "core" else args.model_batch
+    title = f"## {name} suite (float32, {data_format}, batch {batch}, min of {args.repeats})"
+    return [title, ""] + lines + [format_table(results, with_torch), ""]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=["core", "model", "all"], default="all")
@@ -344,6 +410,12 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default="", help="run only cases whose name contains this")
     parser.add_argument(
         "--memory-only", action="store_true", help="backward peak memory alone, no timing"
+    )
+    parser.add_argument(
+        "--data-format",
+        choices=[*DATA_FORMATS, "both"],
+        default="NCHW",
+        help="layout of the inputs of jspatial's ops and XLA's (both: NCHW, then NHWC)",
     )
     parser.add_argument("--out", default="bench/out/ops.md")
     args = parser.parse_args(argv)
@@ -359,19 +431,10 @@ def main(argv=None) -> None:
     suites = _suites(args.batch, args.model_batch)
     names = ["core", "model"] if args.suite == "all" else [args.suite]
     report = [f"# Op benchmarks, {time.strftime('%Y-%m-%d')}", "", f"Machine: {machine()}", ""]
+    formats = DATA_FORMATS if args.data_format == "both" else (args.data_format,)
     for name in names:
-        cases = [c for c in suites[name] if args.only in c.name]
-        if args.memory_only:
-            report += [f"## {name} suite: backward peak memory, MiB", ""]
-            report += [memory_table(cases), ""]
-            continue
-        results = []
-        for case in cases:
-            results.append(run_case(case, args.repeats, with_torch))
-            print(f"  {case.name}: ours {results[-1][('ours', 1)]:.1f} ms f+b", flush=True)
-        batch = args.batch if name == "core" else args.model_batch
-        report += [f"## {name} suite (float32, batch {batch}, min of {args.repeats})", ""]
-        report += [format_table(results, with_torch), ""]
+        for data_format in formats:
+            report += _suite_report(name, suites[name], data_format, args, with_torch)
     write_report("\n".join(report), args.out)
 
 
