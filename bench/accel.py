@@ -156,12 +156,16 @@ def measure_op(mesh, f, x_shape, w_shape):
 # ----------------------------------------------------------------------------- the train step
 
 
-def train_step_fn(kind: str, batch: int):
-    """``(step, args)``: one airbench94 step (forward, backward, Nesterov SGD, BN stats)."""
+def train_step_fn(kind: str, batch: int, data_format: str = "NCHW"):
+    """``(step, args)``: one airbench94 step (forward, backward, Nesterov SGD, BN stats).
+
+    ``data_format`` is jspatial's layout (its model then takes images in it); the Flax
+    model is NHWC inside and takes NCHW images either way, as in ``bench.train_step``.
+    """
     if kind == "ours":
         from train.models import Airbench94
 
-        model = Airbench94(rngs=nnx.Rngs(0))
+        model = Airbench94(rngs=nnx.Rngs(0), data_format=data_format)
     else:
         from bench.train_step import FlaxAirbench
 
@@ -182,7 +186,8 @@ def train_step_fn(kind: str, batch: int):
         rest = nnx.state(model, nnx.Not(nnx.Param))  # the new BatchNorm statistics
         return optax.apply_updates(params, updates), rest, opt_state, loss
 
-    x, y = jnp.zeros((batch, 3, 32, 32)), jnp.zeros((batch,), jnp.int32)
+    shape = (batch, 32, 32, 3) if kind == "ours" and data_format == "NHWC" else (batch, 3, 32, 32)
+    x, y = jnp.zeros(shape), jnp.zeros((batch,), jnp.int32)
     return step, (params, rest, opt_state, x, y)
 
 

@@ -252,52 +252,63 @@ def _total(m: dict) -> dict:
 # ----------------------------------------------------------------------------- the suites
 
 
-def _conv(padding, stride=1):
-    ours = lambda x, w: js.conv2d(x, w, stride=stride, padding=padding)  # noqa: E731
+def _conv(padding, stride=1, data_format="NCHW"):
+    layout = {} if data_format == "NCHW" else {"data_format": data_format}
+    ours = lambda x, w: js.conv2d(x, w, stride=stride, padding=padding, **layout)  # noqa: E731
     pads = ((padding, padding),) * 2
 
     def xla(x, w):
-        dims = ("NCHW", "OIHW", "NCHW")
+        dims = (data_format, "OIHW", data_format)
         return lax.conv_general_dilated(x, w, (stride,) * 2, pads, dimension_numbers=dims)
 
     return ours, xla
 
 
-def first_layers(batch_whiten=512, batch_lenet=64):
+def _image(n, c, hw, data_format):
+    return (n, c, *hw) if data_format == "NCHW" else (n, *hw, c)
+
+
+def first_layers(batch_whiten=512, batch_lenet=64, data_format="NCHW"):
     """The two first layers known to stress the GPU compiler, as op-suite cases."""
-    whiten = _conv(0)
-    lenet = _conv(2)
+    whiten = _conv(0, data_format=data_format)
+    lenet = _conv(2, data_format=data_format)
     return {
         "airbench": [(f"whiten conv 3->24 k2 valid @32 (trainable), batch {batch_whiten}",
-                      *whiten, (batch_whiten, 3, 32, 32), (24, 3, 2, 2))],
+                      *whiten, _image(batch_whiten, 3, (32, 32), data_format), (24, 3, 2, 2))],
         "core": [(f"LeNet conv 1->32 k5 p2 @28, batch {batch_lenet}", *lenet,
-                  (batch_lenet, 1, 28, 28), (32, 1, 5, 5))],
+                  _image(batch_lenet, 1, (28, 28), data_format), (32, 1, 5, 5))],
     }  # fmt: skip
 
 
-def airbench_suite(batch=512):
+def airbench_suite(batch=512, data_format="NCHW"):
     """``bench.ops``' airbench94 layers as ``(name, ours, xla, x shape, w shape)``."""
     cases = []
     for case in bench_ops._suites(batch_model=batch)["model"]:
-        x, w = jax.eval_shape(lambda case=case: bench_ops._inputs(case))
-        ours, xla = (bench_ops._jax_fns(case, impl)[0] for impl in ("ours", "xla"))
+        x, w = jax.eval_shape(lambda case=case: bench_ops._inputs(case, data_format))
+        ours, xla = (bench_ops._jax_fns(case, impl, data_format)[0] for impl in ("ours", "xla"))
         cases.append((f"{case.name}, batch {batch}", ours, xla, x.shape, w.shape))
     return cases
 
 
-def suite_cases(suite: str, quick: bool):
+def suite_cases(suite: str, quick: bool, data_format: str = "NCHW"):
     if suite == "core":
+        if data_format != "NCHW":
+            raise ValueError("the core suite is NCHW only; --data-format NHWC runs airbench, step")
         batch = 16 if quick else 128
         cases = [(f"{n}, batch {batch}", *rest) for n, *rest in accel.op_suite(batch)]
         return cases + first_layers(batch_lenet=16 if quick else 64)["core"]
     batch = 32 if quick else 512
-    return airbench_suite(batch) + first_layers(batch_whiten=batch)["airbench"]
+    return (
+        airbench_suite(batch, data_format)
+        + first_layers(batch_whiten=batch, data_format=data_format)["airbench"]
+    )
 
 
-def run_ops(gpu: str, suite: str, quick: bool) -> list[dict]:
+def run_ops(gpu: str, suite: str, quick: bool, data_format: str = "NCHW") -> list[dict]:
     mesh = mesh_of(gpu)
     rows = []
-    for name, ours, xla, xs, ws in suite_cases(suite, quick)[: 3 if quick else None]:
+    cases = suite_cases(suite, quick, data_format)
+    for name, ours, xla, xs, ws in cases[: 3 if quick else None]:
         row = {"gpu": gpu, "suite": suite, "name": name}
         for impl, f in (("ours", ours), ("xla", xla)):
             row[impl] = measure_op(mesh, f, [xs, ws])
@@ -320,12 +331,12 @@ def _step_structs(mesh, step_args, batch_spec=None):
     return [*tree, *data]
 
 
-def run_steps(gpu: str, quick: bool) -> list[dict]:
+def run_steps(gpu: str, quick: bool, data_format: str = "NCHW") -> list[dict]:
     batch = 32 if quick else 512
     mesh = mesh_of(gpu)
     rows = []
     for kind in ("ours", "flax"):
-        step, step_args = accel.train_step_fn(kind, batch)
+        step, step_args = accel.train_step_fn(kind, batch, data_format)
         m = measure(step, _step_structs(mesh, step_args))
         rows.append({"gpu": gpu, "kind": kind, "batch": batch, **m})
         print(f"  {gpu} step {kind}: {_short(m)}", flush=True)
@@ -595,6 +606,10 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="small batches, few cases")
     parser.add_argument("--out", default="", help="default bench/out/gpu.md (gpu-all.md)")
     parser.add_argument("--render", default="", help="only re-render this results JSON")
+    parser.add_argument(
+        "--data-format", choices=["NCHW", "NHWC"], default="NCHW",
+        help="jspatial's layout (and XLA's, per op) for the airbench and step suites",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     if args.render:
@@ -612,17 +627,18 @@ def main(argv=None) -> None:
     started = time.time()
     results: dict = {"jax": jax.__version__, "date": time.strftime("%Y-%m-%d"), "gpus": gpus}
     results["argv"] = " ".join(argv if argv is not None else sys.argv[1:])
+    fmt = args.data_format
     if args.compile_all:
         results["compile_all"] = run_compile_all(gpus, args.quick)
     else:
         suites = ["step", "airbench", "core"] if args.suite == "all" else [args.suite]
         for suite in suites:
             if suite == "step":
-                results["step"] = [r for g in gpus for r in run_steps(g, args.quick)]
-                if "h100_sxm" in gpus:
+                results["step"] = [r for g in gpus for r in run_steps(g, args.quick, fmt)]
+                if "h100_sxm" in gpus and fmt == "NCHW":
                     results["data_parallel"] = run_data_parallel(args.quick)
             else:
-                results[suite] = [r for g in gpus for r in run_ops(g, suite, args.quick)]
+                results[suite] = [r for g in gpus for r in run_ops(g, suite, args.quick, fmt)]
     results["seconds"] = time.time() - started
     text = render(results)
     print(text)
