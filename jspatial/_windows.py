@@ -171,6 +171,11 @@ def from_nhwc(x, layout: str):
     return nhwc_to_nchw(x) if layout == "NCHW" else x
 
 
+def image_shape(n: int, c: int, hw: Pair, layout: str) -> tuple[int, int, int, int]:
+    """The shape of ``n`` images of ``c`` channels and size ``hw`` in ``layout``."""
+    return (n, c, *hw) if layout == "NCHW" else (n, *hw, c)
+
+
 def nchw_to_hwcn(x):
     """The order a TPU stores a batch of activations in: a ``(C, N)`` tile per pixel."""
     return jnp.transpose(x, (2, 3, 1, 0))
@@ -178,6 +183,16 @@ def nchw_to_hwcn(x):
 
 def hwcn_to_nchw(x):
     return jnp.transpose(x, (3, 2, 0, 1))
+
+
+def to_hwcn(x, layout: str):
+    """A 4-D array in ``layout`` in a TPU's activation order (``nchw_to_hwcn``)."""
+    return nchw_to_hwcn(x) if layout == "NCHW" else jnp.transpose(x, (1, 2, 3, 0))
+
+
+def from_hwcn(x, layout: str):
+    """``(H, W, C, N)`` back in ``layout``."""
+    return hwcn_to_nchw(x) if layout == "NCHW" else jnp.transpose(x, (3, 0, 1, 2))
 
 
 # Batch chunks are taken as strided rows (chunk i = rows i, i + k, i + 2k, ...), not as

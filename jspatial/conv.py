@@ -38,10 +38,10 @@ The loop bodies are public for reading (the notebook prints them); the API is
 ``jspatial.__all__``, and the names with a leading underscore are internal.
 
 Memory: both passes run the tap loop once per batch chunk (up to 8 chunks of at
-least 4096 output pixels, ``jspatial._tuning``), converting each
-chunk to channels-last on the way in and back on the way out. The padded
-windows, the float32 gradient buffer and the channels-last copies then exist for
-one chunk at a time, and the saved input is the caller's own NCHW array: the
+least 4096 output pixels, ``jspatial._tuning``), converting each NCHW chunk to
+channels-last on the way in and back on the way out (``data_format='NHWC'`` skips
+both). The padded windows, the float32 gradient buffer and the channels-last copies
+then exist for one chunk at a time, and the saved input is the caller's own array: the
 backward pass needs about as much memory as XLA's convolution gradient, or less
 (``bench/RESULTS.md``).
 """
@@ -60,7 +60,7 @@ from jspatial import _windows as win
 from jspatial._accel import dispatch
 from jspatial._args import IntOrPair, Padding
 from jspatial._linear import defbilinear
-from jspatial.pad import _check_pad, _pad_normalised
+from jspatial.pad import _check_pad, _pad_axes, _pad_normalised
 from jspatial.shapes import output_hw, transposed_size
 
 # The speed settings (unroll, chunk sizes, algorithm='auto''s thresholds) are in
@@ -80,6 +80,7 @@ def conv2d(
     groups: int = 1,
     *,
     algorithm: str = "auto",
+    data_format: str = "NCHW",
 ) -> jax.Array:
     """2-D cross-correlation with PyTorch's ``torch.nn.functional.conv2d`` semantics.
 
@@ -92,8 +93,9 @@ def conv2d(
     and ``jspatial.loop_jaxpr`` prints it as compiled; ``jspatial.reference.conv2d``.
 
     Args:
-        x: input ``(N, C_in, H, W)``, a floating dtype; ``N`` may be 0.
-        weight: ``(C_out, C_in // groups, kh, kw)`` (OIHW).
+        x: input ``(N, C_in, H, W)`` (``(N, H, W, C_in)`` in ``'NHWC'``), a floating
+            dtype; ``N`` may be 0. Unbatched ``(C_in, H, W)`` (``(H, W, C_in)``) too.
+        weight: ``(C_out, C_in // groups, kh, kw)`` (OIHW) in both layouts.
         bias: optional ``(C_out,)``.
         stride: int or ``(sh, sw)``.
         padding: int, ``(ph, pw)``, ``((top, bottom), (left, right))``, ``'valid'``
@@ -106,10 +108,13 @@ def conv2d(
             ``jspatial.winograd``), ``'im2col'`` (the taps copied into one matrix, one
             product; ungrouped) or ``'auto'``, which picks by layer shape and backend
             (``jspatial._tuning``). All four give the same result within rounding.
+        data_format: keyword only, not in torch. ``'NCHW'`` (torch's) or ``'NHWC'``
+            (channels last): the layout of ``x`` and of the result. The loops run
+            channels-last, so ``'NHWC'`` skips the transposes in and out.
 
     Returns:
-        ``(N, C_out, H_out, W_out)`` in the dtype of ``x`` (accumulated in float32, or
-        float64 for float64 inputs), with
+        ``(N, C_out, H_out, W_out)`` (``(N, H_out, W_out, C_out)`` in ``'NHWC'``) in the
+        dtype of ``x`` (accumulated in float32, or float64 for float64 inputs), with
         ``H_out = floor((H + pads - dilation * (kh - 1) - 1) / stride) + 1``.
 
     Example:
@@ -119,50 +124,62 @@ def conv2d(
         (2, 64, 32, 32)
         >>> js.conv2d(x, w, padding=1, stride=2).shape
         (2, 64, 16, 16)
+        >>> js.conv2d(jnp.ones((2, 32, 32, 3)), w, padding=1, data_format="NHWC").shape
+        (2, 32, 32, 64)
     """
     return _conv2d_checked(
-        x, weight, bias, stride, padding, dilation, groups, op="conv2d", algorithm=algorithm
-    )
+        x, weight, bias, stride, padding, dilation, groups, op="conv2d", algorithm=algorithm,
+        data_format=data_format,
+    )  # fmt: skip
 
 
 @_args.unbatched(0)
 def _conv2d_checked(
     x, weight, bias, stride, padding, dilation, groups, *, op, algorithm="auto", dtype=None,
-    padding_mode="zeros",
+    padding_mode="zeros", data_format="NCHW",
 ):  # fmt: skip
     """``conv2d`` with errors attributed to ``op``: the one path that validates.
 
-    ``Conv2d`` calls this too (``op="Conv2d"``), with its compute ``dtype`` and
-    ``padding_mode``. Everything is checked here, outside the jit, so that a bad
-    argument raises the message below as is (raised while tracing, JAX would append
-    a note about its frames), and before the cast to ``dtype``, which would hide an
-    integer input. Non-zero padding modes pad with ``jspatial.pad`` and then
-    convolve unpadded, as torch does.
+    ``Conv2d`` calls this too (``op="Conv2d"``), with its compute ``dtype``,
+    ``padding_mode`` and ``data_format``. Everything is checked here, outside the jit,
+    so that a bad argument raises the message below as is (raised while tracing, JAX
+    would append a note about its frames), and before the cast to ``dtype``, which
+    would hide an integer input. Non-zero padding modes pad with ``jspatial.pad`` (on
+    the spatial axes of ``data_format``) and then convolve unpadded, as torch does.
     """
     x, weight, bias, geom, groups, method = _check_conv2d(
-        x, weight, bias, stride, padding, dilation, groups, algorithm, op
+        x, weight, bias, stride, padding, dilation, groups, algorithm, op, data_format
     )
     if dtype is not None:
         x, weight = x.astype(dtype), weight.astype(dtype)
         bias = None if bias is None else bias.astype(dtype)
     if padding_mode != "zeros":
         (top, bottom), (left, right) = geom.padding
-        pads = _check_pad(x.shape, (left, right, top, bottom), padding_mode, op)
-        x = _pad_normalised(x, pads, padding_mode, 0.0)
-        geom = geom._replace(in_hw=tuple(x.shape[2:]), padding=((0, 0), (0, 0)))
-    gpu = _gpu_plan(algorithm, geom, groups, x.shape[1], weight.shape[0], op)
+        pads = _check_pad(x.shape, (left, right, top, bottom), padding_mode, op, data_format)
+        x = _pad_normalised(x, pads, padding_mode, 0.0, _pad_axes(4, 2, data_format))
+        in_hw = _args.spatial_shape(x.shape, data_format)
+        geom = geom._replace(in_hw=in_hw, padding=((0, 0), (0, 0)))
+    c_in = x.shape[_args.channel_axis(data_format)]
+    gpu = _gpu_plan(algorithm, geom, groups, c_in, weight.shape[0], op)
     return _conv2d(x, weight, bias, geom, groups, method, gpu)
 
 
-def _check_conv2d(x, weight, bias, stride, padding, dilation, groups, algorithm, op):
+def _check_conv2d(
+    x, weight, bias, stride, padding, dilation, groups, algorithm, op, data_format="NCHW"
+):
     """Every check of ``conv2d`` (``jspatial.steps`` runs them too): the arrays as
-    arrays, the window geometry, ``groups`` and the resolved algorithm."""
-    x = _args.check_input(x, op, integers=True)
+    arrays, the window geometry (its ``layout`` is ``data_format``), ``groups`` and the
+    resolved algorithm."""
+    data_format = _args.check_data_format(data_format, op)
+    x = _args.check_input(x, op, integers=True, data_format=data_format)
     weight = _args.check_operand(weight, x, op, "weight")
     bias = _args.check_bias(bias, op, x)
-    geom, groups = _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op)
+    geom, groups = _conv_geometry(
+        x, weight, bias, stride, padding, dilation, groups, op, data_format
+    )
     integer = jnp.issubdtype(jnp.result_type(x), jnp.integer)
-    method = _choose_method(algorithm, geom, groups, x.shape[1], weight.shape[0], op, integer)
+    c_in = x.shape[_args.channel_axis(data_format)]
+    method = _choose_method(algorithm, geom, groups, c_in, weight.shape[0], op, integer)
     return x, weight, bias, geom, groups, method
 
 
@@ -183,9 +200,15 @@ def _conv2d(x, weight, bias, geom, groups, method, gpu=None):
     # where one covers the layer (jspatial/_accel); everywhere else the loops of this file.
     portable = partial(_conv_portable, geom=geom, groups=groups, method=method)
     y = dispatch.per_target(portable, kernels, x, weight.astype(x.dtype))
-    if bias is not None:
-        y = y + bias.astype(y.dtype)[:, None, None]
-    return y.astype(x.dtype)
+    return _add_bias(y, bias, geom.layout).astype(x.dtype)
+
+
+def _add_bias(y, bias, layout):
+    """``y + bias`` over the channel axis of ``layout`` (the last one in NHWC)."""
+    if bias is None:
+        return y
+    bias = bias.astype(y.dtype)
+    return y + (bias[:, None, None] if layout == "NCHW" else bias)
 
 
 def _conv_portable(x, w, *, geom, groups, method):
@@ -212,11 +235,12 @@ def _check_weight_shape(weight, op, layout):
     return w_shape
 
 
-def _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
+def _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op, data_format="NCHW"):
     """Validate ``conv2d``'s shapes and hyper-parameters; return the window geometry and
     ``groups``. ``x``, ``weight`` and ``bias`` are arrays already (``_conv2d_checked``)."""
     w_shape = _check_weight_shape(weight, op, "(out_channels, in_channels // groups, kh, kw)")
-    n, c_in, h, w = x.shape
+    c_in = x.shape[_args.channel_axis(data_format)]
+    h, w = _args.spatial_shape(x.shape, data_format)
     c_out, c_per_group, kh, kw = w_shape
     groups = _args.check_groups(c_in, c_out, groups, op)
     if c_per_group * groups != c_in:
@@ -233,7 +257,7 @@ def _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op):
     padded = (h + sum(pads[0]), w + sum(pads[1]))
     _args.check_fits((h, w), padded, kernel, dil, op)
     out_hw = output_hw((h, w), kernel, strides, pads, dil)
-    return win.Geometry((h, w), out_hw, kernel, strides, dil, pads), groups
+    return win.Geometry((h, w), out_hw, kernel, strides, dil, pads, data_format), groups
 
 
 def _choose_method(algorithm, geom, groups, c_in, c_out, op, integer=False, gpu=False) -> str:
@@ -438,10 +462,12 @@ def _phased_shape(n, c, geom):
     return (n, geom._phased(0), geom.stride[0], geom._phased(1), geom.stride[1], c)
 
 
-def _output_side(a, groups):
-    """NCHW ``(N, C, H, W)`` -> the output-side matrix ``(N * H * W, groups, C / groups)``."""
-    n, c, h, w = a.shape
-    return win.nchw_to_nhwc(a).reshape(n * h * w, groups, c // groups)
+def _output_side(a, groups, layout="NCHW"):
+    """``(N, C, H, W)`` in ``layout`` -> the output-side matrix ``(N * H * W, groups,
+    C / groups)``."""
+    a = win.to_nhwc(a, layout)
+    n, h, w, c = a.shape
+    return a.reshape(n * h * w, groups, c // groups)
 
 
 def _chunks(n, geom):
@@ -471,27 +497,27 @@ def _conv_fwd(x, weight, geom, groups):
     w_taps = _weight_taps(weight, groups)
 
     def chunk(inputs, carry):
-        xph = win.to_phases(win.nchw_to_nhwc(inputs[0]), geom, 0)
+        xph = win.to_phases(win.to_nhwc(inputs[0], geom.layout), geom, 0)
         out = _forward_loop(xph, w_taps, geom)
-        return (win.nhwc_to_nchw(out.reshape(xph.shape[0], ho, wo, c_out)),), carry
+        return (win.from_nhwc(out.reshape(xph.shape[0], ho, wo, c_out), geom.layout),), carry
 
-    y = jnp.zeros((n, c_out, ho, wo), win.accum_dtype(x.dtype))
+    y = jnp.zeros(win.image_shape(n, c_out, (ho, wo), geom.layout), win.accum_dtype(x.dtype))
     (y,), _ = win.over_batch_chunks(chunk, _chunks(n, geom), [x], [y])
     return y, (x, weight)
 
 
 def _conv_bwd(geom, groups, residuals, g):
     x, weight = residuals
-    n, c = x.shape[:2]
+    n, c = x.shape[0], x.shape[_args.channel_axis(geom.layout)]
     w_taps = _weight_taps(weight, groups)
 
     def chunk(inputs, dw):
         xc, gc = inputs
-        xph = win.to_phases(win.nchw_to_nhwc(xc), geom, 0)
-        gm = _output_side(gc.astype(x.dtype), groups)
+        xph = win.to_phases(win.to_nhwc(xc, geom.layout), geom, 0)
+        gm = _output_side(gc.astype(x.dtype), groups, geom.layout)
         shape = _phased_shape(xc.shape[0], c, geom)
         dxph, dw = _input_grad_loop(gm, w_taps, geom, shape, xph, dw)
-        return (win.nhwc_to_nchw(win.from_phases(dxph, geom)),), dw
+        return (win.from_nhwc(win.from_phases(dxph, geom), geom.layout),), dw
 
     dw = jnp.zeros(w_taps.shape, win.accum_dtype(x.dtype))
     (dx,), dw = win.over_batch_chunks(chunk, _chunks(n, geom), [x, g], [jnp.zeros_like(x)], dw)
@@ -529,28 +555,28 @@ def _im2col(x, geom):
 
 def _im2col_fwd(x, weight, geom):
     # The columns hold every pixel kh * kw times: built one batch chunk at a time.
-    n, c = x.shape[:2]
+    n, c = x.shape[0], x.shape[_args.channel_axis(geom.layout)]
     w = _weight_taps(weight, 1).reshape(geom.taps * c, -1)
     acc = win.accum_dtype(x.dtype)
 
     def chunk(inputs, carry):
-        cols = _im2col(win.nchw_to_nhwc(inputs[0]), geom).reshape(-1, geom.taps * c)
+        cols = _im2col(win.to_nhwc(inputs[0], geom.layout), geom).reshape(-1, geom.taps * c)
         y = jnp.dot(cols, w, preferred_element_type=acc)
-        return (win.nhwc_to_nchw(y.reshape(-1, *geom.out_hw, w.shape[1])),), carry
+        return (win.from_nhwc(y.reshape(-1, *geom.out_hw, w.shape[1]), geom.layout),), carry
 
-    y = jnp.zeros((n, w.shape[1], *geom.out_hw), acc)
+    y = jnp.zeros(win.image_shape(n, w.shape[1], geom.out_hw, geom.layout), acc)
     (y,), _ = win.over_batch_chunks(chunk, _chunks(n, geom), [x], [y])
     return y, (x, weight)
 
 
 def _im2col_bwd(geom, residuals, g):
     x, weight = residuals
-    n, c = x.shape[:2]
+    n, c = x.shape[0], x.shape[_args.channel_axis(geom.layout)]
     acc = win.accum_dtype(x.dtype)
     w = _weight_taps(weight, 1).reshape(geom.taps * c, -1)
 
     def chunk(inputs, dw):
-        xc, gc = (win.nchw_to_nhwc(a) for a in inputs)
+        xc, gc = (win.to_nhwc(a, geom.layout) for a in inputs)
         cols = _im2col(xc, geom).reshape(-1, geom.taps * c)
         gm = gc.reshape(cols.shape[0], gc.shape[-1]).astype(x.dtype)
         dw = dw + jnp.dot(cols.T, gm, preferred_element_type=acc)
@@ -563,7 +589,7 @@ def _im2col_bwd(geom, residuals, g):
 
         dxph = win.to_phases(jnp.zeros(xc.shape, acc), geom, 0)
         dxph = win.tap_loop(geom.taps, tap, dxph)
-        return (win.nhwc_to_nchw(win.from_phases(dxph, geom)),), dw
+        return (win.from_nhwc(win.from_phases(dxph, geom), geom.layout),), dw
 
     dw = jnp.zeros(w.shape, acc)
     (dx,), dw = win.over_batch_chunks(chunk, _chunks(n, geom), [x, g], [jnp.zeros_like(x)], dw)
@@ -586,6 +612,8 @@ def conv_transpose2d(
     output_padding: IntOrPair = 0,
     groups: int = 1,
     dilation: IntOrPair = 1,
+    *,
+    data_format: str = "NCHW",
 ) -> jax.Array:
     """2-D transposed convolution, ``torch.nn.functional.conv_transpose2d``.
 
@@ -607,8 +635,10 @@ def conv_transpose2d(
     ``jspatial.reference.conv_transpose2d``.
 
     Args:
-        x: input ``(N, C_in, H, W)``, a floating dtype; ``N`` may be 0.
-        weight: ``(C_in, C_out // groups, kh, kw)``, torch's layout for the transpose.
+        x: input ``(N, C_in, H, W)`` (``(N, H, W, C_in)`` in ``'NHWC'``), a floating
+            dtype; ``N`` may be 0. Unbatched ``(C_in, H, W)`` (``(H, W, C_in)``) too.
+        weight: ``(C_in, C_out // groups, kh, kw)``, torch's layout for the transpose, in
+            both layouts.
         bias: optional ``(C_out,)``.
         stride: int or ``(sh, sw)``.
         padding: int or ``(ph, pw)``: ``dilation * (k - 1) - padding`` zeros are
@@ -619,9 +649,12 @@ def conv_transpose2d(
             among the input sizes that a strided ``conv2d`` maps to the same size.
         groups: independent channel groups, dividing ``C_in`` (and ``C_out``).
         dilation: int or ``(dh, dw)``.
+        data_format: keyword only, not in torch. ``'NCHW'`` (torch's) or ``'NHWC'``
+            (channels last): the layout of ``x`` and of the result.
 
     Returns:
-        ``(N, C_out, H_out, W_out)`` in the dtype of ``x`` (accumulated in float32).
+        ``(N, C_out, H_out, W_out)`` (``(N, H_out, W_out, C_out)`` in ``'NHWC'``) in the
+        dtype of ``x`` (accumulated in float32).
 
     Cost: ``N * C_in * H * W * C_out / groups * kh * kw`` multiply-accumulates, those
     of the ``conv2d`` it transposes.
@@ -636,21 +669,25 @@ def conv_transpose2d(
         Array([[1., 2., 1.],
                [2., 4., 2.],
                [1., 2., 1.]], dtype=float32)
+        >>> js.conv_transpose2d(jnp.ones((2, 8, 8, 256)), w, stride=2, padding=1,
+        ...                     output_padding=1, data_format="NHWC").shape
+        (2, 16, 16, 128)
     """
     return _conv_transpose2d_checked(
         x, weight, bias, stride, padding, output_padding, groups, dilation,
-        op="conv_transpose2d",
+        op="conv_transpose2d", data_format=data_format,
     )  # fmt: skip
 
 
 @_args.unbatched(0)
 def _conv_transpose2d_checked(
-    x, weight, bias, stride, padding, output_padding, groups, dilation, *, op, dtype=None
-):
+    x, weight, bias, stride, padding, output_padding, groups, dilation, *, op, dtype=None,
+    data_format="NCHW",
+):  # fmt: skip
     """``conv_transpose2d`` with errors attributed to ``op`` (the layer's path too):
     validated here, outside the jit, before the cast to ``dtype``."""
     x, weight, bias, geom, groups = _check_conv_transpose2d(
-        x, weight, bias, stride, padding, output_padding, groups, dilation, op
+        x, weight, bias, stride, padding, output_padding, groups, dilation, op, data_format
     )
     if dtype is not None:
         x, weight = x.astype(dtype), weight.astype(dtype)
@@ -658,24 +695,28 @@ def _conv_transpose2d_checked(
     return _conv_transpose2d(x, weight, bias, geom, groups)
 
 
-def _check_conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation, op):
+def _check_conv_transpose2d(
+    x, weight, bias, stride, padding, output_padding, groups, dilation, op, data_format="NCHW"
+):
     """Every check of ``conv_transpose2d`` (``jspatial.steps`` runs them too)."""
-    x = _args.check_input(x, op, integers=True)
+    data_format = _args.check_data_format(data_format, op)
+    x = _args.check_input(x, op, integers=True, data_format=data_format)
     weight = _args.check_operand(weight, x, op, "weight")
     bias = _args.check_bias(bias, op, x)
     geom, groups = _conv_transpose_geometry(
-        x, weight, bias, stride, padding, output_padding, groups, dilation, op
+        x, weight, bias, stride, padding, output_padding, groups, dilation, op, data_format
     )
     return x, weight, bias, geom, groups
 
 
 def _conv_transpose_geometry(
-    x, weight, bias, stride, padding, output_padding, groups, dilation, op
+    x, weight, bias, stride, padding, output_padding, groups, dilation, op, data_format="NCHW"
 ):
     """Validate ``conv_transpose2d``'s arguments; return the window geometry of the
     transposed ``conv2d`` (its input: our output, its output: our input) and ``groups``."""
     w_shape = _check_weight_shape(weight, op, "(in_channels, out_channels // groups, kh, kw)")
-    n, c_in, h, w = x.shape
+    c_in = x.shape[_args.channel_axis(data_format)]
+    h, w = _args.spatial_shape(x.shape, data_format)
     w_in, c_per_group, kh, kw = w_shape
     if w_in != c_in:
         raise ValueError(
@@ -699,16 +740,14 @@ def _conv_transpose_geometry(
             f"{op} output size {out_hw} is too small: input {(h, w)}, kernel {kernel}, "
             f"stride {strides}, padding {pads}, output_padding {out_pads}, dilation {dil}"
         )
-    geom = win.Geometry(out_hw, (h, w), kernel, strides, dil, tuple((p, p) for p in pads))
-    return geom, groups
+    pads = tuple((p, p) for p in pads)
+    return win.Geometry(out_hw, (h, w), kernel, strides, dil, pads, data_format), groups
 
 
 @partial(jax.jit, static_argnums=(3, 4))
 def _conv_transpose2d(x, weight, bias, geom, groups):
     y = _conv_transpose(x, weight.astype(x.dtype), geom, groups)
-    if bias is not None:
-        y = y + bias.astype(y.dtype)[:, None, None]
-    return y.astype(x.dtype)
+    return _add_bias(y, bias, geom.layout).astype(x.dtype)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -723,12 +762,12 @@ def _conv_transpose_fwd(x, weight, geom, groups):
     w_taps = _weight_taps(weight, groups)
 
     def chunk(inputs, carry):
-        xm = _output_side(inputs[0], groups)
+        xm = _output_side(inputs[0], groups, geom.layout)
         shape = _phased_shape(inputs[0].shape[0], c_out, geom)
         yph = _input_grad_loop(xm, w_taps, geom, shape)
-        return (win.nhwc_to_nchw(win.from_phases(yph, geom)),), carry
+        return (win.from_nhwc(win.from_phases(yph, geom), geom.layout),), carry
 
-    y = jnp.zeros((n, c_out, *geom.in_hw), win.accum_dtype(x.dtype))
+    y = jnp.zeros(win.image_shape(n, c_out, geom.in_hw, geom.layout), win.accum_dtype(x.dtype))
     (y,), _ = win.over_batch_chunks(chunk, _transpose_chunks(n, geom), [x], [y])
     return y, (x, weight)
 
@@ -737,14 +776,15 @@ def _conv_transpose_bwd(geom, groups, residuals, g):
     # conv2d's forward loop on the output gradient gives the input gradient; its
     # windows, against x, give the weight gradient.
     x, weight = residuals
-    n, c_in, h, w = x.shape
+    n, c_in = x.shape[0], x.shape[_args.channel_axis(geom.layout)]
+    h, w = geom.out_hw
     w_taps = _weight_taps(weight, groups)
 
     def chunk(inputs, dw):
         xc, gc = inputs
-        gph = win.to_phases(win.nchw_to_nhwc(gc.astype(x.dtype)), geom, 0)
-        dx, dw = _forward_loop(gph, w_taps, geom, _output_side(xc, groups), dw)
-        return (win.nhwc_to_nchw(dx.reshape(xc.shape[0], h, w, c_in)),), dw
+        gph = win.to_phases(win.to_nhwc(gc.astype(x.dtype), geom.layout), geom, 0)
+        dx, dw = _forward_loop(gph, w_taps, geom, _output_side(xc, groups, geom.layout), dw)
+        return (win.from_nhwc(dx.reshape(xc.shape[0], h, w, c_in), geom.layout),), dw
 
     dw = jnp.zeros(w_taps.shape, win.accum_dtype(x.dtype))
     (dx,), dw = win.over_batch_chunks(

@@ -32,7 +32,12 @@ _AXIS_NAMES = {1: "width", 2: "height", 3: "depth"}
 
 
 def pad(
-    x: ArrayLike, pad: tuple[int, ...], mode: str = "constant", value: float | None = None
+    x: ArrayLike,
+    pad: tuple[int, ...],
+    mode: str = "constant",
+    value: float | None = None,
+    *,
+    data_format: str = "NCHW",
 ) -> jax.Array:
     """Pad (or crop) the trailing axes of ``x``, as ``torch.nn.functional.pad``.
 
@@ -51,6 +56,11 @@ def pad(
         mode: ``'constant'``, ``'reflect'``, ``'replicate'`` or ``'circular'``.
         value: the fill of ``'constant'`` mode (``None``: 0), cast to the dtype of
             ``x``; the other modes take none (or 0), as torch.
+        data_format: keyword only, not in torch. ``'NCHW'`` (torch's reading: the
+            amounts pad the trailing axes) or ``'NHWC'``, for a 4-D ``(N, H, W, C)`` or
+            3-D ``(H, W, C)`` image: the amounts keep their NCHW meaning (``(left, right,
+            top, bottom)`` pads W and H, six amounts pad C too, eight N), i.e. the
+            result is the NCHW call's, channels last.
 
     Returns:
         ``x`` with each padded axis ``lo + size + hi`` long, in the dtype of ``x``.
@@ -59,6 +69,7 @@ def pad(
         ValueError: as torch: a ``reflect`` amount must be smaller than the size of
             its axis, a ``circular`` one at most that size (after cropping),
             ``replicate`` needs a non-empty axis, and no axis may end up negative.
+            ``data_format='NHWC'`` needs a 3-D or 4-D input.
 
     Example:
         >>> import jax.numpy as jnp, jspatial as js
@@ -68,13 +79,16 @@ def pad(
         >>> js.pad(x[0], (1, -1, 1, 0), value=9.0)
         Array([[9., 9., 9., 9.],
                [9., 0., 1., 2.]], dtype=float32)
+        >>> js.pad(jnp.ones((1, 4, 4, 3)), (1, 1, 2, 0), data_format="NHWC").shape
+        (1, 6, 6, 3)
     """
-    return _pad_checked(x, pad, mode, value, op="pad")
+    return _pad_checked(x, pad, mode, value, op="pad", data_format=data_format)
 
 
-def _pad_checked(x, pad, mode, value, *, op):
+def _pad_checked(x, pad, mode, value, *, op, data_format="NCHW"):
     """``pad`` with errors attributed to ``op``."""
     x = _args.check_array(x, op, "input", floating=False)
+    data_format = _args.check_data_format(data_format, op)
     _args.one_of(mode, _MODES, op, "mode")
     if value is not None:
         value = _args.check_number(value, op, "value")
@@ -82,8 +96,9 @@ def _pad_checked(x, pad, mode, value, *, op):
             raise ValueError(
                 f"{op} mode {mode!r} does not take a value (only 'constant' does), got {value!r}"
             )
-    pads = _check_pad(x.shape, pad, mode, op)
-    return _pad_normalised(x, pads, mode, 0.0 if value is None else value)
+    pads = _check_pad(x.shape, pad, mode, op, data_format)
+    axes = _pad_axes(x.ndim, len(pads), data_format)
+    return _pad_normalised(x, pads, mode, 0.0 if value is None else value, axes)
 
 
 def _amounts(pad, ndim, mode, op):
@@ -111,12 +126,33 @@ def _amounts(pad, ndim, mode, op):
     return tuple(reversed(pairs))
 
 
-def _check_pad(shape, pad, mode, op):
+# Where each axis of an NCHW image lies in the NHWC one (by rank: batched, unbatched).
+_NHWC_AXES = {4: (0, 3, 1, 2), 3: (2, 0, 1)}
+
+
+def _pad_axes(ndim, count, data_format):
+    """The axes of an input in ``data_format`` that the ``count`` amount pairs of
+    ``_check_pad`` pad: ``None`` (the last ``count``) in NCHW; in NHWC, where those NCHW
+    axes lie (``(1, 2)`` for H and W of a batch)."""
+    if data_format == "NCHW":
+        return None
+    return _NHWC_AXES[ndim][ndim - count :]
+
+
+def _check_pad(shape, pad, mode, op, data_format="NCHW"):
     """Validate ``pad`` (torch's order) for an input of ``shape`` in ``mode``.
 
-    Returns ``((lo, hi), ...)`` for the last ``len(pad) // 2`` axes, in axis order:
-    ``((top, bottom), (left, right))`` for four amounts.
+    Returns ``((lo, hi), ...)`` for the last ``len(pad) // 2`` axes of the input read
+    as NCHW (in NHWC: of its NCHW transpose), in axis order: ``((top, bottom), (left,
+    right))`` for four amounts.
     """
+    if data_format == "NHWC":
+        if len(shape) not in _NHWC_AXES:
+            raise ValueError(
+                f"{op} data_format='NHWC' needs a 4D (batch, height, width, channels) or 3D "
+                f"(height, width, channels) input, got {len(shape)}D: {tuple(shape)}"
+            )
+        shape = tuple(shape[a] for a in _NHWC_AXES[len(shape)])
     pads = _amounts(pad, len(shape), mode, op)
     first = len(shape) - len(pads)
     for axis, (lo, hi) in enumerate(pads, first):
@@ -145,11 +181,13 @@ def _check_pad(shape, pad, mode, op):
 
 
 # Compiled once per shape, amounts and mode, so eager calls do not re-trace the slices.
-@partial(jax.jit, static_argnums=(1, 2))
-def _pad_normalised(x, pads, mode, value):
-    """Pad validated ``((lo, hi), ...)`` amounts of the last axes (``_check_pad``)."""
+@partial(jax.jit, static_argnums=(1, 2, 4))
+def _pad_normalised(x, pads, mode, value, axes=None):
+    """Pad validated ``((lo, hi), ...)`` amounts (``_check_pad``) of ``axes``, by default
+    the last ones (``_pad_axes``)."""
     fill = jnp.asarray(value, x.dtype)
-    for axis, (lo, hi) in enumerate(pads, x.ndim - len(pads)):
+    axes = range(x.ndim - len(pads), x.ndim) if axes is None else axes
+    for axis, (lo, hi) in zip(axes, pads, strict=True):
         x = _pad_axis(x, axis, lo, hi, mode, fill)
     return x
 

@@ -150,9 +150,10 @@ def _weight_transform_transpose(du, c_out, c_in):
 
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _conv3x3(x, weight, geom):
-    """Winograd convolution of NCHW ``x`` with OIHW ``weight``; ``geom`` from ``_conv_geometry``.
+    """Winograd convolution of ``x`` (in ``geom.layout``, NCHW or NHWC) with OIHW ``weight``;
+    ``geom`` from ``_conv_geometry``.
 
-    Returns NCHW in the accumulation dtype. The batch is processed in chunks
+    Returns ``geom.layout`` in the accumulation dtype. The batch is processed in chunks
     (``jspatial._windows.batch_chunks``): the transformed tiles take four times the
     memory of the input, and the products four times that of the output, so they are
     only ever held for one chunk.
@@ -182,12 +183,12 @@ def _fwd(x, weight, geom):
     u = _weight_transform(weight).astype(x.dtype)
 
     def chunk(inputs, carry):
-        xc = win.nchw_to_nhwc(inputs[0])
+        xc = win.to_nhwc(inputs[0], geom.layout)
         v = _input_transform(xc.astype(acc), tg).astype(x.dtype)
         yc = _output_transform(_products(v, u, acc), xc.shape[0], geom, tg)
-        return (win.nhwc_to_nchw(yc),), carry
+        return (win.from_nhwc(yc, geom.layout),), carry
 
-    y = jnp.zeros((x.shape[0], weight.shape[0], *geom.out_hw), acc)
+    y = jnp.zeros(win.image_shape(x.shape[0], weight.shape[0], geom.out_hw, geom.layout), acc)
     (y,), _ = win.over_batch_chunks(chunk, _chunks(x.shape[0], tg), [x], [y])
     return y, (x, weight)
 
@@ -199,14 +200,14 @@ def _bwd(geom, residuals, g):
     u = _weight_transform(weight).astype(x.dtype)
 
     def chunk(inputs, du):
-        xc, gc = (win.nchw_to_nhwc(a) for a in inputs)
+        xc, gc = (win.to_nhwc(a, geom.layout) for a in inputs)
         v = _input_transform(xc.astype(acc), tg).astype(x.dtype)
         dm = _output_transform_transpose(gc.astype(acc), geom, tg).astype(x.dtype)
 
         # _products transposed, for each k: dU[k] += V[k].T @ dM[k], dV[k] = dM[k] @ U[k].T.
         du = du + jnp.einsum("ktc,kto->kco", v, dm, preferred_element_type=acc)
         dv = jnp.einsum("kto,kco->ktc", dm, u, preferred_element_type=acc)
-        return (win.nhwc_to_nchw(_input_transform_transpose(dv, xc.shape, tg)),), du
+        return (win.from_nhwc(_input_transform_transpose(dv, xc.shape, tg), geom.layout),), du
 
     du = jnp.zeros(u.shape, acc)
     (dx,), du = win.over_batch_chunks(

@@ -111,6 +111,33 @@ def test_conv_kernel_cropped_from_same_matches_torch(hw, kernel, padding):
         assert_close(got, want, scale=10)
 
 
+@pytest.mark.parametrize(
+    "hw, kernel, padding",
+    [((7, 6), (3, 2), ((1, 0), (0, 0)))],
+    ids=str,
+)
+def test_conv_kernel_nhwc_matches_torch(hw, kernel, padding):
+    """``data_format='NHWC'``: the kernel takes and returns channels-last arrays (its
+    ``(H, W, C, N)`` order reached by one transpose each way, as from NCHW), here padded
+    less than 'same' (the 'same' kernel, cropped in NHWC)."""
+    out = tuple(hw[a] + sum(padding[a]) - kernel[a] + 1 for a in range(2))
+    geom = win.Geometry(hw, out, kernel, (1, 1), (1, 1), padding, "NHWC")
+    x, wt, cot = _random(4, (2, *hw, 3), (4, 3, *kernel), (2, *out, 4))
+    y, grads = _jit_vjp(lambda x, wt: aconv.conv2d_cropped(x, wt, geom, True), cot, x, wt)
+    (top, bottom), (left, right) = padding
+    F = _torch().nn.functional
+
+    def ref(tx, tw):  # NHWC in and out, as the kernel
+        tx = F.pad(tx.permute(0, 3, 1, 2), (left, right, top, bottom))
+        return F.conv2d(tx, tw).permute(0, 2, 3, 1)
+
+    y_ref, grads_ref = _torch_vjp(ref, cot, x, wt)
+    assert y.shape == y_ref.shape
+    assert_close(y, y_ref, scale=5)
+    for got, want in zip(grads, grads_ref, strict=True):
+        assert_close(got, want, scale=10)
+
+
 def test_conv_kernel_rejects_what_it_cannot_do():
     geom = _same_geom((8, 8), (3, 3), (1, 1))
     assert not aconv.supports(geom, 2)  # groups

@@ -67,6 +67,35 @@ def test_conv_kernels_match_torch(case, monkeypatch):
         assert_close(got, want, scale=5)
 
 
+def test_conv_kernels_nhwc_match_torch(monkeypatch):
+    """``data_format='NHWC'``: the kernels' own layout, no transpose around them. The
+    strided case (input-gradient phases, tap groups, pixel splits)."""
+    n, c, o, h, w, kernel, stride, dilation, padding, settings = CASES[1]
+    for name, value in settings.items():
+        monkeypatch.setattr(gconv, name, value)
+    geom = _geom((h, w), kernel, stride, dilation, padding)._replace(layout="NHWC")
+    rng = np.random.default_rng(1)
+    shapes = [(n, h, w, c), (o, c, *kernel), (n, *geom.out_hw, o)]
+    x, wt, cot = (rng.standard_normal(s).astype(np.float32) for s in shapes)
+    y, grads = _jit_vjp(lambda x, wt: gconv.conv2d(x, wt, geom, interpret=True), cot, x, wt)
+    (top, bottom), (left, right) = padding
+    F = _torch().nn.functional
+
+    def ref(tx, tw):  # NHWC in and out, as ours
+        tx = F.pad(tx.permute(0, 3, 1, 2), (left, right, top, bottom))
+        return F.conv2d(tx, tw, stride=stride, dilation=dilation).permute(0, 2, 3, 1)
+
+    y_ref, grads_ref = _torch_vjp(ref, cot, x, wt)
+    assert y.shape == y_ref.shape
+    assert_close(y, y_ref, scale=5)
+    for got, want in zip(grads, grads_ref, strict=True):
+        assert_close(got, want, scale=5)
+    # The forward program moves no activations: the kernel reads x as the caller holds it.
+    jaxpr = jax.make_jaxpr(lambda x, wt: gconv.conv2d(x, wt, geom, interpret=True))(x, wt)
+    moved = [e for e in jaxpr.eqns if e.primitive.name == "transpose" and e.invars[0].aval.ndim]
+    assert all(e.invars[0].aval.shape == wt.shape for e in moved), moved
+
+
 def test_supports():
     same = _geom((8, 8), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)))
     assert gconv.supports(same, 1)
@@ -83,6 +112,9 @@ def test_empty_batch():
     dx, dw = vjp(jnp.zeros_like(y))
     assert y.shape == (0, 3, 5, 5) and dx.shape == x.shape
     assert not dw.any()
+    nhwc = geom._replace(layout="NHWC")
+    y = gconv.conv2d(jnp.zeros((0, 5, 5, 2)), wt, nhwc, interpret=True)
+    assert y.shape == (0, 5, 5, 3)
 
 
 def _estimates(fn, *args):

@@ -339,6 +339,139 @@ def test_empty_batch_forward_and_backward(algorithm):
     np.testing.assert_array_equal(db, np.zeros(b.shape))
 
 
+# ------------------------------------------------------------ channels last (NHWC)
+
+
+def to_nhwc(a):
+    """NCHW -> NHWC (``(C, H, W)`` -> ``(H, W, C)`` unbatched), NumPy or JAX."""
+    return None if a is None else np.moveaxis(np.asarray(a), -3, -1)
+
+
+NHWC_CASES = [
+    "rect_1x3_stride_gt_kernel_valid_no_bias_5x5",
+    "dilation_2x3_stride_2",
+    "depthwise_multiplier_2",
+    "asymmetric_pad_groups",
+]
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "auto"])
+@pytest.mark.parametrize("name", NHWC_CASES)
+def test_conv2d_nhwc_matches_torch(name, algorithm):
+    case = CASES[name]
+    x, w, b, cot = make_data(case)
+    y_ref, (dx_ref, *dparams_ref) = torch_results(case, x, w, b, cot)
+
+    def fn(x, w, b):
+        return js.conv2d(x, w, b, **case.kwargs(), algorithm=algorithm, data_format="NHWC")
+
+    y, (dx, *dparams) = vjp_runner(fn, case.bias)(to_nhwc(x), w, b, to_nhwc(cot))
+    assert y.shape == to_nhwc(y_ref).shape
+    assert_close(y, to_nhwc(y_ref), err_msg="value")
+    assert_close(dx, to_nhwc(dx_ref), err_msg="dx")
+    for g, g_ref in zip(dparams, dparams_ref, strict=True):  # weights stay OIHW
+        assert_close(g, g_ref, err_msg="dw, db")
+
+
+def test_conv2d_nhwc_jit_eager_and_unbatched():
+    case = CASES["dilation_2x3_stride_2"]
+    x, w, b, _ = make_data(case)
+    expected = to_nhwc(js_results("dilation_2x3_stride_2")[0])
+    fn = functools.partial(js.conv2d, **case.kwargs(), data_format="NHWC")
+    with jax.disable_jit():
+        eager = fn(to_nhwc(x), w, b)
+    assert_close(eager, expected)
+    assert_close(jax.jit(fn)(to_nhwc(x), w, b), expected)
+    unbatched = fn(to_nhwc(x[1]), w, b)  # (H, W, C)
+    assert unbatched.shape == expected.shape[1:]
+    assert_close(unbatched, expected[1])
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "circular"])
+def test_conv2d_padding_mode_nhwc_matches_torch(padding_mode):
+    # The layers' path: pad with jspatial.pad (its NHWC axes), then convolve unpadded.
+    torch = pytest.importorskip("torch")
+    x, w, b, _ = make_data(Case((2, 3, 5, 6), (4, 3, 3, 2)))
+    pads = ((1, 1), (2, 1))  # 'same' for a 3x2 kernel, asymmetric
+    tx = torch.nn.functional.pad(torch.tensor(x), (2, 1, 1, 1), mode=padding_mode)
+    y_ref = torch.nn.functional.conv2d(tx, torch.tensor(w), torch.tensor(b)).numpy()
+    y = js.conv._conv2d_checked(
+        to_nhwc(x), w, b, 1, pads, 1, 1, op="Conv2d", padding_mode=padding_mode,
+        data_format="NHWC",
+    )  # fmt: skip
+    assert_close(y, to_nhwc(y_ref))
+
+
+def test_conv2d_nhwc_integers_match_nchw():
+    x = jnp.arange(2 * 3 * 5 * 4, dtype=jnp.int32).reshape(2, 3, 5, 4) % 7
+    w = jnp.arange(2 * 3 * 3 * 3, dtype=jnp.int32).reshape(2, 3, 3, 3) % 5 - 2
+    y = js.conv2d(x, w, None, 2, 1)
+    np.testing.assert_array_equal(js.conv2d(to_nhwc(x), w, None, 2, 1, data_format="NHWC"),
+                                  to_nhwc(y))  # fmt: skip
+
+
+def _eqns(jaxpr):
+    """Every equation of ``jaxpr``, including those of nested jaxprs."""
+    for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for v in value if isinstance(value, (tuple, list)) else (value,):
+                if hasattr(v, "eqns") or hasattr(getattr(v, "jaxpr", None), "eqns"):
+                    yield from _eqns(v)
+
+
+def transposed_shapes(fn, *args):
+    """The shapes of every array ``fn`` transposes (forward and backward)."""
+    grad = jax.grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=tuple(range(len(args))))
+    shapes = set()
+    for f in (fn, grad):
+        for eqn in _eqns(jax.make_jaxpr(f)(*args)):
+            if eqn.primitive.name == "transpose":
+                shapes.add(tuple(eqn.invars[0].aval.shape))
+    return shapes
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "im2col", "winograd"])
+def test_nhwc_moves_no_activations(algorithm):
+    """In NHWC the loops run on the caller's arrays: no transpose of the input, the output
+    or their gradients (the weights are still rearranged into taps). NCHW has them."""
+    x, w = jnp.ones((2, 6, 7, 4)), jnp.ones((5, 4, 3, 3))
+    activations = {x.shape, (2, 6, 7, 5), (2, 4, 6, 7), (2, 5, 6, 7)}
+    for data_format, xin in (("NHWC", x), ("NCHW", jnp.transpose(x, (0, 3, 1, 2)))):
+
+        def fn(x, w, data_format=data_format):
+            return js.conv2d(x, w, padding=1, algorithm=algorithm, data_format=data_format)
+
+        moved = transposed_shapes(fn, xin, w) & activations
+        assert bool(moved) == (data_format == "NCHW"), (data_format, moved)
+
+
+@pytest.mark.parametrize("fmt", ["nhwc", "NCWH", None, 1])
+def test_bad_data_format(fmt):
+    err = TypeError if not isinstance(fmt, str) else ValueError
+    with pytest.raises(err, match=r"^conv2d data_format"):
+        js.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 2, 3, 3)), data_format=fmt)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: js.conv2d(jnp.ones((1, 6, 6, 4)), jnp.ones((3, 6, 3, 3)), data_format="NHWC"),
+         r"^conv2d expected 6 input channels, got 4"),
+        (lambda: js.conv2d(jnp.ones((6, 6)), jnp.ones((3, 6, 3, 3)), data_format="NHWC"),
+         r"^conv2d expected 3D \(unbatched: height, width, channels\) or 4D \(batch, height, "
+         r"width, channels\) input, got 2D"),
+        (lambda: js.conv2d(jnp.ones((1, 2, 2, 4)), jnp.ones((3, 4, 3, 3)), data_format="NHWC"),
+         r"^conv2d kernel \(3, 3\) does not fit the padded input \(2, 2\)"),
+        (lambda: js.conv2d(jnp.ones((1, 6, 6, 0)), jnp.ones((3, 0, 3, 3)), data_format="NHWC"),
+         r"^conv2d expected at least one channel"),
+    ],
+)  # fmt: skip
+def test_nhwc_errors_read_the_channel_axis(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
 # --------------------------------------------------------------------------- errors
 
 X = jnp.ones((2, 4, 6, 6))
@@ -499,6 +632,29 @@ OPS = {
             x, jnp.ones((3, 2, 3, 3)), None, 1, 1, 1, 1, op="Conv2d", padding_mode="reflect"
         ),
         (2, 2, 5, 6),
+    ),
+    "conv2d_nhwc": (
+        lambda x: js.conv2d(x, jnp.ones((3, 2, 3, 2)), stride=2, padding=1, data_format="NHWC"),
+        (2, 7, 9, 2),
+    ),
+    "conv_transpose2d_nhwc": (
+        lambda x: js.conv_transpose2d(x, jnp.ones((2, 3, 3, 2)), None, 2, 1, 1, data_format="NHWC"),
+        (2, 4, 5, 2),
+    ),
+    "conv2d_padding_mode_nhwc": (
+        lambda x: js.conv._conv2d_checked(
+            x,
+            jnp.ones((3, 2, 3, 3)),
+            None,
+            1,
+            1,
+            1,
+            1,
+            op="Conv2d",
+            padding_mode="reflect",
+            data_format="NHWC",
+        ),  # fmt: skip
+        (2, 5, 6, 2),
     ),
 }
 

@@ -53,6 +53,45 @@ def test_winograd_matches_direct_and_xla(shape, out_channels, padding):
         assert_close(got, want, scale=5)
 
 
+@pytest.mark.parametrize(
+    "algorithm, shape, out_channels, kernel, kwargs",
+    [
+        ("winograd", (2, 3, 7, 9), 4, (3, 3), dict(padding=1)),  # a half-outside last tile
+        ("winograd", (1, 4, 5, 6), 3, (3, 3), dict(padding=((1, 0), (2, 1)))),
+        ("im2col", (2, 3, 11, 10), 5, (3, 2), dict(stride=(2, 3), padding=(1, 0), dilation=2)),
+        ("im2col", (2, 3, 8, 8), 4, (2, 2), dict(stride=4, padding=1)),  # stride > kernel
+    ],
+)
+def test_nhwc_matches_torch(algorithm, shape, out_channels, kernel, kwargs):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((out_channels, shape[1], *kernel)).astype(np.float32)
+    b = rng.standard_normal(out_channels).astype(np.float32)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    pads = kwargs.get("padding", 0)
+    if not isinstance(pads, int) and not isinstance(pads[0], int):
+        (top, bottom), (left, right) = pads
+        ty = F.conv2d(F.pad(tx, (left, right, top, bottom)), tw, tb)
+    else:
+        ty = F.conv2d(tx, tw, tb, **kwargs)
+    cot = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
+    ty.backward(torch.tensor(cot))
+    nhwc = lambda a: np.moveaxis(np.asarray(a), 1, -1)  # noqa: E731
+
+    def ours(x, w, b):
+        return js.conv2d(x, w, b, algorithm=algorithm, data_format="NHWC", **kwargs)
+
+    y, vjp = jax.vjp(ours, nhwc(x), w, b)
+    dx, dw, db = vjp(nhwc(cot))
+    scale = 5 if algorithm == "winograd" else 1  # the transforms' extra rounding
+    assert_close(y, nhwc(ty.detach()), scale=scale)
+    assert_close(dx, nhwc(tx.grad), scale=scale)
+    assert_close(dw, tw.grad.numpy(), scale=scale)
+    assert_close(db, tb.grad.numpy(), scale=scale)
+
+
 def test_winograd_check_grads_float64(x64):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 5, 6)))
     w = jnp.asarray(np.random.default_rng(1).standard_normal((4, 3, 3, 3)))
@@ -166,6 +205,9 @@ def test_auto_picks_im2col_for_the_first_layer():
         ("winograd", (5, 3, 6, 6), 4, dict(padding=0)),
         ("im2col", (6, 3, 7, 9), 5, dict(padding=1)),
         ("im2col", (4, 2, 9, 8), 6, dict(stride=(2, 1), padding=(0, 1), dilation=2)),
+        # Channels last: the chunks are the same strided rows of the caller's array.
+        ("direct", (4, 9, 8, 4), 6, dict(stride=2, padding=(0, 1), groups=2, data_format="NHWC")),
+        ("winograd", (6, 7, 9, 4), 5, dict(padding=1, data_format="NHWC")),
     ],
 )
 def test_batch_chunks_give_the_unchunked_result(
@@ -178,7 +220,8 @@ def test_batch_chunks_give_the_unchunked_result(
     kx, kw, kg = jax.random.split(jax.random.key(3), 3)
     x = jax.random.normal(kx, shape)
     groups = kwargs.get("groups", 1)
-    w = jax.random.normal(kw, (out_channels, shape[1] // groups, 3, 3))
+    c_in = shape[-1] if kwargs.get("data_format") == "NHWC" else shape[1]
+    w = jax.random.normal(kw, (out_channels, c_in // groups, 3, 3))
 
     def f(x, w):
         return js.conv2d(x, w, algorithm=algorithm, **kwargs)

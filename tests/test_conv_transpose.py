@@ -13,7 +13,7 @@ from jax import lax
 
 import jspatial as js
 from jspatial import reference
-from tests.test_conv import FORBIDDEN, _primitives
+from tests.test_conv import FORBIDDEN, _primitives, to_nhwc, transposed_shapes
 from tests.tolerances import assert_close, fast_jit
 
 torch = pytest.importorskip("torch")
@@ -127,6 +127,60 @@ def test_eager_equals_jit_and_torch():
     jitted = jax.jit(lambda x, w, b: js.conv_transpose2d(x, w, b, **kwargs))(x, w, b)
     for y in (eager, positional, jitted):
         assert_close(y, y_ref)
+
+
+@pytest.mark.parametrize(
+    "name", ["upsample_2x", "rect_kernel_rect_stride", "stride_gt_kernel", "depthwise"]
+)
+def test_nhwc_matches_torch_values_and_gradients(name):
+    x, w, b, kwargs = make_data(name)
+    y_ref, cot, (dx_ref, *dparams_ref) = torch_results(x, w, b, kwargs)
+
+    def run(x, w, b, cot):
+        y, pull = jax.vjp(
+            lambda x, w, b: js.conv_transpose2d(x, w, b, **kwargs, data_format="NHWC"), x, w, b
+        )
+        return y, pull(cot)
+
+    args = (w, np.zeros(w.shape[1] * kwargs["groups"], np.float32) if b is None else b)
+    y, (dx, *dparams) = fast_jit(run)(to_nhwc(x), *args, to_nhwc(cot))
+    assert y.shape == to_nhwc(y_ref).shape
+    assert_close(y, to_nhwc(y_ref), err_msg="value")
+    assert_close(dx, to_nhwc(dx_ref), err_msg="dx")
+    for g, g_ref in zip(dparams, dparams_ref):  # weights stay (C_in, C_out / groups, kh, kw)
+        assert_close(g, g_ref, err_msg="dw, db")
+
+
+def test_nhwc_eager_and_unbatched():
+    x, w, b, kwargs = make_data("groups_2")
+    y_ref, _, _ = torch_results(x, w, b, kwargs)
+    with jax.disable_jit():
+        eager = js.conv_transpose2d(to_nhwc(x), w, b, **kwargs, data_format="NHWC")
+    assert_close(eager, to_nhwc(y_ref))
+    unbatched = js.conv_transpose2d(to_nhwc(x[0]), w, b, **kwargs, data_format="NHWC")
+    assert unbatched.shape == to_nhwc(y_ref[0]).shape
+    assert_close(unbatched, to_nhwc(y_ref[0]))
+
+
+def test_nhwc_moves_no_activations():
+    # The scatter loop writes the caller's channels-last array directly: no transpose of
+    # the input, the output or their gradients (NCHW has them).
+    x, w = jnp.ones((2, 4, 5, 3)), jnp.ones((3, 2, 3, 3))
+    activations = {(2, 4, 5, 3), (2, 8, 10, 2), (2, 3, 4, 5), (2, 2, 8, 10)}
+    for data_format, xin in (("NHWC", x), ("NCHW", jnp.transpose(x, (0, 3, 1, 2)))):
+
+        def fn(x, w, data_format=data_format):
+            return js.conv_transpose2d(x, w, None, 2, 1, 1, data_format=data_format)
+
+        moved = transposed_shapes(fn, xin, w) & activations
+        assert bool(moved) == (data_format == "NCHW"), (data_format, moved)
+
+
+def test_nhwc_bad_data_format_and_channel_axis():
+    with pytest.raises(ValueError, match=r"^conv_transpose2d data_format must be 'NCHW' or"):
+        js.conv_transpose2d(jnp.ones((1, 4, 4, 2)), jnp.ones((2, 3, 3, 3)), data_format="CHWN")
+    with pytest.raises(ValueError, match=r"^conv_transpose2d expected 2 input channels .* got 4"):
+        js.conv_transpose2d(jnp.ones((1, 2, 2, 4)), jnp.ones((2, 3, 3, 3)), data_format="NHWC")
 
 
 @pytest.mark.parametrize("name", ["upsample_2x", "rect_kernel_rect_stride", "groups_2"])

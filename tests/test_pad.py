@@ -43,6 +43,52 @@ def test_matches_torch_values_and_gradients(case):
     assert_close(pull(cot)[0], tx.grad.numpy())
 
 
+NHWC_CASES = [
+    ("constant", (1, 2, 3, 0)), ("reflect", (2, -1, 0, 1)), ("replicate", (-1, 2, -2, 1)),
+    ("circular", (1, 2, 3, 0)), ("constant", (1, 0, 2, 1, 1, 1)), ("constant", (1, 1)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("case", NHWC_CASES, ids=map(_ids, NHWC_CASES))
+def test_nhwc_pads_the_nchw_axes(case, batched):
+    """``pad(to_nhwc(x), pad, data_format='NHWC') == to_nhwc(pad(x, pad))``: the amounts
+    keep their NCHW axes (W, H, then C); torch's values and gradients, jit and eager."""
+    mode, pad = case
+    x = X if batched else X[0]
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.pad(tx, pad, mode=mode)
+    cot = np.random.default_rng(1).standard_normal(tuple(ty.shape)).astype(np.float32)
+    ty.backward(torch.tensor(cot))
+    nhwc = lambda a: np.moveaxis(np.asarray(a), -3, -1)  # noqa: E731
+
+    def f(x):
+        return js.pad(x, pad, mode, data_format="NHWC")
+
+    y, pull = jax.vjp(jax.jit(f), nhwc(x))
+    np.testing.assert_array_equal(y, nhwc(ty.detach()))
+    assert_close(pull(nhwc(cot))[0], nhwc(tx.grad))
+    with jax.disable_jit():
+        np.testing.assert_array_equal(f(nhwc(x)), nhwc(ty.detach()))
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (lambda: js.pad(X, (1, 1), data_format="nchw"), ValueError,
+         r"^pad data_format must be 'NCHW' or 'NHWC', got 'nchw'"),
+        (lambda: js.pad(X[0, 0], (1, 1), data_format="NHWC"), ValueError,
+         r"^pad data_format='NHWC' needs a 4D \(batch, height, width, channels\) or 3D "
+         r"\(height, width, channels\) input, got 2D"),
+        (lambda: js.pad(jnp.ones((1, 5, 4, 2)), (4, 0, 0, 0), "reflect", data_format="NHWC"),
+         ValueError, r"^pad reflect padding must be smaller than the input width 4"),
+    ],
+)  # fmt: skip
+def test_nhwc_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
 def test_constant_value_jit_and_eager():
     expected = torch.nn.functional.pad(torch.tensor(X), (2, 1, 0, 3), value=-1.5).numpy()
     eager = js.pad(X, (2, 1, 0, 3), "constant", -1.5)

@@ -17,7 +17,10 @@ batch norm     ``tpu.norm``: fused whole-array statistics     (the portable loop
 ``kernel_for(op, target, ...)`` answers the question "is there an on-chip version of
 this op, with this geometry, for this target?" with a function or ``None``, and
 ``per_target(portable, kernels, *args)`` builds the program: one branch per target
-that has a kernel, the portable version everywhere else.
+that has a kernel, the portable version everywhere else. A kernel takes and returns
+the op's arrays in the op's layout (``geom.layout``, the caller's ``data_format``):
+the TPU kernels run ``(H, W, C, N)`` inside and the GPU ones ``NHWC``, so in
+``data_format='NHWC'`` the GPU convolution has no transpose around it at all.
 
 The choice must follow the compile target, not the host: a program traced on a CPU
 may be lowered for a TPU or a GPU. ``lax.platform_dependent`` stages every branch and

@@ -246,8 +246,8 @@ def taps_forward(x, w_taps, out_hw, phases, *, step=(1, 1), out_step=(1, 1), int
             pl.BlockSpec((n * hs * ws, k), lambda j, i, p: (0, 0)),  # gathered from, whole
             pl.BlockSpec((taps, kp, bo), lambda j, i, p: (0, 0, j)),
         ],
-        # Scattered into, whole, with one spare row (cut off below; XLA fuses the cut
-        # into the layout transpose that follows).
+        # Scattered into, whole, with one spare row (cut off below; in NCHW, XLA fuses
+        # the cut into the layout transpose that follows).
         out_specs=pl.BlockSpec((n * ho * wo + 1, o), lambda j, i, p: (0, 0)),
         out_shape=jax.ShapeDtypeStruct((n * ho * wo + 1, o), x.dtype),
         cost_estimate=cost,
@@ -370,16 +370,19 @@ def _input_grad_phases(geom: win.Geometry) -> tuple[_Phase, ...]:
 
 
 def conv2d(x, weight, geom: win.Geometry, *, interpret: bool = False):
-    """Ungrouped convolution, NCHW in and out, through the GPU kernels (``supports``).
+    """Ungrouped convolution, in and out in ``geom.layout``, through the GPU kernels
+    (``supports``). The kernels run channels-last: NCHW arrays are transposed in and out,
+    NHWC ones go in as they are.
 
     Args:
-        x: ``(N, C_in, H, W)``.
+        x: ``(N, C_in, H, W)``, or ``(N, H, W, C_in)`` where ``geom.layout`` is NHWC.
         weight: ``(C_out, C_in, kh, kw)``.
         geom: the window geometry (``geom.in_hw == (H, W)``).
         interpret: run the kernels in Pallas' interpret mode (any backend, slowly).
 
     Returns:
-        ``(N, C_out, H_out, W_out)`` in ``x``'s dtype; differentiable in both modes
+        ``(N, C_out, H_out, W_out)`` (NHWC: ``(N, H_out, W_out, C_out)``) in ``x``'s
+        dtype; differentiable in both modes
         (``jspatial._linear.defbilinear``: the backward pass runs the input-gradient and
         weight-gradient kernels).
     """
@@ -394,13 +397,13 @@ def _conv2d(x, weight, geom, interpret):
 def _fwd(x, weight, geom, interpret):
     o = weight.shape[0]
     if x.shape[0] == 0:
-        return jnp.zeros((0, o, *geom.out_hw), x.dtype), (x, weight)
+        return jnp.zeros(win.image_shape(0, o, geom.out_hw, geom.layout), x.dtype), (x, weight)
     w_taps = jnp.transpose(weight, (2, 3, 1, 0)).reshape(geom.taps, -1, o)  # (taps, C, O)
     y = taps_forward(
-        win.nchw_to_nhwc(x), w_taps, geom.out_hw, _forward_phases(geom), step=geom.stride,
-        interpret=interpret,
+        win.to_nhwc(x, geom.layout), w_taps, geom.out_hw, _forward_phases(geom),
+        step=geom.stride, interpret=interpret,
     )  # fmt: skip
-    return win.nhwc_to_nchw(y), (x, weight)
+    return win.from_nhwc(y, geom.layout), (x, weight)
 
 
 def _bwd(geom, interpret, residuals, g):
@@ -408,14 +411,14 @@ def _bwd(geom, interpret, residuals, g):
     o, c, kh, kw = weight.shape
     if x.shape[0] == 0:
         return jnp.zeros_like(x), jnp.zeros_like(weight)
-    xt, gt = win.nchw_to_nhwc(x), win.nchw_to_nhwc(g.astype(x.dtype))
+    xt, gt = win.to_nhwc(x, geom.layout), win.to_nhwc(g.astype(x.dtype), geom.layout)
     w_t = jnp.transpose(weight, (2, 3, 0, 1)).reshape(geom.taps, o, c)  # tap t's w[t].T
     dx = taps_forward(
         gt, w_t, geom.in_hw, _input_grad_phases(geom), out_step=geom.stride, interpret=interpret
     )
     dw = taps_weight_grad(xt, gt, geom, interpret=interpret)  # (taps, C, O)
     dw = jnp.transpose(dw.reshape(kh, kw, c, o), (3, 2, 0, 1))
-    return win.nhwc_to_nchw(dx), dw.astype(weight.dtype)
+    return win.from_nhwc(dx, geom.layout), dw.astype(weight.dtype)
 
 
 defbilinear(_conv2d, _bwd)  # forward mode: conv2d(dx, w) + conv2d(x, dw); reverse: _bwd

@@ -6,7 +6,8 @@ is a round trip to HBM. This kernel keeps the same loop but moves it on-chip, in
 the order a TPU stores activations: ``(H, W, C, N)``, the batch on the 128-wide
 lanes and the channels on the sublanes, so that every pixel is one ``(C, N)``
 tile of 128 images (XLA stores a convolution's activations that way itself, and
-the ``NCHW -> HWCN`` transposes around the kernel then cost nothing). A block of
+the ``NCHW -> HWCN`` (or ``NHWC -> HWCN``, in ``data_format='NHWC'``) transposes
+around the kernel then cost nothing). A block of
 128 images is loaded into VMEM once, and for every output pixel::
 
     for t in range(kh * kw):                          # the taps, unrolled
@@ -83,7 +84,8 @@ def same_size(geom: win.Geometry, groups: int) -> win.Geometry | None:
 def conv2d_cropped(x, weight, geom: win.Geometry, interpret=False):
     """``geom``'s convolution (``same_size(geom, 1)`` must exist) as the 'same' kernel, cropped."""
     ho, wo = geom.out_hw
-    return conv2d(x, weight, same_size(geom, 1), interpret)[:, :, :ho, :wo]
+    y = conv2d(x, weight, same_size(geom, 1), interpret)
+    return y[:, :, :ho, :wo] if geom.layout == "NCHW" else y[:, :ho, :wo]
 
 
 def _offsets(geom: win.Geometry, sign: int):
@@ -237,24 +239,26 @@ def taps_weight_grad(x, g, offsets, *, interpret=False):
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def conv2d(x, weight, geom: win.Geometry, interpret=False):
-    """Ungrouped stride-1 'same' convolution, NCHW in and out: ``(N, C_out, H, W)``."""
+    """Ungrouped stride-1 'same' convolution, in and out in ``geom.layout``:
+    ``(N, C_out, H, W)`` (NCHW) or ``(N, H, W, C_out)`` (NHWC)."""
     return _fwd(x, weight, geom, interpret)[0]
 
 
 def _fwd(x, weight, geom, interpret):
     o, c = weight.shape[:2]
     w_mat = jnp.transpose(weight, (0, 2, 3, 1)).reshape(o, -1)  # (O, taps * C), tap-major
-    y = taps_forward(win.nchw_to_hwcn(x), w_mat, _offsets(geom, 1), interpret=interpret)
-    return win.hwcn_to_nchw(y), (x, weight)
+    y = taps_forward(win.to_hwcn(x, geom.layout), w_mat, _offsets(geom, 1), interpret=interpret)
+    return win.from_hwcn(y, geom.layout), (x, weight)
 
 
 def _bwd(geom, interpret, residuals, g):
     x, weight = residuals
     o, c, kh, kw = weight.shape
-    xt, gt = win.nchw_to_hwcn(x), win.nchw_to_hwcn(g.astype(x.dtype))
+    xt, gt = win.to_hwcn(x, geom.layout), win.to_hwcn(g.astype(x.dtype), geom.layout)
     # The transposed taps: tap t's weights transposed, its offsets negated.
     w_t = jnp.transpose(weight, (1, 2, 3, 0)).reshape(c, -1)  # (C, taps * O)
-    dx = win.hwcn_to_nchw(taps_forward(gt, w_t, _offsets(geom, -1), interpret=interpret))
+    dx = taps_forward(gt, w_t, _offsets(geom, -1), interpret=interpret)
+    dx = win.from_hwcn(dx, geom.layout)
     dw = taps_weight_grad(xt, gt, _offsets(geom, 1), interpret=interpret)
     dw = jnp.transpose(dw.reshape(o, kh, kw, c), (0, 3, 1, 2))
     return dx, dw.astype(weight.dtype)
