@@ -10,6 +10,11 @@ each in a fresh subprocess.
 
     python -m bench.train_step                  # batch 512, writes bench/out/train_step.md
     python -m bench.train_step --batch 256 --repeats 3
+    python -m bench.train_step --data-format NHWC   # the jspatial model's layers channels last
+
+``--data-format`` is the layout of the jspatial model's layers (and so of its input batch,
+made NHWC once, outside the timed step); the Flax model is NHWC and the PyTorch one
+channels_last whatever it says.
 """
 
 from __future__ import annotations
@@ -70,11 +75,11 @@ class FlaxAirbench(nnx.Module):
 # ----------------------------------------------------------------------------- JAX steps
 
 
-def build(kind: str):
+def build(kind: str, data_format: str = "NCHW"):
     if kind == "jspatial":
         from train.models import Airbench94
 
-        model = Airbench94(rngs=nnx.Rngs(0))
+        model = Airbench94(rngs=nnx.Rngs(0), data_format=data_format)
     else:
         model = FlaxAirbench(nnx.Rngs(0))
     tx = optax.sgd(1e-3, momentum=0.85, nesterov=True)
@@ -94,14 +99,18 @@ def build(kind: str):
     return model, optimizer, step
 
 
-def batch(n: int):
+def batch(n: int, data_format: str = "NCHW"):
+    """A random NCHW batch of ``n`` images and labels, the images in ``data_format``."""
+    from train.models import model_input
+
     kx, ky = jax.random.split(jax.random.key(0))
-    return jax.random.normal(kx, (n, 3, 32, 32)), jax.random.randint(ky, (n,), 0, 10)
+    x = jax.random.normal(kx, (n, 3, 32, 32))
+    return model_input(x, data_format), jax.random.randint(ky, (n,), 0, 10)
 
 
-def jax_runner(kind: str, n: int):
-    model, optimizer, step = build(kind)
-    x, y = batch(n)
+def jax_runner(kind: str, n: int, data_format: str = "NCHW"):
+    model, optimizer, step = build(kind, data_format)
+    x, y = batch(n, data_format if kind == "jspatial" else "NCHW")
     start = time.perf_counter()
     jax.block_until_ready(step(model, optimizer, x, y))
     compile_s = time.perf_counter() - start
@@ -136,8 +145,8 @@ def torch_runner(n: int, device: str = "cpu"):
     return step, time.perf_counter() - start
 
 
-def runner(kind: str, n: int):
-    return torch_runner(n) if kind == "torch" else jax_runner(kind, n)
+def runner(kind: str, n: int, data_format: str = "NCHW"):
+    return torch_runner(n) if kind == "torch" else jax_runner(kind, n, data_format)
 
 
 def _peak_rss_mb() -> float:
@@ -156,12 +165,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_rss_mb(kind: str, n: int) -> float:
+def peak_rss_mb(kind: str, n: int, data_format: str = "NCHW") -> float:
     """Peak resident memory of a fresh process that builds ``kind`` and runs 2 steps."""
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.train_step", "--rss-child", kind, "--batch", str(n)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "bench.train_step", "--rss-child", kind, "--batch", str(n),
+               "--data-format", data_format]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
@@ -171,12 +179,14 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--kinds", default="jspatial,flax,torch")
     parser.add_argument("--no-rss", action="store_true")
+    parser.add_argument("--data-format", choices=("NCHW", "NHWC"), default="NCHW",
+                        help="layout of the jspatial model's layers and input")  # fmt: skip
     parser.add_argument("--rss-child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="bench/out/train_step.md")
     args = parser.parse_args(argv)
 
     if args.rss_child:
-        step, _ = runner(args.rss_child, args.batch)
+        step, _ = runner(args.rss_child, args.batch, args.data_format)
         step()
         print(json.dumps({"peak_rss_mb": _peak_rss_mb()}))
         return
@@ -184,7 +194,7 @@ def main(argv=None) -> None:
     kinds = args.kinds.split(",")
     steps, compile_s = {}, {}
     for kind in kinds:
-        steps[kind], compile_s[kind] = runner(kind, args.batch)
+        steps[kind], compile_s[kind] = runner(kind, args.batch, args.data_format)
         print(f"  {kind}: first step (compile + run) {compile_s[kind]:.1f} s", flush=True)
     times = {k: [] for k in kinds}
     for order in interleaved(kinds, args.repeats):
@@ -192,7 +202,9 @@ def main(argv=None) -> None:
             start = time.perf_counter()
             steps[kind]()
             times[kind].append(time.perf_counter() - start)
-    rss = {k: (None if args.no_rss else peak_rss_mb(k, args.batch)) for k in kinds}
+    rss = {
+        k: (None if args.no_rss else peak_rss_mb(k, args.batch, args.data_format)) for k in kinds
+    }
 
     best = {k: min(v) for k, v in times.items()}
     lines = [
@@ -201,7 +213,7 @@ def main(argv=None) -> None:
         f"Machine: {machine()}",
         "",
         f"airbench94 (widths {WIDTHS}), float32, batch {args.batch}, min of {args.repeats} "
-        "interleaved steps.",
+        f"interleaved steps; jspatial layers in {args.data_format}.",
         "",
         "| implementation | step s | images/s | vs Flax built-ins | vs PyTorch | "
         "first step s | compile s (first - steady) | peak RSS MB |",

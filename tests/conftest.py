@@ -15,3 +15,9 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch (the oracle), or a skip of the test that asks for it where it is missing."""
+    return pytest.importorskip("torch")

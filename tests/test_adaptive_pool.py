@@ -19,9 +19,6 @@ from jspatial import _windows as win
 from tests.test_pool import forward_and_backward_primitives
 from tests.tolerances import assert_close, fast_jit
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
-
 
 def _random_configs(count, seed=11):
     """Random odd-sized planes and output sizes, some above the input, some ``None``."""
@@ -81,7 +78,8 @@ def js_results(kind, name):
     return tuple(np.asarray(a) for a in out)
 
 
-def torch_results(kind, output_size, x, cot):
+def torch_results(torch, kind, output_size, x, cot):
+    F = torch.nn.functional
     tx = torch.tensor(x, requires_grad=True)
     if kind == "avg":
         y = F.adaptive_avg_pool2d(tx, output_size)
@@ -94,10 +92,10 @@ def torch_results(kind, output_size, x, cot):
 
 @pytest.mark.parametrize("kind", ["avg", "max"])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_matches_torch(kind, name):
+def test_matches_torch(torch, kind, name):
     x, cot = make_data(name)
     ours = js_results(kind, name)
-    expected = torch_results(kind, CONFIGS[name][1], x, cot)
+    expected = torch_results(torch, kind, CONFIGS[name][1], x, cot)
     assert ours[0].shape == expected[0].shape
     assert_close(ours[0], expected[0], err_msg="value")
     assert_close(ours[-1], expected[-1], err_msg="dx")
@@ -108,10 +106,10 @@ def test_matches_torch(kind, name):
 
 @pytest.mark.parametrize("kind", ["avg", "max"])
 @pytest.mark.parametrize("name", ["odd_7x9_to_3x4", "divisible_6x8_to_3x4"])
-def test_eager_matches_torch(kind, name):
+def test_eager_matches_torch(torch, kind, name):
     x, cot = make_data(name)
     ours = vjp_fn(kind, CONFIGS[name][1])(x, cot)  # no outer jit
-    expected = torch_results(kind, CONFIGS[name][1], x, cot)
+    expected = torch_results(torch, kind, CONFIGS[name][1], x, cot)
     for a, b in zip(ours, expected, strict=True):
         assert_close(a, b)
 
@@ -136,14 +134,14 @@ def test_windows_follow_torch_rule():
             assert min(lengths) >= 1 and max(lengths) <= -(-size // out) + 1
 
 
-def test_max_ties_nans_and_minus_inf_match_torch():
+def test_max_ties_nans_and_minus_inf_match_torch(torch):
     rng = np.random.default_rng(5)
     x = rng.integers(0, 3, (2, 2, 7, 9)).astype(np.float32)  # ties in every window
     x[0, 0, 1, 1] = x[0, 0, 1, 2] = x[0, 0, 2, 1] = np.nan  # the last NaN wins
     x[1, 1, :3] = -np.inf  # windows of only -inf: the first cell wins
     cot = rng.standard_normal((2, 2, 3, 4)).astype(np.float32)
     y, indices, dx = fast_jit(vjp_fn("max", (3, 4)))(x, cot)
-    t_y, t_indices, t_dx = torch_results("max", (3, 4), x, cot)
+    t_y, t_indices, t_dx = torch_results(torch, "max", (3, 4), x, cot)
     np.testing.assert_array_equal(np.asarray(y), t_y)  # NaNs in the same places
     np.testing.assert_array_equal(np.asarray(indices), t_indices)
     assert_close(dx, t_dx)
@@ -169,7 +167,8 @@ def test_empty_batch_forward_and_backward(kind):
 
 
 @pytest.mark.parametrize("kind", ["avg", "max"])
-def test_float64_and_int64_indices(x64, kind):
+def test_float64_and_int64_indices(x64, torch, kind):
+    F = torch.nn.functional
     x = np.asarray(make_data("odd_7x9_to_3x4")[0], np.float64)
     tx = torch.from_numpy(x)
     if kind == "max":
@@ -198,14 +197,14 @@ def test_jaxpr_is_a_tap_loop(kind, name):
         assert names & {"while", "scan"}, names
 
 
-def test_bfloat16():
+def test_bfloat16(torch):
     x, cot = make_data("odd_7x9_to_3x4")
     x, cot = jnp.asarray(x, jnp.bfloat16), jnp.asarray(cot, jnp.bfloat16)
     for kind in ("avg", "max"):
         out = fast_jit(vjp_fn(kind, (3, 4)))(x, cot)
         assert out[0].dtype == out[-1].dtype == jnp.bfloat16
         # Torch in float32 on the same (rounded) data.
-        ref = torch_results(kind, (3, 4), *(np.asarray(a, np.float32) for a in (x, cot)))
+        ref = torch_results(torch, kind, (3, 4), *(np.asarray(a, np.float32) for a in (x, cot)))
         for a, b in zip(out, ref, strict=True):
             assert_close(a, b, jnp.bfloat16)
 
@@ -239,7 +238,7 @@ def test_errors(op, x, output_size, err, match):
 
 
 @pytest.mark.parametrize("op", ADAPTIVE)
-def test_torch_tensor_is_refused_and_nested_lists_convert(op):
+def test_torch_tensor_is_refused_and_nested_lists_convert(torch, op):
     with pytest.raises(TypeError, match=rf"^{op} input is a torch.Tensor"):
         ADAPTIVE[op](torch.ones(1, 2, 5, 5), 2)
     nested = np.arange(50.0, dtype=np.float32).reshape(1, 2, 5, 5)

@@ -143,11 +143,13 @@ def test_pool_params_normalises_every_argument():
 
 
 @pytest.mark.parametrize(
-    "kernel, padding",
-    [(3, 1), (2, 1), ((4, 2), (2, 1)), ((5, 1), (2, 0)), (1, 0)],
-)
-def test_pool_params_padding_up_to_half_kernel(kernel, padding):
-    _args.pool_params(kernel, None, padding, 1, "max_pool2d")
+    "kernel, padding, expected_kernel, expected_pads",
+    [(3, 1, (3, 3), (1, 1)), (2, 1, (2, 2), (1, 1)), ((4, 2), (2, 1), (4, 2), (2, 1)),
+     ((5, 1), (2, 0), (5, 1), (2, 0)), (1, 0, (1, 1), (0, 0))],
+)  # fmt: skip
+def test_pool_params_padding_up_to_half_kernel(kernel, padding, expected_kernel, expected_pads):
+    got = _args.pool_params(kernel, None, padding, 1, "max_pool2d")
+    assert got == (expected_kernel, expected_kernel, expected_pads, (1, 1))  # kept as given
 
 
 @pytest.mark.parametrize(
@@ -196,7 +198,9 @@ def test_check_input_dtype(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, jnp.bfloat16])
 def test_check_input_accepts_floats(dtype):
-    _args.check_input(jnp.zeros((1, 1, 2, 2), dtype), "op")
+    x = jnp.zeros((1, 1, 2, 2), dtype)
+    checked = _args.check_input(x, "op")
+    assert checked.shape == x.shape and checked.dtype == x.dtype  # returned unchanged
 
 
 def test_check_fits():

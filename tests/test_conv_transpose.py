@@ -16,8 +16,6 @@ from jspatial import reference
 from tests.test_conv import FORBIDDEN, _primitives, to_nhwc, transposed_shapes
 from tests.tolerances import assert_close, fast_jit
 
-torch = pytest.importorskip("torch")
-
 # (x shape, C_out per group, kernel, stride, padding, output_padding, groups, dilation, bias)
 CASES = {
     "upsample_2x": ((2, 4, 4, 5), 3, 3, 2, 1, 1, 1, 1, True),
@@ -75,7 +73,7 @@ def make_data(name, seed=0):
     return x, w, b, kwargs
 
 
-def torch_results(x, w, b, kwargs, cot_seed=1):
+def torch_results(torch, x, w, b, kwargs, cot_seed=1):
     F = torch.nn.functional
     tx, tw = (torch.tensor(a, requires_grad=True) for a in (x, w))
     tb = None if b is None else torch.tensor(b, requires_grad=True)
@@ -103,9 +101,9 @@ def js_runner(name):
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_matches_torch_values_and_gradients(name):
+def test_matches_torch_values_and_gradients(torch, name):
     x, w, b, kwargs = make_data(name)
-    y_ref, cot, grads_ref = torch_results(x, w, b, kwargs)
+    y_ref, cot, grads_ref = torch_results(torch, x, w, b, kwargs)
     y, grads = js_runner(name)(x, w, b, cot)
     assert y.shape == y_ref.shape and y.dtype == jnp.float32
     assert_close(y, y_ref, err_msg="value")
@@ -115,9 +113,9 @@ def test_matches_torch_values_and_gradients(name):
         assert_close(g, g_ref, err_msg=what)
 
 
-def test_eager_equals_jit_and_torch():
+def test_eager_equals_jit_and_torch(torch):
     x, w, b, kwargs = make_data("groups_2")
-    y_ref, _, _ = torch_results(x, w, b, kwargs)
+    y_ref, _, _ = torch_results(torch, x, w, b, kwargs)
     eager = js.conv_transpose2d(x, w, b, **kwargs)
     # torch's positional order: stride, padding, output_padding, groups, dilation
     positional = js.conv_transpose2d(
@@ -218,9 +216,9 @@ def test_matches_lax_conv_transpose(name):
 
 
 @pytest.mark.parametrize("name", ["upsample_2x", "groups_2", "dilation_output_padding"])
-def test_reference_scatter_loops_match_torch(name):
+def test_reference_scatter_loops_match_torch(torch, name):
     x, w, b, kwargs = make_data(name)
-    y_ref, _, _ = torch_results(x, w, b, kwargs)
+    y_ref, _, _ = torch_results(torch, x, w, b, kwargs)
     assert_close(reference.conv_transpose2d(x, w, b, **kwargs), y_ref)
 
 
@@ -309,8 +307,6 @@ W = jnp.ones((4, 3, 3, 3))
          r"^conv_transpose2d weight must have the dtype of the integer input"),
         (lambda: js.conv_transpose2d(X.astype(jnp.bool_), W), TypeError,
          r"^conv_transpose2d expected a floating-point or integer input"),
-        (lambda: js.conv_transpose2d(torch.ones(2, 4, 5, 5), W), TypeError,
-         r"^conv_transpose2d input is a torch.Tensor"),
     ],
 )  # fmt: skip
 def test_errors(call, err, match):
@@ -318,7 +314,12 @@ def test_errors(call, err, match):
         call()
 
 
-def test_output_size_too_small_matches_torch():
+def test_torch_tensor_input_is_refused(torch):
+    with pytest.raises(TypeError, match=r"^conv_transpose2d input is a torch.Tensor"):
+        js.conv_transpose2d(torch.ones(2, 4, 5, 5), W)
+
+
+def test_output_size_too_small_matches_torch(torch):
     # torch: "Output size is too small"; padding 3 on a 5x5 input with a 3x3 kernel gives 1x1,
     # padding 4 gives -1.
     with pytest.raises(RuntimeError):

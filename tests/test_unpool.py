@@ -13,9 +13,6 @@ import jspatial as js
 from tests.test_pool import forward_and_backward_primitives
 from tests.tolerances import assert_close, fast_jit
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
-
 # name: (input shape of the pooling, kernel_size, stride, padding, pass output_size)
 CONFIGS = {
     "k2_even": ((2, 3, 6, 8), 2, None, 0, False),
@@ -26,12 +23,12 @@ CONFIGS = {
 }
 
 
-def pooled(name, seed=0):
+def pooled(torch, name, seed=0):
     """Torch's ``max_pool2d`` of a random input: ``(x, y, indices as int32, cotangent)``."""
     shape, k, s, p, _ = CONFIGS[name]
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(np.float32)
-    y, indices = F.max_pool2d(torch.from_numpy(x), k, s, p, return_indices=True)
+    y, indices = torch.nn.functional.max_pool2d(torch.from_numpy(x), k, s, p, return_indices=True)
     cot = rng.standard_normal(shape).astype(np.float32)
     return x, y.numpy(), indices.numpy().astype(np.int32), cot
 
@@ -42,8 +39,8 @@ def unpool_args(name):
 
 
 @functools.cache
-def js_results(name):
-    _, y, indices, cot = pooled(name)
+def js_results(torch, name):
+    _, y, indices, cot = pooled(torch, name)
     args = unpool_args(name)
 
     def run(y, indices, cot):
@@ -53,27 +50,28 @@ def js_results(name):
     return tuple(np.asarray(a) for a in fast_jit(run)(y, indices, cot))
 
 
-def torch_results(name, y, indices, cot):
+def torch_results(torch, name, y, indices, cot):
     ty = torch.tensor(y, requires_grad=True)
-    out = F.max_unpool2d(ty, torch.from_numpy(indices.astype(np.int64)), *unpool_args(name))
+    t_indices = torch.from_numpy(indices.astype(np.int64))
+    out = torch.nn.functional.max_unpool2d(ty, t_indices, *unpool_args(name))
     out.backward(torch.from_numpy(cot[tuple(slice(0, n) for n in out.shape)].copy()))
     return out.detach().numpy(), ty.grad.numpy()
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_matches_torch(name):
-    x, y, indices, cot = pooled(name)
-    out, dy = js_results(name)
-    t_out, t_dy = torch_results(name, y, indices, cot)
+def test_matches_torch(torch, name):
+    x, y, indices, cot = pooled(torch, name)
+    out, dy = js_results(torch, name)
+    t_out, t_dy = torch_results(torch, name, y, indices, cot)
     assert out.shape == t_out.shape
     assert_close(out, t_out, err_msg="value")
     assert_close(dy, t_dy, err_msg="dy")
 
 
 @pytest.mark.parametrize("name", ["k3_s2_p1_rect_odd", "k3x2_s1_overlapping"])
-def test_round_trip_keeps_the_maxima(name):
+def test_round_trip_keeps_the_maxima(torch, name):
     # Unpooling puts every maximum back where it was, and zeros elsewhere.
-    x, _, _, _ = pooled(name)
+    x, _, _, _ = pooled(torch, name)
     shape, k, s, p, _ = CONFIGS[name]
     y, indices = js.max_pool2d(x, k, s, p, return_indices=True)
     out = np.asarray(js.max_unpool2d(y, indices, k, s, p, output_size=shape))
@@ -83,12 +81,12 @@ def test_round_trip_keeps_the_maxima(name):
     assert kept.sum() == sum(len(np.unique(plane)) for plane in planes)  # one cell per index
 
 
-def test_eager_with_our_indices_matches_torch():
-    x, y, indices, cot = pooled("k3_s2_p1_rect_odd")
+def test_eager_with_our_indices_matches_torch(torch):
+    x, y, indices, cot = pooled(torch, "k3_s2_p1_rect_odd")
     ours_y, ours_indices = js.max_pool2d(x, 3, 2, 1, return_indices=True)
     np.testing.assert_array_equal(np.asarray(ours_indices), indices)
     out, pull = jax.vjp(lambda y: js.max_unpool2d(y, ours_indices, 3, 2, 1, x.shape), ours_y)
-    t_out, t_dy = torch_results("k3_s2_p1_rect_odd", y, indices, cot)
+    t_out, t_dy = torch_results(torch, "k3_s2_p1_rect_odd", y, indices, cot)
     assert_close(out, t_out)
     assert_close(pull(jnp.asarray(cot))[0], t_dy)
 
@@ -102,7 +100,8 @@ def test_hand_computed_and_default_size():
     np.testing.assert_array_equal(np.asarray(out).reshape(-1), expected)
 
 
-def test_int64_indices_in_x64_mode(x64):
+def test_int64_indices_in_x64_mode(x64, torch):
+    F = torch.nn.functional
     x = np.random.default_rng(2).standard_normal((1, 2, 5, 6))
     y, indices = js.max_pool2d(x, 2, return_indices=True)
     assert indices.dtype == jnp.int64 and y.dtype == jnp.float64
@@ -175,7 +174,7 @@ def test_full_shape_and_pair_output_size_agree():
     np.testing.assert_array_equal(out, js.max_unpool2d(Y, IDX, 2, output_size=[7, 9]))
 
 
-def test_torch_tensors_are_refused():
+def test_torch_tensors_are_refused(torch):
     with pytest.raises(TypeError, match=r"^max_unpool2d input is a torch.Tensor"):
         js.max_unpool2d(torch.ones(1, 2, 3, 4), IDX, 2)
     with pytest.raises(TypeError, match=r"^max_unpool2d indices is a torch.Tensor"):

@@ -96,20 +96,26 @@ def augment(images, key, flip_mask, translate):
     return normalize(flip(images, flip_mask))
 
 
+# airbench's TTA level 2: (weight, shift) of each view before mirroring; a shift (dy, dx)
+# crops the image reflect-padded by 1 at offset (1 + dy, 1 + dx).
+TTA_SHIFTS = ((0.5, (0, 0)), (0.25, (-1, -1)), (0.25, (1, 1)))
+TTA_VIEWS = 2 * len(TTA_SHIFTS)  # each shift plain and mirrored: a TTA image costs this many
+
+
 def tta_views(images):
-    """The six test-time views of airbench's TTA level 2 and their weights.
+    """The test-time views of airbench's TTA level 2 and their weights.
 
     ``{identity, mirror} x {no shift, shift up-left by 1, shift down-right by 1}``
     (shifts use reflect padding 1, then a crop): weights 0.25 for the two unshifted views
     and 0.125 for each of the four shifted ones, i.e.
     ``0.5 * mirror_avg(x) + 0.25 * mirror_avg(up_left) + 0.25 * mirror_avg(down_right)``.
-    Returns a list of ``(weight, view)``; the first view is the plain image.
+    Returns a list of :data:`TTA_VIEWS` pairs ``(weight, view)``; the first view is the
+    plain image.
     """
     size = images.shape[-1]
     padded = reflect_pad(images, 1)
-    up_left = padded[:, :, :size, :size]
-    down_right = padded[:, :, 2 : 2 + size, 2 : 2 + size]
     views = []
-    for weight, view in ((0.5, images), (0.25, up_left), (0.25, down_right)):
+    for weight, (dy, dx) in TTA_SHIFTS:
+        view = padded[:, :, 1 + dy : 1 + dy + size, 1 + dx : 1 + dx + size]
         views += [(weight / 2, view), (weight / 2, view[..., ::-1])]
     return views

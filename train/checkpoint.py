@@ -5,6 +5,8 @@ items:
 
 - ``state``: the pytree of arrays, ``{"model": ..., "optimizer": ..., "ema": ...}``
   (pure nested dicts of ``nnx.state``; PRNG keys are stored as their ``uint32`` key data);
+  ``"ema"`` (:data:`LOOKAHEAD_ITEM`, its name on disk since the first runs) holds the
+  lookahead average once it has started;
 - ``meta``: a JSON dict with the position in training (epoch, global step), the per-epoch
   metrics so far, elapsed time and the settings the run was started with.
 
@@ -49,10 +51,11 @@ from flax import nnx
 from train import distributed
 
 TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix of a step being written
+LOOKAHEAD_ITEM = "ema"  # the lookahead average's key in ``state``: kept, old checkpoints read
 
 
 class Checkpointer:
-    """Saves and restores ``(model, optimizer, ema, meta)`` under ``directory``."""
+    """Saves and restores ``(model, optimizer, lookahead, meta)`` under ``directory``."""
 
     def __init__(self, directory: str | Path, max_to_keep: int = 2, read_only: bool = False):
         """``read_only``: reads an existing ``directory`` and changes nothing in it (not
@@ -125,14 +128,14 @@ class Checkpointer:
             if old.name.split(".")[0] not in kept:
                 old.unlink(missing_ok=True)
 
-    def save(self, step: int, *, model, optimizer, ema: Any, meta: dict) -> None:
+    def save(self, step: int, *, model, optimizer, lookahead: Any, meta: dict) -> None:
         """Writes checkpoint ``step`` (the number of completed epochs) and waits for it."""
         state = {
             "model": nnx.to_pure_dict(nnx.state(model)),
             "optimizer": nnx.to_pure_dict(nnx.state(optimizer)),
         }
-        if ema is not None:
-            state["ema"] = ema
+        if lookahead is not None:
+            state[LOOKAHEAD_ITEM] = lookahead
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.manager.save(step, args=args, force=True)
         self.manager.wait_until_finished()
@@ -144,16 +147,16 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored["meta"])
 
-    def restore(self, step: int, *, model, optimizer, ema: Any) -> tuple[Any, dict]:
+    def restore(self, step: int, *, model, optimizer, lookahead: Any) -> tuple[Any, dict]:
         """Loads checkpoint ``step`` into ``model`` and ``optimizer`` (in place).
 
-        ``ema`` is a pytree of the same structure as the one saved (its values are ignored),
-        or ``None`` if none was saved; returns ``(restored_ema, meta)``.
+        ``lookahead`` is a pytree of the same structure as the average saved (its values are
+        ignored), or ``None`` if none was saved; returns ``(restored_lookahead, meta)``.
         """
         model_state, opt_state = nnx.state(model), nnx.state(optimizer)
         target = {"model": nnx.to_pure_dict(model_state), "optimizer": nnx.to_pure_dict(opt_state)}
-        if ema is not None:
-            target["ema"] = ema
+        if lookahead is not None:
+            target[LOOKAHEAD_ITEM] = lookahead
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
@@ -163,7 +166,7 @@ class Checkpointer:
         nnx.update(model, model_state)
         nnx.replace_by_pure_dict(opt_state, restored["state"]["optimizer"])
         nnx.update(optimizer, opt_state)
-        return restored["state"].get("ema"), dict(restored["meta"])
+        return restored["state"].get(LOOKAHEAD_ITEM), dict(restored["meta"])
 
     def close(self) -> None:
         self.manager.close()

@@ -6,14 +6,15 @@
     python -m train.cifar10 --resume --out-dir runs/quick-seed0   # continue a run, its settings
     python -m train.cifar10 --devices 8 --batch-size 1024     # data parallel over 8 GPUs
     python -m train.cifar10 --dtype bfloat16                  # bfloat16 compute, float32 weights
-    python -m train.cifar10 --set translate=0 --set ema=0     # any setting of train/config.py
+    python -m train.cifar10 --set translate=0 --set flip=0    # any setting of train/config.py
 
 The default recipe is Keller Jordan's airbench94 (github.com/KellerJordan/cifar10-airbench)
 translated to JAX: a frozen data-whitening first layer, Nesterov SGD with airbench's
 decoupled hyper-parameters, label smoothing, a triangular learning-rate schedule, flip +
 translate augmentation with alternating flips, a lookahead-style weight average and
-6-view test-time augmentation. The whole dataset lives on the device as uint8; batches
-are gathered, augmented and normalised inside the jitted train step.
+test-time augmentation over mirrored and shifted views. The whole dataset lives on the
+device as uint8; batches are gathered, augmented and normalised inside the jitted train
+step.
 
 Every setting of a run is one frozen ``train.config.Config``: the model's recipe, then the
 flags below. Everything written goes to ``--out-dir`` (default ``runs/<model>-seed<seed>``):
@@ -44,7 +45,18 @@ import textwrap
 import time
 from pathlib import Path
 
-from train import config, data, distributed, models, report, run
+from train import config, data, distributed, models, report
+from train.run import (
+    Interrupted,
+    Options,
+    Stop,
+    finish,
+    is_complete,
+    restore_or_start,
+    saved_config,
+    setup,
+    train_epoch,
+)
 
 # ---------------------------------------------------------------------------- Command line
 
@@ -64,7 +76,7 @@ def _recipes_epilog() -> str:
     for name in config.RECIPES:
         c = config.make_config(name)
         lines.append(f"  {name:<11} {c.epochs} epochs, batch {c.batch_size}, sgd lr {c.lr}, "
-                     f"weight decay {c.weight_decay}, ema {c.ema}")  # fmt: skip
+                     f"weight decay {c.weight_decay}, lookahead {c.lookahead_decay}")  # fmt: skip
     names = ", ".join(f.name for f in dataclasses.fields(config.Config))
     lines += ["", "settings for --set NAME=VALUE (their units: train/config.py):"]
     lines += textwrap.wrap(names, 78, initial_indent="  ", subsequent_indent="  ")
@@ -100,8 +112,8 @@ def parse_args(argv=None):
     add("--lr", type=float, help="peak learning rate; for sgd in airbench units (per 1024 "
         "examples), for adamw the usual one (default: the recipe's)")  # fmt: skip
     add("--weight-decay", type=float, help="sgd: per 1024 examples (default: the recipe's)")
-    add("--ema", type=float, help="base decay of airbench's lookahead weight average, 0 = off "
-        "(default: 0.95 for airbench94, else off)")  # fmt: skip
+    add("--lookahead-decay", type=float, help="base decay of airbench's lookahead weight "
+        "average, 0 = off (default: 0.95 for airbench94, else off)")  # fmt: skip
     add("--seed", type=int, help="initialisation, data order and augmentation (default: 0)")
     add("--set", action="append", default=[], metavar="NAME=VALUE",
         help="override any other setting (listed below); repeatable")  # fmt: skip
@@ -177,8 +189,8 @@ def explicit_settings(args) -> dict:
         if not sep:
             raise ValueError(f"--set takes NAME=VALUE, got {item!r}")
         overrides[name.strip()] = config.parse_value(name.strip(), text.strip())
-    named = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "ema", "seed",
-             "train_limit", "test_limit", "dtype")  # fmt: skip
+    named = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "lookahead_decay",
+             "seed", "train_limit", "test_limit", "dtype")  # fmt: skip
     overrides.update({k: getattr(args, k) for k in named if getattr(args, k) is not None})
     if args.no_tta:
         overrides["tta"] = False
@@ -197,7 +209,7 @@ def resume_config(args, saved: config.Config) -> config.Config:
     given = explicit_settings(args)
     changes = {k: (getattr(saved, k), v) for k, v in given.items() if getattr(saved, k) != v}
     if "epochs" in changes:
-        raise run.Stop(
+        raise Stop(
             f"--resume with --epochs {changes['epochs'][1]}, but the run was started with "
             f"{saved.epochs}: its learning-rate schedule and weight average are laid out over "
             "all of its steps from the first one, so a run cannot be extended or shortened; "
@@ -205,7 +217,7 @@ def resume_config(args, saved: config.Config) -> config.Config:
         )
     if changes:
         listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
-        raise run.Stop(
+        raise Stop(
             f"--resume with settings that differ from the checkpoint's ({listed}); they would "
             "change the run's numbers: drop them to continue with the saved settings, or start "
             "a new run (another --out-dir, or --overwrite)"
@@ -228,7 +240,7 @@ def main(argv=None) -> int:
     cfg = args.config
     name = "quick" if args.quick else cfg.model
     out_dir = Path(args.out_dir or f"runs/{name}-seed{cfg.seed}")
-    opts = run.Options(
+    opts = Options(
         out_dir=out_dir,
         data_dir=args.data_dir,
         devices=args.devices,
@@ -238,33 +250,33 @@ def main(argv=None) -> int:
         progress=not args.no_progress,
         resume_command=resume_command(args, out_dir),
     )
-    job = None
+    run = None
     try:
-        if args.resume and (saved := run.saved_config(out_dir / "checkpoints")) is not None:
+        if args.resume and (saved := saved_config(opts)) is not None:
             cfg = resume_config(args, saved)
-        job = run.setup(cfg, opts, start_time)
-        run.restore_or_start(job)
-        if run.is_complete(job):
-            job.checkpointer.close()
-            report.note(f"the run in {opts.out_dir} is complete ({job.n_epochs} epochs); "
-                        f"its results are in {opts.out_dir / 'summary.json'}")  # fmt: skip
+        run = setup(cfg, opts, start_time)
+        restore_or_start(run)
+        if is_complete(run):
+            run.checkpointer.close()
+            report.note(f"the run in {opts.out_dir} is complete ({run.n_epochs} epochs); "
+                        f"its results are in {opts.summary_path}")  # fmt: skip
             return 0
-        for epoch in range(job.epoch0, job.n_epochs):
-            run.train_epoch(job, epoch)
-        run.finish(job)
-    except run.Interrupted as stop:
+        for epoch in range(run.state.epoch0, run.n_epochs):
+            train_epoch(run, epoch)
+        finish(run)
+    except Interrupted as stop:
         report.note(str(stop))
         return stop.code
-    except run.Stop as stop:
+    except Stop as stop:
         report.note(f"error: {stop}")
         return stop.code
     except KeyboardInterrupt:  # before training started or after it ended: nothing to save
-        report.note(f"interrupted; the checkpoints in {out_dir / 'checkpoints'} (if any) are "
+        report.note(f"interrupted; the checkpoints in {opts.ckpt_dir} (if any) are "
                     f"kept; continue with: {opts.resume_command}")  # fmt: skip
         return 128 + signal.SIGINT
     finally:
-        if job is not None:
-            job.interrupt.uninstall()
+        if run is not None:
+            run.interrupt.uninstall()
     return 0
 
 

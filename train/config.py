@@ -28,6 +28,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jspatial._args import DATA_FORMATS  # 'NCHW', 'NHWC': the layers' layouts
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -51,10 +53,10 @@ class Config:
     lr_end: float = 0.07  # at the last step
     lr_peak_at: float = 0.23  # fraction of the steps
     # ---- airbench's lookahead weight average
-    ema: float = 0.95  # base decay per step; 0 = off
+    lookahead_decay: float = 0.95  # base decay per step; 0 = off
     lookahead_start_epochs: int = 3  # epochs before the average starts
     lookahead_every_n_steps: int = 5  # average (and copy back) every n steps
-    lookahead_decay_pow: float = 3.0  # decay = ema**n * (step / steps) ** pow
+    lookahead_decay_pow: float = 3.0  # decay = lookahead_decay**n * (step / steps) ** pow
     # ---- whitening layer (airbench94 only)
     whiten_images: int = 5000  # training images its patch statistics are taken from
     whiten_bias_epochs: int = 3  # epochs its bias trains for; frozen afterwards
@@ -62,7 +64,7 @@ class Config:
     translate: int = 2  # pixels; random shift of up to this many, reflect-padded
     flip: bool = True  # airbench's alternating horizontal flips
     # ---- evaluation
-    tta: bool = True  # last epoch: 6-view test-time augmentation
+    tta: bool = True  # last epoch: test-time augmentation (augment.tta_views)
     eval_subset: int = 2000  # test images scored after every epoch but the last, evenly
     # spaced and the same in every run (0: all); the last epoch scores the whole test set
     eval_batch: int = 2000  # test images per forward pass
@@ -70,6 +72,9 @@ class Config:
     train_limit: int | None = None  # use the first N training images (None: all 50000)
     test_limit: int | None = None  # use the first N test images (None: all 10000)
     dtype: str = "float32"  # compute dtype of the layers, a key of DTYPES
+    # The layers' layout: "NCHW" (channels second, PyTorch's) or "NHWC" (channels last); the
+    # data, its augmentation and the weights (OIHW) are the same either way.
+    data_format: str = "NCHW"
 
     def __post_init__(self):
         check(self)
@@ -80,8 +85,10 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
         """A config from a saved dict; settings it lacks (runs saved before they existed)
-        take the defaults, which were then fixed values."""
+        take the defaults, which were then fixed values, and settings saved under an
+        earlier name (:data:`RENAMED`) take their value."""
         names = {f.name for f in dataclasses.fields(cls)}
+        values = {RENAMED.get(k, k): v for k, v in values.items()}
         return cls(**{k: v for k, v in values.items() if k in names})
 
     def describe(self) -> str:
@@ -96,6 +103,9 @@ class Config:
         return "\n".join([*lines, line])
 
 
+# Earlier names of settings, as runs saved them: {old: new}.
+RENAMED = {"ema": "lookahead_decay"}
+
 # --dtype: the compute dtype of the layers. Parameters, optimiser state, BatchNorm statistics
 # and the loss (from the logits) stay float32 either way.
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -103,7 +113,7 @@ DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 # The other models start from airbench94's recipe with these changes (sensible, not tuned).
 _OTHERS = dict(
     batch_size=512, momentum=0.9, weight_decay=1e-3, bias_scaler=1.0, label_smoothing=0.1,
-    whiten_bias_epochs=0, ema=0.0,
+    whiten_bias_epochs=0, lookahead_decay=0.0,
 )  # fmt: skip
 RECIPES: dict[str, dict[str, Any]] = {
     "airbench94": {},
@@ -138,7 +148,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "lr_peak": (lambda v: v >= 0, ">= 0"),
     "lr_end": (lambda v: v >= 0, ">= 0"),
     "lr_peak_at": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "ema": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "lookahead_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "lookahead_start_epochs": (lambda v: v >= 0, ">= 0"),
     "lookahead_every_n_steps": (lambda v: v >= 1, ">= 1"),
     "lookahead_decay_pow": (lambda v: v >= 0, ">= 0"),
@@ -150,6 +160,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "train_limit": (lambda v: v is None or v >= 1, ">= 1"),
     "test_limit": (lambda v: v is None or v >= 1, ">= 1"),
     "dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+    "data_format": (lambda v: v in DATA_FORMATS, " or ".join(map(repr, DATA_FORMATS))),
 }
 
 
@@ -201,6 +212,8 @@ def make_config(model: str = "airbench94", **overrides: Any) -> Config:
 def parse_value(name: str, text: str) -> Any:
     """The value of setting ``name`` from command-line text, in that setting's type."""
     fields = {f.name: f for f in dataclasses.fields(Config)}
+    if name in RENAMED:
+        raise ValueError(f"setting {name!r} is now called {RENAMED[name]!r}")
     if name not in fields:
         raise ValueError(f"unknown setting {name!r}; known: {', '.join(fields)}")
     kind = str(fields[name].type)

@@ -1,5 +1,32 @@
 """The training loop's pieces: optimiser, train step, lookahead average, evaluation.
 
+The recipe, section by section in the order of ``airbench94.py`` (one script; its names in
+brackets), each mapped to the function here or next door that does it:
+
+1. Hyper-parameters (``hyp``): one frozen :class:`train.config.Config`, airbench94's values.
+2. Data and augmentation (``CifarLoader``, ``batch_crop``, ``batch_flip_lr``): the training
+   set on the device as uint8 NCHW (:class:`TrainSet`), each step gathering its batch by
+   index; random translate with reflect padding, alternating flips, normalisation
+   (``augment.augment``, ``augment.epoch_flips``; inside :func:`make_train_step`).
+3. The net (``Conv``, ``BatchNorm``, ``ConvGroup``, ``make_net``): whiten -> GELU -> three
+   conv-pool-norm-GELU groups (64, 256, 256) -> max-pool -> linear / 9
+   (``models.Airbench94``, ``models.ConvGroup``).
+4. Whitening init (``get_whitening_parameters``, ``init_whitening_conv``): the first conv's
+   filters from the eigenvectors of the covariance of 2x2 training patches, frozen
+   (``models.whitening_weights``, ``models.init_whitening``).
+5. Lookahead (``LookaheadState``): every few steps average the weights and copy the
+   average back, the decay warming up over the run, and copy it in after every epoch
+   (:func:`maybe_lookahead`, :func:`lookahead_step`).
+6. Evaluation with test-time augmentation (``infer``, ``evaluate``): the weighted views
+   of TTA level 2 (:func:`evaluate`, :func:`eval_predictions`, ``augment.tta_views``).
+7. Training (``main``):
+   the loss, label-smoothed cross entropy summed over the batch, with the whitening bias
+   trained for ``whiten_bias_epochs`` only (:func:`make_train_step`); Nesterov SGD in
+   airbench's decoupled units, the BatchNorm shifts at ``bias_scaler`` times the lr
+   (:func:`make_optimizer`, :func:`kilostep_scale`); the lr schedule, a triangle
+   (:func:`lr_multiplier`); the epoch loop of steps, lookahead, evaluation and, here,
+   checkpoint and log (``train/run.py``: ``train_epoch``).
+
 Every function takes its settings from a :class:`train.config.Config` passed in; nothing
 here reads a module-level setting. ``python -m train.cifar10`` (``train/run.py``), the
 notebook, the tests and the benchmarks all use these.
@@ -16,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,31 +112,53 @@ def make_optimizer(model, cfg: Config, total_steps: int, batch_size: int):
 # ---------------------------------------------------------------------------- Train step
 
 
+class TrainSet(NamedTuple):
+    """The whole training set on the device(s), replicated."""
+
+    images: Any  # uint8 (N, 3, 32, 32)
+    labels: Any  # int32 (N,)
+    base_flips: Any  # bool (N,): each image's flip bit, drawn once (augment.base_flips)
+
+
+class StepInputs(NamedTuple):
+    """What one train step reads besides the model, the optimiser and the running sums.
+
+    A pytree: every field is traced (``epoch``, ``step`` and ``train_whiten_bias`` as
+    scalars), so one compiled step serves every step of the run.
+    """
+
+    data: TrainSet
+    perm: Any  # int32 (steps, batch_size) (or flat): the epoch's image indices
+    key: Any  # the epoch's augmentation key
+    epoch: Any  # int: the epoch (from 0), for the alternating flips
+    step: Any  # int: the step within the epoch, a row of ``perm``
+    train_whiten_bias: Any  # bool: whether the whitening bias trains in this step
+
+
 def make_train_step(cfg: Config, batch_size: int):
-    """The jitted step ``(model, optimizer, metrics, train, perm, key, epoch, step,
-    train_whiten_bias) -> (metrics, loss)``; ``model``, ``optimizer`` and ``metrics`` are
-    donated (updated in place)."""
+    """The jitted step ``(model, optimizer, metrics, inputs: StepInputs) -> (metrics, loss)``;
+    ``model``, ``optimizer`` and ``metrics`` are donated (updated in place)."""
     translate, flip, smoothing = cfg.translate, cfg.flip, cfg.label_smoothing
+    data_format = cfg.data_format
 
     @nnx.jit(donate_argnames=("model", "optimizer", "metrics"))
-    def train_step(model, optimizer, metrics, train, perm, key, epoch, step, train_whiten_bias):
-        """One SGD step on batch ``step`` of the epoch's permutation ``perm``.
+    def train_step(model, optimizer, metrics, inputs: StepInputs):
+        """One SGD step on batch ``inputs.step`` of the epoch's permutation ``inputs.perm``.
 
-        ``train`` is ``(uint8 images, labels, base_flips)`` for the whole training set.
-        ``perm`` holds the epoch's image indices, ``(steps, batch_size)`` (or flat); with
-        several devices its batch axis is split over them, and so, by jit's sharding
-        propagation, is everything computed per image: each device gathers and augments
-        its own rows, and the sums over the batch (loss, gradients, BatchNorm statistics)
-        become all-reduces. Returns the updated running ``metrics`` and this batch's
-        summed loss.
+        With several devices the batch axis of ``perm`` is split over them, and so, by
+        jit's sharding propagation, is everything computed per image: each device gathers
+        and augments its own rows, and the sums over the batch (loss, gradients, BatchNorm
+        statistics) become all-reduces. Returns the updated running ``metrics`` and this
+        batch's summed loss.
         """
-        images, labels, base_flips = train
+        (images, labels, base_flips), perm, key, epoch, step, train_whiten_bias = inputs
         idx = jax.lax.dynamic_index_in_dim(perm.reshape(-1, batch_size), step, keepdims=False)
         y = labels[idx]
         flips = augment.epoch_flips(base_flips[idx], epoch)
         if not flip:
             flips = jnp.zeros_like(flips)
         x = augment.augment(images[idx], jax.random.fold_in(key, step), flips, translate)
+        x = models.model_input(x, data_format)
         targets = optax.smooth_labels(jax.nn.one_hot(y, 10), smoothing)
 
         def loss_fn(model):
@@ -155,11 +205,13 @@ def all_finite(model) -> bool:
 # ---------------------------------------------------------------------------- Lookahead
 
 
-@nnx.jit(donate_argnames=("ema",))
-def lookahead_step(model, ema, decay):
-    """``ema <- decay * ema + (1 - decay) * params``, then ``params <- ema`` (airbench).
+@nnx.jit(donate_argnames=("lookahead",))
+def lookahead_step(model, lookahead, decay):
+    """``lookahead <- decay * lookahead + (1 - decay) * params``, then ``params <- lookahead``
+    (airbench's ``LookaheadState.update``).
 
-    As in airbench only floating-point values are averaged; integer ones (BatchNorm's
+    ``lookahead`` is the average: a pure dict of the model's :data:`LOOKAHEAD_VARS`. As in
+    airbench only floating-point values are averaged; integer ones (BatchNorm's
     ``num_batches_tracked``) are the model's own.
     """
     params = nnx.to_pure_dict(nnx.state(model, LOOKAHEAD_VARS))
@@ -167,54 +219,60 @@ def lookahead_step(model, ema, decay):
     def average(e, p):
         return e + (1 - decay) * (p - e) if jnp.issubdtype(p.dtype, jnp.floating) else p
 
-    ema = jax.tree.map(average, ema, params)
+    lookahead = jax.tree.map(average, lookahead, params)
     state = nnx.state(model, LOOKAHEAD_VARS)
-    nnx.replace_by_pure_dict(state, ema)
+    nnx.replace_by_pure_dict(state, lookahead)
     nnx.update(model, state)
-    return ema
+    return lookahead
 
 
-def maybe_lookahead(model, ema, cfg: Config, epoch: int, global_step: int, total_steps: int):
+def maybe_lookahead(model, lookahead, cfg: Config, epoch: int, global_step: int,
+                    total_steps: int):  # fmt: skip
     """airbench's lookahead: from epoch ``lookahead_start_epochs``, every
     ``lookahead_every_n_steps`` steps average the weights and copy the average back.
 
-    The decay warms up as ``(ema ** n) * (step / total_steps) ** lookahead_decay_pow``: fast
-    moves early, strong averaging at the end. The first qualifying step only starts the
-    average. Returns the average (``None`` until it starts).
+    The decay warms up as ``lookahead_decay ** n * (step / total_steps) **
+    lookahead_decay_pow``: fast moves early, strong averaging at the end. The first
+    qualifying step only starts the average. Returns the average (``None`` until it starts).
     """
     n = cfg.lookahead_every_n_steps
-    if not cfg.ema or epoch < cfg.lookahead_start_epochs or global_step % n:
-        return ema
-    if ema is None:
+    if not cfg.lookahead_decay or epoch < cfg.lookahead_start_epochs or global_step % n:
+        return lookahead
+    if lookahead is None:
         return nnx.to_pure_dict(jax.tree.map(jnp.copy, nnx.state(model, LOOKAHEAD_VARS)))
-    decay = cfg.ema**n * (global_step / total_steps) ** cfg.lookahead_decay_pow
-    return lookahead_step(model, ema, decay)
+    decay = cfg.lookahead_decay**n * (global_step / total_steps) ** cfg.lookahead_decay_pow
+    return lookahead_step(model, lookahead, decay)
 
 
 # ---------------------------------------------------------------------------- Evaluation
 
 
-@nnx.jit(static_argnames=("tta",))
-def eval_predictions(model, images, tta):
-    """Predicted classes of uint8 test images: ``(plain, tta)``; with ``tta`` the 6 views
-    are run one after another by ``lax.map`` (one traced forward pass) and weighted."""
+@nnx.jit(static_argnames=("tta", "data_format"))
+def eval_predictions(model, images, tta, data_format="NCHW"):
+    """Predicted classes of uint8 test images: ``(plain, tta)``; with ``tta`` the views of
+    ``augment.tta_views`` are run one after another by ``lax.map`` (one traced forward
+    pass) and weighted."""
     x = augment.normalize(images)
     if not tta:
-        logits = model(x)
+        logits = model(models.model_input(x, data_format))
         return logits.argmax(-1), logits.argmax(-1)
     weights, views = zip(*augment.tta_views(x))
     graphdef, state = nnx.split(model)
-    outs = jax.lax.map(lambda v: nnx.merge(graphdef, state)(v), jnp.stack(views))
+    outs = jax.lax.map(
+        lambda v: nnx.merge(graphdef, state)(models.model_input(v, data_format)), jnp.stack(views)
+    )
     weighted = jnp.tensordot(jnp.asarray(weights), outs.astype(jnp.float32), axes=1)
     return outs[0].argmax(-1), weighted.argmax(-1)
 
 
-def evaluate(model, images, labels, tta, mesh=None, batch_size=2000, progress=None):
+def evaluate(model, images, labels, tta, mesh=None, batch_size=2000, progress=None,
+             data_format="NCHW"):  # fmt: skip
     """Test accuracy ``(plain, tta)`` and the predictions used for the confusion matrix.
 
     ``images`` are host uint8 arrays ``(N, 3, 32, 32)``; with a ``mesh`` each batch is split
     over its devices. ``progress(n)``, if given, is called after each batch of ``n`` images.
-    With ``tta`` a batch costs about 6 plain ones (6 views).
+    With ``tta`` a batch costs ``augment.TTA_VIEWS`` plain ones. ``data_format`` is the
+    model's layout (the images are moved to it on the device).
     """
     model.eval()
     n = len(images)
@@ -228,7 +286,7 @@ def evaluate(model, images, labels, tta, mesh=None, batch_size=2000, progress=No
             chunk = np.concatenate([chunk, np.take(images, np.arange(batch - real) % n, 0)])
         if mesh is not None:
             chunk = distributed.put(chunk, distributed.batch_sharding(mesh, chunk.ndim))
-        p, t = eval_predictions(model, chunk, tta=tta)
+        p, t = eval_predictions(model, chunk, tta=tta, data_format=data_format)
         plain.append(distributed.to_host(p))
         augmented.append(distributed.to_host(t))
         if progress is not None:

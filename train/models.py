@@ -7,7 +7,10 @@
 - ``vgg11``: VGG-11 with batch norm, CIFAR-sized (one linear layer on the 512-d feature).
 - ``simple_cnn``: two conv-relu-pool stages and a linear layer, 25,578 parameters.
 
-Every model maps float ``(N, 3, 32, 32)`` to logits ``(N, 10)``. ``dtype`` (default ``None``:
+Every model maps float ``(N, 3, 32, 32)`` to logits ``(N, 10)``; built with
+``data_format="NHWC"`` its layers run channels last and it takes ``(N, 32, 32, 3)``, with the
+same parameters (OIHW kernels, the head reading features in PyTorch's ``(C, H, W)`` order),
+so a checkpoint loads into either layout. ``dtype`` (default ``None``:
 float32) is the compute dtype of every layer, e.g. ``jnp.bfloat16`` for mixed precision: the
 parameters and BatchNorm statistics stay float32 and are cast for the computation, BatchNorm
 statistics and all sums are accumulated in float32. Trainable arrays are
@@ -17,6 +20,7 @@ BatchNorm scales) are :class:`Frozen`, a separate variable type the optimiser ne
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -24,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jspatial._windows import nchw_to_nhwc, nhwc_to_nchw
 from jspatial.layers import BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, MaxPool2d
 from jspatial.layers.module import named_modules
 
@@ -56,6 +61,27 @@ def dirac_init(weight, n):
     return weight.at[:n].set(eye)
 
 
+def layout(data_format):
+    """The keyword arguments that build a layer in ``data_format`` (``'NCHW'``, every
+    layer's default, needs none)."""
+    return {} if data_format == "NCHW" else {"data_format": data_format}
+
+
+def model_input(images, data_format):
+    """NCHW images ``(N, 3, H, W)`` as a model in ``data_format`` takes them: the batch is
+    moved to channels last once, after augmentation, for an NHWC model."""
+    return nchw_to_nhwc(images) if data_format == "NHWC" else images
+
+
+def flatten_chw(flatten, x, data_format):
+    """``flatten(x)`` with the features in PyTorch's ``(C, H, W)`` order whatever the
+    layout: channels-last maps are moved to channels-first first, unless they are 1x1
+    (after a global pool the two orders agree, and no transpose is made)."""
+    if data_format == "NHWC" and x.shape[1] * x.shape[2] > 1:
+        x = nhwc_to_nchw(x)
+    return flatten(x)
+
+
 def gelu(x):
     """GELU with the exact erf form, as ``torch.nn.GELU()`` (JAX defaults to the tanh form)."""
     return jax.nn.gelu(x, approximate=False)
@@ -67,30 +93,31 @@ def gelu(x):
 class ConvGroup(nnx.Module):
     """conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU (airbench's block)."""
 
-    def __init__(self, c_in, c_out, *, bn_momentum, bn_eps, rngs, dtype=None):
-        self.conv1 = _airbench_conv(c_in, c_out, rngs, dtype)
-        self.pool = MaxPool2d(2)
-        self.norm1 = _airbench_norm(c_out, bn_momentum, bn_eps, dtype)
-        self.conv2 = _airbench_conv(c_out, c_out, rngs, dtype)
-        self.norm2 = _airbench_norm(c_out, bn_momentum, bn_eps, dtype)
+    def __init__(self, c_in, c_out, *, bn_momentum, bn_eps, rngs, dtype=None, data_format="NCHW"):
+        fmt = layout(data_format)
+        self.conv1 = _airbench_conv(c_in, c_out, rngs, dtype, fmt)
+        self.pool = MaxPool2d(2, **fmt)
+        self.norm1 = _airbench_norm(c_out, bn_momentum, bn_eps, dtype, fmt)
+        self.conv2 = _airbench_conv(c_out, c_out, rngs, dtype, fmt)
+        self.norm2 = _airbench_norm(c_out, bn_momentum, bn_eps, dtype, fmt)
 
     def __call__(self, x):
         x = gelu(self.norm1(self.pool(self.conv1(x))))
         return gelu(self.norm2(self.conv2(x)))
 
 
-def _airbench_conv(c_in, c_out, rngs, dtype=None):
+def _airbench_conv(c_in, c_out, rngs, dtype=None, fmt=None):
     conv = Conv2d(
         c_in, c_out, 3, padding=1, bias=False, kernel_init=torch_default_oihw, dtype=dtype,
-        rngs=rngs,
+        rngs=rngs, **(fmt or {}),
     )  # fmt: skip
     # An implicit residual: the first c_in filters start as the identity.
     conv.weight[...] = dirac_init(conv.weight[...], c_in)
     return conv
 
 
-def _airbench_norm(c, momentum, eps, dtype=None):
-    norm = BatchNorm2d(c, eps=eps, momentum=momentum, dtype=dtype)
+def _airbench_norm(c, momentum, eps, dtype=None, fmt=None):
+    norm = BatchNorm2d(c, eps=eps, momentum=momentum, dtype=dtype, **(fmt or {}))
     norm.weight = Frozen(norm.weight[...])  # scale fixed at 1; only the bias (shift) trains
     return norm
 
@@ -113,34 +140,46 @@ class Airbench94(nnx.Module):
         scaling_factor=1 / 9,
         rngs,
         dtype=None,
+        data_format="NCHW",
     ):
+        fmt = layout(data_format)
         whiten_width = 2 * 3 * whiten_kernel**2
         self.whiten = Conv2d(
             3, whiten_width, whiten_kernel, padding=0, bias=True,
-            kernel_init=torch_default_oihw, dtype=dtype, rngs=rngs,
+            kernel_init=torch_default_oihw, dtype=dtype, rngs=rngs, **fmt,
         )  # fmt: skip
         # Set from the data by ``init_whitening``, then never trained.
         self.whiten.weight = Frozen(self.whiten.weight[...])
         chans = (whiten_width, *widths)
         self.groups = nnx.List(
             [
-                ConvGroup(a, b, bn_momentum=bn_momentum, bn_eps=bn_eps, rngs=rngs, dtype=dtype)
+                ConvGroup(
+                    a,
+                    b,
+                    bn_momentum=bn_momentum,
+                    bn_eps=bn_eps,
+                    rngs=rngs,
+                    dtype=dtype,
+                    data_format=data_format,
+                )  # fmt: skip
                 for a, b in zip(chans[:-1], chans[1:])
             ]
         )
-        self.pool = MaxPool2d(3)
+        self.pool = MaxPool2d(3, **fmt)
         self.flatten = Flatten()
         self.head = nnx.Linear(
             widths[-1], NUM_CLASSES, use_bias=False, kernel_init=torch_default_linear,
             dtype=dtype, rngs=rngs,
         )  # fmt: skip
         self.scaling_factor = scaling_factor
+        self.data_format = data_format
 
     def __call__(self, x):
         x = gelu(self.whiten(x))
         for group in self.groups:
             x = group(x)
-        return self.head(self.flatten(self.pool(x))) * self.scaling_factor
+        x = flatten_chw(self.flatten, self.pool(x), self.data_format)
+        return self.head(x) * self.scaling_factor
 
 
 def whitening_weights(images, kernel_size=2, eps=5e-4, chunk=1000):
@@ -185,15 +224,16 @@ def init_whitening(model, images):
 class BasicBlock(nnx.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus a (1x1-conv-BN when the shape changes) shortcut."""
 
-    def __init__(self, c_in, c_out, stride, *, rngs, dtype=None):
-        self.conv1 = Conv2d(c_in, c_out, 3, stride, 1, bias=False, dtype=dtype, rngs=rngs)
-        self.bn1 = BatchNorm2d(c_out, dtype=dtype)
-        self.conv2 = Conv2d(c_out, c_out, 3, 1, 1, bias=False, dtype=dtype, rngs=rngs)
-        self.bn2 = BatchNorm2d(c_out, dtype=dtype)
+    def __init__(self, c_in, c_out, stride, *, rngs, dtype=None, data_format="NCHW"):
+        fmt = dict(dtype=dtype, **layout(data_format))
+        self.conv1 = Conv2d(c_in, c_out, 3, stride, 1, bias=False, rngs=rngs, **fmt)
+        self.bn1 = BatchNorm2d(c_out, **fmt)
+        self.conv2 = Conv2d(c_out, c_out, 3, 1, 1, bias=False, rngs=rngs, **fmt)
+        self.bn2 = BatchNorm2d(c_out, **fmt)
         if stride != 1 or c_in != c_out:
             self.shortcut = nnx.Sequential(
-                Conv2d(c_in, c_out, 1, stride, bias=False, dtype=dtype, rngs=rngs),
-                BatchNorm2d(c_out, dtype=dtype),
+                Conv2d(c_in, c_out, 1, stride, bias=False, rngs=rngs, **fmt),
+                BatchNorm2d(c_out, **fmt),
             )
         else:
             self.shortcut = None
@@ -207,17 +247,20 @@ class BasicBlock(nnx.Module):
 class ResNet18(nnx.Module):
     """ResNet-18 for 32x32 inputs: 3x3 stem (64), stages [2, 2, 2, 2] of 64/128/256/512."""
 
-    def __init__(self, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), *, rngs, dtype=None):
-        self.stem = Conv2d(3, widths[0], 3, padding=1, bias=False, dtype=dtype, rngs=rngs)
-        self.bn = BatchNorm2d(widths[0], dtype=dtype)
+    def __init__(self, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), *, rngs, dtype=None,
+                 data_format="NCHW"):  # fmt: skip
+        fmt = layout(data_format)
+        self.stem = Conv2d(3, widths[0], 3, padding=1, bias=False, dtype=dtype, rngs=rngs, **fmt)
+        self.bn = BatchNorm2d(widths[0], dtype=dtype, **fmt)
         layers, c_in = [], widths[0]
         for i, (width, n) in enumerate(zip(widths, blocks)):
             for j in range(n):
                 stride = 2 if i > 0 and j == 0 else 1
-                layers.append(BasicBlock(c_in, width, stride, rngs=rngs, dtype=dtype))
+                layers.append(BasicBlock(c_in, width, stride, rngs=rngs, dtype=dtype,
+                                         data_format=data_format))  # fmt: skip
                 c_in = width
         self.layers = nnx.List(layers)
-        self.pool = GlobalAvgPool2d()
+        self.pool = GlobalAvgPool2d(**fmt)
         self.head = nnx.Linear(
             c_in, NUM_CLASSES, kernel_init=torch_default_linear, dtype=dtype, rngs=rngs
         )
@@ -241,15 +284,16 @@ VGG_CONFIGS = {
 class VGG(nnx.Module):
     """VGG with batch norm for CIFAR: conv3x3-BN-ReLU stages, 5 max-pools, one linear layer."""
 
-    def __init__(self, config="vgg11", *, rngs, dtype=None):
+    def __init__(self, config="vgg11", *, rngs, dtype=None, data_format="NCHW"):
+        fmt = layout(data_format)
         layers, c_in = [], 3
         for item in VGG_CONFIGS[config]:
             if item == "M":
-                layers.append(MaxPool2d(2))
+                layers.append(MaxPool2d(2, **fmt))
             else:
                 layers += [
-                    Conv2d(c_in, item, 3, padding=1, bias=False, dtype=dtype, rngs=rngs),
-                    BatchNorm2d(item, dtype=dtype),
+                    Conv2d(c_in, item, 3, padding=1, bias=False, dtype=dtype, rngs=rngs, **fmt),
+                    BatchNorm2d(item, dtype=dtype, **fmt),
                 ]
                 layers.append(nnx.relu)
                 c_in = item
@@ -258,9 +302,10 @@ class VGG(nnx.Module):
         self.head = nnx.Linear(
             c_in, NUM_CLASSES, kernel_init=torch_default_linear, dtype=dtype, rngs=rngs
         )
+        self.data_format = data_format
 
     def __call__(self, x):
-        return self.head(self.flatten(self.features(x)))
+        return self.head(flatten_chw(self.flatten, self.features(x), self.data_format))
 
 
 # ----------------------------------------------------------------------------- simple CNN
@@ -269,10 +314,12 @@ class VGG(nnx.Module):
 class SimpleCNN(nnx.Module):
     """Conv(3->16)-ReLU-MaxPool2-Conv(16->32)-ReLU-MaxPool2-Flatten-Linear(2048->10)."""
 
-    def __init__(self, *, rngs, dtype=None):
-        self.conv1 = Conv2d(3, 16, 3, padding=1, dtype=dtype, rngs=rngs)
-        self.conv2 = Conv2d(16, 32, 3, padding=1, dtype=dtype, rngs=rngs)
-        self.pool = MaxPool2d(2)
+    def __init__(self, *, rngs, dtype=None, data_format="NCHW"):
+        fmt = layout(data_format)
+        self.conv1 = Conv2d(3, 16, 3, padding=1, dtype=dtype, rngs=rngs, **fmt)
+        self.conv2 = Conv2d(16, 32, 3, padding=1, dtype=dtype, rngs=rngs, **fmt)
+        self.pool = MaxPool2d(2, **fmt)
+        self.data_format = data_format
         self.flatten = Flatten()
         self.head = nnx.Linear(
             32 * 8 * 8, NUM_CLASSES, kernel_init=torch_default_linear, dtype=dtype, rngs=rngs
@@ -281,7 +328,7 @@ class SimpleCNN(nnx.Module):
     def __call__(self, x):
         x = self.pool(nnx.relu(self.conv1(x)))
         x = self.pool(nnx.relu(self.conv2(x)))
-        return self.head(self.flatten(x))
+        return self.head(flatten_chw(self.flatten, x, self.data_format))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -290,17 +337,18 @@ class SimpleCNN(nnx.Module):
 MODELS: dict[str, Callable[..., nnx.Module]] = {
     "airbench94": Airbench94,
     "resnet18": ResNet18,
-    "vgg11": lambda *, rngs, dtype=None: VGG("vgg11", rngs=rngs, dtype=dtype),
-    "vgg13": lambda *, rngs, dtype=None: VGG("vgg13", rngs=rngs, dtype=dtype),
+    "vgg11": functools.partial(VGG, "vgg11"),
+    "vgg13": functools.partial(VGG, "vgg13"),
     "simple_cnn": SimpleCNN,
 }
 
 
-def build_model(name, seed=0, dtype=None):
+def build_model(name, seed=0, dtype=None, data_format="NCHW"):
     """A freshly initialised model by name (see ``MODELS``), parameters drawn from ``seed``.
 
     ``dtype`` is the compute dtype (``None``: float32; ``jnp.bfloat16`` for mixed precision);
-    the parameters are float32 either way.
+    the parameters are float32 either way. ``data_format`` is the layers' layout, and so the
+    model's input's: ``'NCHW'`` or ``'NHWC'``; the parameters are the same either way.
 
     The initial weights come from an ``rbg`` key (XLA's RngBitGenerator): on CPU its kernels
     compile about 5x faster than the default threefry ones, which matters when every
@@ -308,7 +356,8 @@ def build_model(name, seed=0, dtype=None):
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    return MODELS[name](rngs=nnx.Rngs(jax.random.key(seed, impl="rbg")), dtype=dtype)
+    rngs = nnx.Rngs(jax.random.key(seed, impl="rbg"))
+    return MODELS[name](rngs=rngs, dtype=dtype, data_format=data_format)
 
 
 def count_params(model, variable_type=nnx.Param):

@@ -89,8 +89,9 @@ class Progress:
     """Progress bars on stderr (training steps, then evaluation) with an ETA for the run.
 
     The ETA adds the remaining training images at the measured training rate to the
-    remaining test images at the measured evaluation rate (a TTA image counts as 6);
-    the first step and the first evaluation batch, which compile, are left out of the rates.
+    remaining test images at the measured evaluation rate (a TTA image counts as
+    ``augment.TTA_VIEWS``); the first step and the first evaluation batch, which compile,
+    are left out of the rates.
     """
 
     def __init__(self, enabled: bool, train_left: int, eval_left: int):
@@ -101,7 +102,7 @@ class Progress:
 
     def start(self, kind: str, desc: str, total: int, weight: int = 1) -> None:
         """Opens the bar of one phase: ``kind`` is ``"train"`` or ``"eval"``; ``weight``
-        is the cost of one image in plain evaluations (6 with TTA)."""
+        is the cost of one image in plain evaluations (``augment.TTA_VIEWS`` with TTA)."""
         self.close()
         self.kind, self.weight, self.last, self.first = kind, weight, time.perf_counter(), True
         self.bar = tqdm(

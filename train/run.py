@@ -3,11 +3,13 @@
 :func:`setup` (devices, data, model, optimiser), :func:`restore_or_start` (the latest good
 checkpoint with ``--resume``), :func:`train_epoch` (steps, evaluation, checkpoint, log)
 once per epoch, and :func:`finish` (summary and plots). A phase that cannot go on raises
-:class:`Stop` with a one-line reason and the exit status.
+:class:`Stop` with a one-line reason and the exit status. A run is one :class:`Run`: what
+:func:`setup` builds, fixed from then on, plus its :class:`State`, the little that changes
+as it trains (its position, log, lookahead average and timings).
 
 Ctrl-C or SIGTERM during training (:class:`Interrupt`) lets the current step finish (or
 abandons the current evaluation), saves the state under ``checkpoints/interrupted/<global
-step>/`` (parameters, optimiser, weight average, the epoch's position in its data order and
+step>/`` (parameters, optimiser, lookahead average, the epoch's position in its data order and
 its running loss sums) and raises :class:`Interrupted`; ``--resume`` continues from there
 exactly as if the run had not stopped. A second signal quits at once, without saving. That
 checkpoint is deleted once the next epoch's checkpoint is written.
@@ -39,6 +41,7 @@ NAN_EXIT_CODE = 3
 KEY_IMPL = "rbg"  # XLA's RngBitGenerator: compiles much faster on CPU than threefry
 LR_UNIT = "--lr"  # the unit of the lr in the saved metrics: --lr's (see Run.lr_at)
 INTERRUPTED = "interrupted"  # checkpoints/<this>/: the checkpoint of a run stopped mid-epoch
+LOOKAHEAD_STARTED = "ema_started"  # the record's key: whether a lookahead average is saved
 
 
 class Stop(Exception):
@@ -115,17 +118,60 @@ class Options:
     progress: bool = True
     resume_command: str = "python -m train.cifar10 --resume"  # shown when interrupted
 
+    @property
+    def ckpt_dir(self) -> Path:
+        """``<out_dir>/checkpoints/``: the epoch checkpoints."""
+        return self.out_dir / "checkpoints"
+
+    @property
+    def interrupted_dir(self) -> Path:
+        """``<out_dir>/checkpoints/interrupted/``: the checkpoint of a run stopped mid-epoch."""
+        return self.ckpt_dir / INTERRUPTED
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out_dir / "summary.json"
+
 
 @dataclasses.dataclass
+class State:
+    """What a run changes as it goes: its position, its log and its timings.
+
+    Everything here but the predictions, the progress bars and the timings of this process
+    is saved with every checkpoint and restored by ``--resume``.
+    """
+
+    aug_key: Any  # the run's augmentation key (fold_in(key, 1)), restored as saved
+    history: list[dict] = dataclasses.field(default_factory=list)  # one record per epoch
+    lookahead: Any = None  # the lookahead average, once started
+    epoch0: int = 0  # epochs done before this process started
+    # Restored from an interrupted checkpoint: where in epoch ``epoch0`` the run stopped
+    # ({"steps_done", "loss", "correct", "epoch_s", "averaged"}); None: at an epoch's start.
+    partial: dict | None = None
+    elapsed_before: float = 0.0  # seconds spent by the earlier processes of a resumed run
+    predictions: np.ndarray | None = None  # of the last full evaluation, for the plots
+    bar: report.Progress | None = None  # the progress bars, once the run has started
+    first_step_s: float | None = None  # compile + one step, in this process
+    steps: int = 0  # steps trained in this process
+    train_s: float = 0.0  # seconds of training in this process
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
-    """Everything one run holds: set up once, then advanced epoch by epoch."""
+    """One run: what :func:`setup` builds, fixed from then on, and its :class:`State`.
+
+    ``model`` and ``optimizer`` are updated in place by the steps (and by a restore).
+    """
 
     cfg: Config
     opts: Options
     start_time: float
     mesh: Any
-    train: tuple  # (uint8 images, labels, base flips) on the devices, replicated
-    n_train: int
+    data: loop.TrainSet  # on the devices, replicated
     test_images: np.ndarray  # on the host, fed per batch
     test_labels: np.ndarray
     subset: np.ndarray  # indices of the test images scored after every epoch but the last
@@ -133,38 +179,24 @@ class Run:
     batch_size: int
     steps_per_epoch: int
     total_steps: int
-    n_epochs: int
     model: Any
     optimizer: Any
-    schedule: Any  # step -> optimiser step size
-    train_step: Any
+    train_step: Any  # loop.make_train_step's
     checkpointer: Checkpointer
-    aug_key: Any
-    history: list[dict] = dataclasses.field(default_factory=list)
-    ema: Any = None  # the lookahead average, once started
-    epoch0: int = 0  # epochs done before this process started
-    elapsed_before: float = 0.0  # seconds spent by the earlier processes of a resumed run
-    predictions: np.ndarray | None = None  # of the last full evaluation, for the plots
-    progress: report.Progress | None = None
-    first_step_s: float | None = None  # compile + one step, in this process
-    run_steps: int = 0
-    run_train_s: float = 0.0
-    # Restored from an interrupted checkpoint: where in epoch ``epoch0`` the run stopped
-    # ({"steps_done", "loss", "correct", "epoch_s", "averaged"}); None: at an epoch's start.
-    partial: dict | None = None
+    state: State
     interrupt: Interrupt = dataclasses.field(default_factory=Interrupt)
 
     @property
-    def ckpt_dir(self) -> Path:
-        return self.opts.out_dir / "checkpoints"
+    def n_train(self) -> int:
+        return len(self.data.labels)
+
+    @property
+    def n_epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
 
     @property
     def replicated(self):
         return distributed.replicated(self.mesh)
-
-    @property
-    def interrupted_dir(self) -> Path:
-        return self.ckpt_dir / INTERRUPTED
 
     @property
     def lr_scale(self) -> float:
@@ -176,6 +208,20 @@ class Run:
         logged: ``cfg.lr`` times the schedule's multiplier."""
         return self.cfg.lr * float(loop.lr_multiplier(self.cfg, self.total_steps)(step))
 
+    @property
+    def steps_before(self) -> int:
+        """The steps trained before this process started (restored by ``--resume``)."""
+        partial = self.state.partial
+        return self.state.epoch0 * self.steps_per_epoch + (partial["steps_done"] if partial else 0)
+
+    def elapsed_s(self) -> float:
+        """Seconds since the run started, over all its processes (resumed or not)."""
+        return self.state.elapsed_before + time.perf_counter() - self.start_time
+
+    def epoch_steps(self, epoch: int) -> int:
+        """The steps of ``epoch``: all of an epoch's but in a fractional last one."""
+        return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+
 
 # ---------------------------------------------------------------------------- Set up
 
@@ -183,11 +229,10 @@ class Run:
 def check_out_dir(opts: Options) -> bool:
     """Whether ``out_dir`` holds checkpoints of an earlier run; stops if it does and
     neither ``resume`` nor ``overwrite`` says what to do with them."""
-    ckpt_dir = opts.out_dir / "checkpoints"
-    earlier = any(_step_dirs(ckpt_dir)) or any(_step_dirs(ckpt_dir / INTERRUPTED))
+    earlier = any(_step_dirs(opts.ckpt_dir)) or any(_step_dirs(opts.interrupted_dir))
     if earlier and not opts.resume and not opts.overwrite:
         raise Stop(
-            f"{ckpt_dir} holds checkpoints of an earlier run; pass --resume to continue it, "
+            f"{opts.ckpt_dir} holds checkpoints of an earlier run; pass --resume to continue it, "
             "--overwrite to start afresh, or another --out-dir"
         )
     return earlier
@@ -198,10 +243,10 @@ def _step_dirs(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.name[:1].isdigit()] if folder.is_dir() else []
 
 
-def saved_config(ckpt_dir: Path) -> Config | None:
-    """The settings saved with the newest readable checkpoint in ``ckpt_dir`` (the
+def saved_config(opts: Options) -> Config | None:
+    """The settings saved with the newest readable checkpoint in ``opts.out_dir`` (the
     interrupted one first), or ``None`` if there is none; nothing is changed on disk."""
-    for folder in (ckpt_dir / INTERRUPTED, ckpt_dir):
+    for folder in (opts.interrupted_dir, opts.ckpt_dir):
         if not any(_step_dirs(folder)):
             continue
         ckpt = Checkpointer(folder, read_only=True)
@@ -254,32 +299,31 @@ def setup(cfg: Config, opts: Options, start_time: float) -> Run:
     steps_per_epoch = n_train // batch_size  # the last partial batch is dropped
     total_steps = math.ceil(steps_per_epoch * cfg.epochs)
     if earlier and not opts.resume and distributed.is_main():  # --overwrite, all checked
-        shutil.rmtree(opts.out_dir / "checkpoints")
+        shutil.rmtree(opts.ckpt_dir)
     distributed.barrier("out_dir")
     opts.out_dir.mkdir(parents=True, exist_ok=True)
 
     key = jax.random.key(cfg.seed, impl=KEY_IMPL)
     aug_key, flip_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
     replicated = distributed.replicated(mesh)
-    train = (
-        distributed.put(train_np[0], replicated),  # uint8 NCHW, on the devices for the run
-        distributed.put(train_np[1], replicated),
-        distributed.put(augment.base_flips(flip_key, n_train), replicated),
+    train_set = loop.TrainSet(  # on the devices for the whole run
+        images=distributed.put(train_np[0], replicated),
+        labels=distributed.put(train_np[1], replicated),
+        base_flips=distributed.put(augment.base_flips(flip_key, n_train), replicated),
     )
-    model = models.build_model(cfg.model, seed=cfg.seed, dtype=DTYPES[cfg.dtype])
+    model = models.build_model(cfg.model, cfg.seed, DTYPES[cfg.dtype], cfg.data_format)
     models.init_whitening(model, augment.normalize(jnp.asarray(train_np[0][: cfg.whiten_images])))
     distributed.replicate(model, mesh, from_process_0=True)  # identical on every process
-    optimizer, schedule = loop.make_optimizer(model, cfg, total_steps, batch_size)
+    optimizer, _ = loop.make_optimizer(model, cfg, total_steps, batch_size)
     distributed.replicate(optimizer, mesh)
     return Run(
-        cfg=cfg, opts=opts, start_time=start_time, mesh=mesh, train=train, n_train=n_train,
+        cfg=cfg, opts=opts, start_time=start_time, mesh=mesh, data=train_set,
         test_images=cifar.test_images[: cfg.test_limit],
         test_labels=cifar.test_labels[: cfg.test_limit], class_names=cifar.class_names,
         subset=eval_subset(cfg.eval_subset, len(cifar.test_labels[: cfg.test_limit])),
         batch_size=batch_size, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-        n_epochs=math.ceil(total_steps / steps_per_epoch), model=model, optimizer=optimizer,
-        schedule=schedule, train_step=loop.make_train_step(cfg, batch_size),
-        checkpointer=Checkpointer(opts.out_dir / "checkpoints"), aug_key=aug_key,
+        model=model, optimizer=optimizer, train_step=loop.make_train_step(cfg, batch_size),
+        checkpointer=Checkpointer(opts.ckpt_dir), state=State(aug_key=aug_key),
     )  # fmt: skip
 
 
@@ -293,19 +337,18 @@ def restore_or_start(run: Run) -> None:
     if run.opts.resume:
         _resume(run)
     if distributed.is_main():  # rewritten: drops epochs past the checkpoint
-        report.write_metrics(run.opts.out_dir / "metrics.jsonl", run.history)
+        report.write_metrics(run.opts.metrics_path, run.state.history)
     _print_header(run)
-    for record in run.history:
+    for record in run.state.history:
         report.log_epoch(record)
-    eval_left = sum(_eval_cost(run, e) for e in range(run.epoch0, run.n_epochs))
-    done = run.epoch0 * run.steps_per_epoch + (run.partial["steps_done"] if run.partial else 0)
-    train_left = (run.total_steps - done) * run.batch_size
-    run.progress = report.Progress(run.opts.progress, max(train_left, 0), eval_left)
+    eval_left = sum(_eval_cost(run, e) for e in range(run.state.epoch0, run.n_epochs))
+    train_left = (run.total_steps - run.steps_before) * run.batch_size
+    run.state.bar = report.Progress(run.opts.progress, max(train_left, 0), eval_left)
 
 
 def is_complete(run: Run) -> bool:
     """Whether the run was finished before (all epochs and its summary)."""
-    return run.epoch0 == run.n_epochs and (run.opts.out_dir / "summary.json").is_file()
+    return run.state.epoch0 == run.n_epochs and run.opts.summary_path.is_file()
 
 
 def _resume(run: Run) -> None:
@@ -325,7 +368,7 @@ def _resume(run: Run) -> None:
             else:
                 interrupted.discard(step)  # superseded by the epoch checkpoints
     if not candidates:
-        report.note(f"note: no checkpoint in {run.ckpt_dir}; starting from scratch")
+        report.note(f"note: no checkpoint in {run.opts.ckpt_dir}; starting from scratch")
         return
     damaged = []
     for ckpt, step in candidates:
@@ -336,23 +379,22 @@ def _resume(run: Run) -> None:
     else:
         tried = ", ".join(str(step) for _, step in candidates)
         raise Stop(
-            f"no readable checkpoint in {run.ckpt_dir} (tried {tried}); "
+            f"no readable checkpoint in {run.opts.ckpt_dir} (tried {tried}); "
             "pass --overwrite to start afresh, or another --out-dir"
         )
     for bad, bad_step in damaged:  # so that these epochs can be written again
         bad.discard(bad_step)
     if interrupted is not None:
         interrupted.close()
-    done = run.partial["steps_done"] if run.partial else 0
-    report.note(f"resumed from {ckpt.directory / str(step)} (epoch {run.epoch0}, step "
-                f"{run.epoch0 * run.steps_per_epoch + done})")  # fmt: skip
+    report.note(f"resumed from {ckpt.directory / str(step)} (epoch {run.state.epoch0}, step "
+                f"{run.steps_before})")  # fmt: skip
 
 
 def _interrupted_checkpointer(run: Run) -> Checkpointer | None:
     """The checkpoints of interrupted epochs (one at most), if any were written."""
-    if not run.interrupted_dir.is_dir():
+    if not run.opts.interrupted_dir.is_dir():
         return None
-    return Checkpointer(run.interrupted_dir, max_to_keep=1)
+    return Checkpointer(run.opts.interrupted_dir, max_to_keep=1)
 
 
 def _try_restore(run: Run, ckpt: Checkpointer, step: int) -> str | None:
@@ -370,20 +412,23 @@ def _try_restore(run: Run, ckpt: Checkpointer, step: int) -> str | None:
                    "rerun with the original flags")  # fmt: skip
     template = nnx.to_pure_dict(nnx.state(run.model, loop.LOOKAHEAD_VARS))
     try:
-        ema, meta = ckpt.restore(
+        lookahead, meta = ckpt.restore(
             step,
             model=run.model,
             optimizer=run.optimizer,
-            ema=template if saved["ema_started"] else None,
+            lookahead=template if saved[LOOKAHEAD_STARTED] else None,
         )
     except Exception as exc:  # whatever orbax raises on damaged arrays
         return f"its arrays are unreadable: {_first_line(exc)}"
-    run.ema, run.history, run.epoch0 = ema, meta["history"], meta["epoch"]
-    run.partial = meta.get("partial")
+    history = meta["history"]
     if meta.get("lr_unit") != LR_UNIT:  # written before the log's lr was in --lr's units
-        run.history = [dict(r, lr=r["lr"] * run.lr_scale) for r in run.history]
-    run.elapsed_before = meta["elapsed_s"]
-    run.aug_key = jax.random.wrap_key_data(jnp.asarray(meta["aug_key"], jnp.uint32), impl=KEY_IMPL)
+        history = [dict(r, lr=r["lr"] * run.lr_scale) for r in history]
+    aug_key = jax.random.wrap_key_data(jnp.asarray(meta["aug_key"], jnp.uint32), impl=KEY_IMPL)
+    state = run.state
+    state.aug_key, state.history, state.lookahead = aug_key, history, lookahead
+    state.epoch0, state.partial, state.elapsed_before = (
+        meta["epoch"], meta.get("partial"), meta["elapsed_s"]
+    )  # fmt: skip
     return None
 
 
@@ -450,15 +495,15 @@ def train_epoch(run: Run, epoch: int) -> None:
         "test_images": n_test,
         "lr": run.lr_at(global_step - 1),
         "epoch_s": epoch_s,
-        "total_s": run.elapsed_before + time.perf_counter() - run.start_time,
+        "total_s": run.elapsed_s(),
     }
     if last and run.cfg.tta:
         record["test_acc_tta"] = tta_acc
-    run.history.append(record)
+    run.state.history.append(record)
     report.log_epoch(record)
     _save(run, epoch, record)
     if run.interrupt.requested:  # it came during the save: the epoch's checkpoint is written
-        where, path = f"after epoch {epoch + 1}", run.ckpt_dir / str(epoch + 1)
+        where, path = f"after epoch {epoch + 1}", run.opts.ckpt_dir / str(epoch + 1)
         raise Interrupted(_resume_line(run, where, path), 128 + run.interrupt.signum)
 
 
@@ -470,37 +515,37 @@ def _train_steps(run: Run, epoch: int):
     """The steps of one epoch (those left of it, resumed mid-epoch); returns the summed
     ``metrics``, the step count and seconds. Saves and raises :class:`Interrupted` if a
     signal came during a step."""
-    cfg, bs = run.cfg, run.batch_size
-    steps = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)
-    partial = run.partial if run.partial is not None and epoch == run.epoch0 else {}
-    run.partial = None
+    cfg, bs, state = run.cfg, run.batch_size, run.state
+    steps = run.epoch_steps(epoch)
+    partial = state.partial if state.partial is not None and epoch == state.epoch0 else {}
+    state.partial = None
     first, before_s = partial.get("steps_done", 0), partial.get("epoch_s", 0.0)
     global_step = epoch * run.steps_per_epoch + first
     order = np.random.default_rng([cfg.seed, epoch]).permutation(run.n_train)  # data order
     order = order[: steps * bs].astype(np.int32).reshape(steps, bs)
     # (steps, batch): the batch axis split over the devices, each device its own rows.
     perm = distributed.put(order, distributed.batch_sharding(run.mesh, ndim=2, axis=1))
-    key = distributed.put(jax.random.fold_in(run.aug_key, epoch), run.replicated)
+    key = distributed.put(jax.random.fold_in(run.state.aug_key, epoch), run.replicated)
     metrics = {  # the sums so far (exact: float32 and int32 values saved as JSON numbers)
         "loss": distributed.put(np.float32(partial.get("loss", 0)), run.replicated),
         "correct": distributed.put(np.int32(partial.get("correct", 0)), run.replicated),
     }
-    batch = (run.train, perm, key, epoch)
-    run.progress.start("train", f"epoch {epoch + 1}/{run.n_epochs}", (steps - first) * bs)
+    state.bar.start("train", f"epoch {epoch + 1}/{run.n_epochs}", (steps - first) * bs)
     t0 = time.perf_counter()
     pending = None  # the previous step's loss, read after the next step is queued
     try:
         for step in range(first, steps):
             t_step = time.perf_counter()
-            args = (*batch, step, epoch < cfg.whiten_bias_epochs)
-            metrics, loss = run.train_step(run.model, run.optimizer, metrics, *args)
-            if run.first_step_s is None:  # the first call compiles: time it on its own
+            inputs = loop.StepInputs(run.data, perm, key, epoch, step,
+                                     train_whiten_bias=epoch < cfg.whiten_bias_epochs)  # fmt: skip
+            metrics, loss = run.train_step(run.model, run.optimizer, metrics, inputs)
+            if state.first_step_s is None:  # the first call compiles: time it on its own
                 loss.block_until_ready()
-                run.first_step_s = time.perf_counter() - t_step
+                state.first_step_s = time.perf_counter() - t_step
             global_step += 1
-            run.run_steps += 1
-            run.ema = loop.maybe_lookahead(run.model, run.ema, cfg, epoch, global_step,
-                                           run.total_steps)  # fmt: skip
+            state.steps += 1
+            state.lookahead = loop.maybe_lookahead(run.model, state.lookahead, cfg, epoch,
+                                                   global_step, run.total_steps)  # fmt: skip
             if pending is not None:
                 _show_loss(run, loop.check_loss(pending, epoch, global_step - 1, cfg))
             pending = loss
@@ -511,22 +556,22 @@ def _train_steps(run: Run, epoch: int):
         if pending is not None:
             _show_loss(run, loop.check_loss(pending, epoch, global_step, cfg))
     except loop.NonFiniteLoss as exc:  # the loss is replicated: every process stops here
-        run.progress.close()
+        run.state.bar.close()
         last = run.checkpointer.latest_step()
-        kept = f"epoch {last} in {run.ckpt_dir}" if last is not None else "none written yet"
+        kept = f"epoch {last} in {run.opts.ckpt_dir}" if last is not None else "none written yet"
         raise Stop(f"{exc}\nlast good checkpoint: {kept}", NAN_EXIT_CODE) from None
     # airbench copies the average into the model after every epoch (done before an
     # interrupted evaluation was saved: not again)
-    if run.ema is not None and not partial.get("averaged", False):
-        run.ema = loop.lookahead_step(run.model, run.ema, 1.0)
-    run.progress.close()
+    if state.lookahead is not None and not partial.get("averaged", False):
+        state.lookahead = loop.lookahead_step(run.model, state.lookahead, 1.0)
+    state.bar.close()
     epoch_s = time.perf_counter() - t0
-    run.run_train_s += epoch_s
+    state.train_s += epoch_s
     return metrics, steps, before_s + epoch_s
 
 
 def _show_loss(run: Run, loss_sum: float) -> None:
-    run.progress.update(run.batch_size, loss=f"{loss_sum / run.batch_size:.3f}")
+    run.state.bar.update(run.batch_size, loss=f"{loss_sum / run.batch_size:.3f}")
 
 
 def eval_subset(size: int, n: int) -> np.ndarray:
@@ -538,10 +583,11 @@ def eval_subset(size: int, n: int) -> np.ndarray:
 
 
 def _eval_cost(run: Run, epoch: int) -> int:
-    """Test images scored after ``epoch``, in plain forward passes (a TTA image costs 6)."""
+    """Test images scored after ``epoch``, in plain forward passes (a TTA image costs
+    ``augment.TTA_VIEWS``)."""
     if epoch < run.n_epochs - 1:
         return len(run.subset)
-    return len(run.test_labels) * (6 if run.cfg.tta else 1)
+    return len(run.test_labels) * (augment.TTA_VIEWS if run.cfg.tta else 1)
 
 
 def _evaluate(run: Run, epoch: int, last: bool):
@@ -554,20 +600,22 @@ def _evaluate(run: Run, epoch: int, last: bool):
 
     def progress(n: int) -> None:  # after each batch: an interrupt gives the evaluation up
         if n:
-            run.progress.update(n)
+            run.state.bar.update(n)
         if run.interrupt.requested:
-            run.progress.close()
+            run.state.bar.close()
             run.model.train()
             raise _Abandoned
 
     progress(0)
-    run.progress.start("eval", f"test {epoch + 1}/{run.n_epochs}", len(labels), 6 if tta else 1)
+    run.state.bar.start("eval", f"test {epoch + 1}/{run.n_epochs}", len(labels),
+                        augment.TTA_VIEWS if tta else 1)  # fmt: skip
     test_acc, tta_acc, predictions = loop.evaluate(
-        run.model, images, labels, tta, run.mesh, run.cfg.eval_batch, progress
-    )
-    run.progress.close()
+        run.model, images, labels, tta, run.mesh, run.cfg.eval_batch, progress,
+        run.cfg.data_format,
+    )  # fmt: skip
+    run.state.bar.close()
     if last:
-        run.predictions = predictions  # of the whole test set: the confusion matrix
+        run.state.predictions = predictions  # of the whole test set: the confusion matrix
     return test_acc, tta_acc, len(labels)
 
 
@@ -575,12 +623,12 @@ def _save(run: Run, epoch: int, record: dict) -> None:
     """Checkpoint ``epoch + 1``: every process calls save; orbax coordinates them and the
     primary (process 0) writes the replicated arrays and the JSON record."""
     meta = _meta(run, epoch + 1, record["step"], 0, record["total_s"])
-    run.checkpointer.save(epoch + 1, model=run.model, optimizer=run.optimizer, ema=run.ema,
-                          meta=meta)  # fmt: skip
+    run.checkpointer.save(epoch + 1, model=run.model, optimizer=run.optimizer,
+                          lookahead=run.state.lookahead, meta=meta)  # fmt: skip
     if distributed.is_main():
-        report.write_metrics(run.opts.out_dir / "metrics.jsonl", run.history)
-        if run.interrupted_dir.is_dir():  # an interrupted epoch's checkpoint: superseded
-            shutil.rmtree(run.interrupted_dir)
+        report.write_metrics(run.opts.metrics_path, run.state.history)
+        if run.opts.interrupted_dir.is_dir():  # an interrupted epoch's checkpoint: superseded
+            shutil.rmtree(run.opts.interrupted_dir)
 
 
 def _meta(run: Run, epochs_done: int, global_step: int, steps_done: int, elapsed_s: float):
@@ -591,9 +639,9 @@ def _meta(run: Run, epochs_done: int, global_step: int, steps_done: int, elapsed
         "epoch": epochs_done,
         "global_step": global_step,
         "data_order": dict(data_order, next_step=steps_done),
-        "aug_key": np.asarray(jax.random.key_data(run.aug_key)).tolist(),
-        "ema_started": run.ema is not None,
-        "history": run.history,
+        "aug_key": np.asarray(jax.random.key_data(run.state.aug_key)).tolist(),
+        LOOKAHEAD_STARTED: run.state.lookahead is not None,
+        "history": run.state.history,
         "lr_unit": LR_UNIT,
         "elapsed_s": elapsed_s,
         "config": run.cfg.to_dict(),
@@ -604,10 +652,9 @@ def _save_interrupted(run: Run, epoch: int, steps_done: int, metrics, epoch_s: f
                       averaged: bool = True) -> None:  # fmt: skip
     """Saves the run stopped after ``steps_done`` steps of ``epoch`` (with ``averaged``:
     and after the epoch's lookahead copy), then raises :class:`Interrupted`."""
-    run.progress.close()
+    run.state.bar.close()
     global_step = epoch * run.steps_per_epoch + steps_done
-    elapsed = run.elapsed_before + time.perf_counter() - run.start_time
-    meta = _meta(run, epoch, global_step, steps_done, elapsed)
+    meta = _meta(run, epoch, global_step, steps_done, run.elapsed_s())
     meta["partial"] = {
         "steps_done": steps_done,
         "loss": float(metrics["loss"]),  # a float32 value: exact in JSON
@@ -615,11 +662,12 @@ def _save_interrupted(run: Run, epoch: int, steps_done: int, metrics, epoch_s: f
         "epoch_s": epoch_s,
         "averaged": averaged,
     }
-    ckpt = Checkpointer(run.interrupted_dir, max_to_keep=1)
-    ckpt.save(global_step, model=run.model, optimizer=run.optimizer, ema=run.ema, meta=meta)
+    ckpt = Checkpointer(run.opts.interrupted_dir, max_to_keep=1)
+    ckpt.save(global_step, model=run.model, optimizer=run.optimizer,
+              lookahead=run.state.lookahead, meta=meta)  # fmt: skip
     ckpt.close()
     where = f"in epoch {epoch + 1} after step {steps_done} of {run.steps_per_epoch}"
-    if steps_done == min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch):
+    if steps_done == run.epoch_steps(epoch):
         where = f"after the steps of epoch {epoch + 1}, before its evaluation"
     raise Interrupted(_resume_line(run, where, ckpt.directory / str(global_step)),
                       128 + run.interrupt.signum)  # fmt: skip
@@ -639,15 +687,18 @@ def finish(run: Run) -> None:
     if jax.process_count() > 1:  # the replicas must agree: every process shows its hash
         print(f"process {jax.process_index()}/{jax.process_count()}: parameter checksum "
               f"{distributed.checksum(run.model)}", file=sys.stderr, flush=True)  # fmt: skip
-    if run.predictions is None and run.opts.plots:  # resumed after the last epoch
-        run.predictions = loop.evaluate(run.model, run.test_images, run.test_labels,
-                                        run.cfg.tta, run.mesh, run.cfg.eval_batch)[2]  # fmt: skip
+    if run.state.predictions is None and run.opts.plots:  # resumed after the last epoch
+        cfg = run.cfg
+        run.state.predictions = loop.evaluate(
+            run.model, run.test_images, run.test_labels, cfg.tta, run.mesh, cfg.eval_batch,
+            data_format=cfg.data_format,
+        )[2]  # fmt: skip
     if not distributed.is_main():
         return
     if run.opts.plots:
         _plot(run)
     summary = _summary(run)
-    report.write_json(run.opts.out_dir / "summary.json", summary)
+    report.write_json(run.opts.summary_path, summary)
     without = f", {100 * summary['test_accuracy_no_tta']:.2f}% without TTA" if run.cfg.tta else ""
     report.say(
         f"test accuracy {100 * summary['test_accuracy']:.2f}%{without} in "
@@ -660,28 +711,30 @@ def _plot(run: Run) -> None:
     from train import plots
 
     out_dir = run.opts.out_dir
-    plots.plot_curves(run.history, out_dir / "curves.png", run.cfg.label_smoothing, run.cfg.tta)
+    plots.plot_curves(
+        run.state.history, out_dir / "curves.png", run.cfg.label_smoothing, run.cfg.tta
+    )
     plots.plot_filters(models.first_conv(run.model).weight[...], out_dir / "filters.png")
-    cm = plots.confusion_matrix(run.test_labels, run.predictions, len(run.class_names))
+    cm = plots.confusion_matrix(run.test_labels, run.state.predictions, len(run.class_names))
     plots.plot_confusion(cm, run.class_names, out_dir / "confusion.png")
 
 
 def _summary(run: Run) -> dict:
-    cfg, final = run.cfg, run.history[-1]
+    cfg, state, final = run.cfg, run.state, run.state.history[-1]
     # Throughput after compilation: the first step of this process (compile) is left out.
-    if run.run_steps > 1:
-        per_s = (run.run_steps - 1) * run.batch_size / (run.run_train_s - run.first_step_s)
+    if state.steps > 1:
+        per_s = (state.steps - 1) * run.batch_size / (state.train_s - state.first_step_s)
     else:
-        per_s = run.run_steps * run.batch_size / run.run_train_s if run.run_train_s else None
+        per_s = state.steps * run.batch_size / state.train_s if state.train_s else None
     return {
         "model": cfg.model,
         "seed": cfg.seed,
         "test_accuracy": final["test_acc_tta"] if cfg.tta else final["test_acc"],
         "test_accuracy_no_tta": final["test_acc"],
         "tta": cfg.tta,
-        "wall_time_s": run.elapsed_before + time.perf_counter() - run.start_time,
-        "train_time_s": sum(h["epoch_s"] for h in run.history),
-        "first_step_s": run.first_step_s,  # compile + one step, in this process
+        "wall_time_s": run.elapsed_s(),
+        "train_time_s": sum(h["epoch_s"] for h in run.state.history),
+        "first_step_s": state.first_step_s,  # compile + one step, in this process
         "images_per_second": per_s,  # training only, after compilation, all devices
         "epochs": cfg.epochs,
         "steps": run.total_steps,

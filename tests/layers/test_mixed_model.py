@@ -14,7 +14,6 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from flax import nnx
 
 from jspatial.layers import (
@@ -81,11 +80,6 @@ def torch_mixed(torch):
             return self.fc(self.flatten(self.adaptive(x)))
 
     return TorchMixed()
-
-
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
 
 
 def assert_same_state(ours, reference):

@@ -37,11 +37,6 @@ from tests.layers.helpers import (
 SIZE = 16  # input height and width of the small CNN
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
-
 def numpy_state(model):
     """A ``state_dict`` of NumPy arrays, as a user without PyTorch would hold one."""
     return {k: v.numpy().copy() for k, v in model.state_dict().items()}

@@ -67,7 +67,7 @@ def start(command: list[str], env: dict) -> subprocess.Popen:
     )
 
 
-class Run:
+class Process:
     """A started subprocess; ``result()`` waits once and returns ``(code, out, err)``."""
 
     def __init__(self, proc: subprocess.Popen, out_dir: Path | None = None):
@@ -122,7 +122,7 @@ for n in (1, 4):
     optimizer = nnx.Optimizer(model, optax.sgd(1e-3, momentum=0.9), wrt=nnx.Param)
     distributed.replicate(optimizer, mesh)
     step = loop.make_train_step(config.make_config(label_smoothing=0.1), B)
-    train = tuple(distributed.put(a, rep) for a in (images, labels, flips))
+    train = loop.TrainSet(*(distributed.put(a, rep) for a in (images, labels, flips)))
     order = np.arange(B, dtype=np.int32)[None]
     perm = distributed.put(order, distributed.batch_sharding(mesh, 2, 1))
     key = distributed.put(jax.random.key(1, impl="rbg"), rep)
@@ -130,7 +130,7 @@ for n in (1, 4):
     for s in range(3):
         metrics = {"loss": distributed.put(np.zeros((), np.float32), rep),
                    "correct": distributed.put(np.zeros((), np.int32), rep)}
-        _, loss = step(model, optimizer, metrics, train, perm, key, s, 0, True)
+        _, loss = step(model, optimizer, metrics, loop.StepInputs(train, perm, key, s, 0, True))
         losses.append(float(loss))
     state = nnx.to_pure_dict(nnx.state(model))
     out[n] = {"losses": losses, "state": jax.tree.map(lambda x: np.asarray(x).tolist(), state)}
@@ -166,23 +166,23 @@ def runs(tmp_path_factory, jax_cache):
     data_dir = write_tiny_cifar(root / "data", n_train=STEPS * BATCH + 4, n_test=40)
     four = env_with_devices(jax_cache, 4)
     started = {
-        "one": Run(start(cli(data_dir, root / "one", "--devices", "1"), four), root / "one"),
-        "four": Run(start(cli(data_dir, root / "four"), four), root / "four"),
-        "four_2ep": Run(
+        "one": Process(start(cli(data_dir, root / "one", "--devices", "1"), four), root / "one"),
+        "four": Process(start(cli(data_dir, root / "four"), four), root / "four"),
+        "four_2ep": Process(
             start(cli(data_dir, root / "four_2ep", "--epochs", "2"), four), root / "four_2ep"
         ),  # fmt: skip
-        "bf16": Run(
+        "bf16": Process(
             start(cli(data_dir, root / "bf16", "--dtype", "bfloat16"), four), root / "bf16"
         ),
-        "indivisible": Run(start(cli(data_dir, root / "bad", "--batch-size", "30"), four)),
-        "bn": Run(start([sys.executable, "-c", BN_SCRIPT], four)),
+        "indivisible": Process(start(cli(data_dir, root / "bad", "--batch-size", "30"), four)),
+        "bn": Process(start([sys.executable, "-c", BN_SCRIPT], four)),
     }
     if gloo_available():
         port, two = free_port(), env_with_devices(jax_cache, 2)
         for i in range(2):
             multi = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id"]
             command = cli(data_dir, root / "two", *multi, str(i))
-            started[f"process{i}"] = Run(start(command, two), root / "two")
+            started[f"process{i}"] = Process(start(command, two), root / "two")
     yield started
     for run in started.values():
         if run.proc.poll() is None:
@@ -212,11 +212,11 @@ def assert_same_params(state, reference, steps=STEPS, atol=1e-5):
     assert state["['optimizer']['step']"] == steps
 
 
-def summary(run: Run) -> dict:
+def summary(run: Process) -> dict:
     return json.loads((run.out_dir / "summary.json").read_text())
 
 
-def train_loss(run: Run) -> float:
+def train_loss(run: Process) -> float:
     return json.loads((run.out_dir / "metrics.jsonl").read_text().splitlines()[-1])["train_loss"]
 
 
@@ -245,7 +245,7 @@ def test_checkpoint_from_four_devices_resumes_on_one(runs, tmp_path, jax_cache):
     shutil.rmtree(resumed / "checkpoints" / "2")  # as if stopped after epoch 1
     (resumed / "summary.json").unlink()
     command = cli(reference.parent / "data", resumed, "--epochs", "2", "--resume", "--devices", "1")
-    run = Run(start(command, env_with_devices(jax_cache, 4)), resumed)
+    run = Process(start(command, env_with_devices(jax_cache, 4)), resumed)
     out, err = run.ok()
     assert f"resumed from {resumed / 'checkpoints' / '1'}" in err and "1 cpu device(s)" in out
     assert summary(run)["devices"] == 1 and summary(runs["four_2ep"])["devices"] == 4

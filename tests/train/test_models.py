@@ -9,6 +9,8 @@ import pytest
 from flax import nnx
 
 import jspatial as js
+from jspatial.layers import BatchNorm2d, Conv2d, GlobalAvgPool2d, MaxPool2d
+from tests.tolerances import assert_close
 from train import models
 
 
@@ -128,3 +130,60 @@ def test_first_conv():
     for name, shape in [("airbench94", (24, 3, 2, 2)), ("resnet18", (64, 3, 3, 3))]:
         model = nnx.eval_shape(lambda name=name: models.build_model(name))
         assert models.first_conv(model).weight.shape == shape
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def test_flatten_chw_reads_channels_last_maps_in_torch_order():
+    x = jnp.arange(2 * 3 * 4 * 5, dtype=jnp.float32).reshape(2, 3, 4, 5)  # NCHW
+    nhwc = jnp.transpose(x, (0, 2, 3, 1))
+    flatten = models.Flatten()
+    np.testing.assert_array_equal(models.flatten_chw(flatten, nhwc, "NHWC"), flatten(x))
+    np.testing.assert_array_equal(models.flatten_chw(flatten, x, "NCHW"), flatten(x))
+    pooled = x[:, :, :1, :1]  # 1x1 maps: the same features in either order, no transpose
+    pooled_nhwc = jnp.transpose(pooled, (0, 2, 3, 1))
+    np.testing.assert_array_equal(models.flatten_chw(flatten, pooled_nhwc, "NHWC"), flatten(pooled))
+
+
+def test_model_input_moves_nchw_images_to_the_layout():
+    x = jnp.arange(2 * 3 * 4 * 5, dtype=jnp.float32).reshape(2, 3, 4, 5)
+    assert models.model_input(x, "NCHW") is x
+    np.testing.assert_array_equal(models.model_input(x, "NHWC"), jnp.transpose(x, (0, 2, 3, 1)))
+
+
+def _layers_take_data_format() -> bool:
+    try:
+        Conv2d(3, 4, 3, data_format="NHWC", rngs=nnx.Rngs(0))
+        MaxPool2d(2, data_format="NHWC")
+        BatchNorm2d(4, data_format="NHWC")
+        GlobalAvgPool2d(data_format="NHWC")
+    except TypeError:
+        return False
+    return True
+
+
+SMALL_MODELS = {  # the models' structure, narrow: one forward pass each stays cheap
+    "simple_cnn": lambda rngs, data_format: models.SimpleCNN(rngs=rngs, data_format=data_format),
+    "airbench94": lambda rngs, data_format: models.Airbench94(
+        widths=(8, 16, 16), rngs=rngs, data_format=data_format
+    ),
+    "resnet18": lambda rngs, data_format: models.ResNet18(
+        widths=(4, 8, 8, 8), blocks=(1, 1, 1, 1), rngs=rngs, data_format=data_format
+    ),
+}
+
+
+@pytest.mark.skipif(not _layers_take_data_format(), reason="the layers take no data_format yet")
+@pytest.mark.parametrize("name", SMALL_MODELS)
+def test_nhwc_model_matches_nchw_model_with_the_same_parameters(name):
+    build = SMALL_MODELS[name]
+    nchw = build(nnx.Rngs(jax.random.key(0, impl="rbg")), "NCHW")
+    nhwc = build(nnx.Rngs(jax.random.key(0, impl="rbg")), "NHWC")
+    same = jax.tree.map(np.array_equal, nnx.to_pure_dict(nnx.state(nchw)),
+                        nnx.to_pure_dict(nnx.state(nhwc)))  # fmt: skip
+    assert all(jax.tree.leaves(same))  # the same parameters (OIHW kernels) from the same key
+    x = jax.random.normal(jax.random.key(0), (2, 3, 32, 32))
+    models.init_whitening(nchw, x)
+    models.init_whitening(nhwc, x)
+    assert_close(nhwc(models.model_input(x, "NHWC")), nchw(x))

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import torch
 from flax import nnx
 
 from jspatial.layers import BatchNorm2d
@@ -36,7 +35,7 @@ def test_lr_schedule_is_airbench_triangle():
     assert float(m(60)) == pytest.approx(1.0 + (0.07 - 1.0) * (60 - 23) / 77, rel=1e-6)
 
 
-def test_sgd_matches_airbench_torch_param_groups():
+def test_sgd_matches_airbench_torch_param_groups(torch):
     """Our single SGD with pre-scaled BN-bias gradients == airbench's two torch param groups."""
     cfg = config.make_config(lr=11.5, momentum=0.85, weight_decay=0.0153, bias_scaler=64.0)
     batch, steps = 1024, 5
@@ -93,7 +92,7 @@ def airbench_setup():
     labels = jnp.asarray(rng.integers(0, 10, BATCH).astype(np.int32))
     models.init_whitening(base, augment.normalize(images))
     cfg = config.make_config(batch_size=BATCH)
-    train = (images, labels, augment.base_flips(jax.random.key(1, impl="rbg"), BATCH))
+    train = loop.TrainSet(images, labels, augment.base_flips(jax.random.key(1, impl="rbg"), BATCH))
     step_fn = loop.make_train_step(cfg, BATCH)
 
     tx = loop.make_optimizer(base, cfg, 20, BATCH)[0].tx  # one tx: one compiled step
@@ -107,7 +106,9 @@ def airbench_setup():
         metrics = {"loss": jnp.zeros(()), "correct": jnp.zeros((), jnp.int32)}
         perm = jnp.arange(BATCH, dtype=jnp.int32)
         key = jax.random.key(2, impl="rbg")
-        _, loss = step_fn(model, optimizer, metrics, train, perm, key, 0, 0, train_whiten_bias)
+        inputs = loop.StepInputs(train, perm, key, epoch=0, step=0,
+                                 train_whiten_bias=train_whiten_bias)  # fmt: skip
+        _, loss = step_fn(model, optimizer, metrics, inputs)
         return float(loss)
 
     return fresh, step
@@ -154,20 +155,23 @@ def test_steps_on_a_fixed_batch_lower_the_loss(airbench_setup):
 
 def test_lookahead_averages_and_copies_back():
     model = models.build_model("simple_cnn")
-    cfg = config.make_config("simple_cnn", ema=0.9)
+    cfg = config.make_config("simple_cnn", lookahead_decay=0.9)
     start = snapshot(model, nnx.Param)
     # Before start_epochs, or off the every-5-steps grid: nothing happens.
     assert loop.maybe_lookahead(model, None, cfg, 2, 5, 10) is None
     assert loop.maybe_lookahead(model, None, cfg, 3, 6, 10) is None
-    ema = loop.maybe_lookahead(model, None, cfg, 3, 5, 10)  # starts the average
-    np.testing.assert_array_equal(ema["conv1"]["weight"], start["['conv1']['weight']"])
+    lookahead = loop.maybe_lookahead(model, None, cfg, 3, 5, 10)  # starts the average
+    np.testing.assert_array_equal(lookahead["conv1"]["weight"], start["['conv1']['weight']"])
     model.conv1.weight[...] = model.conv1.weight[...] + 1.0
-    ema = loop.maybe_lookahead(model, ema, cfg, 3, 10, 10)  # decay 0.9**5 * 1**3
+    lookahead = loop.maybe_lookahead(model, lookahead, cfg, 3, 10, 10)  # decay 0.9**5 * 1**3
     decay = 0.9**5
     expected = start["['conv1']['weight']"] + (1 - decay) * 1.0
-    np.testing.assert_allclose(ema["conv1"]["weight"], expected, atol=1e-6)
+    np.testing.assert_allclose(lookahead["conv1"]["weight"], expected, atol=1e-6)
     np.testing.assert_allclose(model.conv1.weight[...], expected, atol=1e-6)  # copied back
-    assert loop.maybe_lookahead(model, ema, replace(cfg, ema=0.0), 3, 10, 10) is ema
+    assert (
+        loop.maybe_lookahead(model, lookahead, replace(cfg, lookahead_decay=0.0), 3, 10, 10)
+        is lookahead
+    )
 
 
 def test_lookahead_leaves_integer_statistics_alone():
@@ -176,11 +180,11 @@ def test_lookahead_leaves_integer_statistics_alone():
             self.w = nnx.Param(jnp.zeros(3))
             self.count = nnx.BatchStat(jnp.array(5, jnp.int32))
 
-    model, cfg = Counted(), config.make_config("simple_cnn", ema=0.9)
-    ema = loop.maybe_lookahead(model, None, cfg, 3, 5, 10)
+    model, cfg = Counted(), config.make_config("simple_cnn", lookahead_decay=0.9)
+    lookahead = loop.maybe_lookahead(model, None, cfg, 3, 5, 10)
     model.w[...] = jnp.ones(3)
     model.count[...] = jnp.array(7, jnp.int32)
-    loop.maybe_lookahead(model, ema, cfg, 3, 10, 10)
+    loop.maybe_lookahead(model, lookahead, cfg, 3, 10, 10)
     np.testing.assert_allclose(model.w[...], 1 - 0.9**5, rtol=1e-6)  # averaged
     assert model.count[...].dtype == jnp.int32 and int(model.count[...]) == 7  # the model's
 
@@ -227,7 +231,7 @@ def test_help(capsys):
     out = capsys.readouterr().out
     for flag in ["--data-dir", "--model", "--epochs", "--batch-size", "--lr", "--seed",
                  "--out-dir", "--resume", "--train-limit", "--test-limit", "--no-tta",
-                 "--optimizer", "--ema", "--no-plots", "--set"]:  # fmt: skip
+                 "--optimizer", "--lookahead-decay", "--no-plots", "--set"]:  # fmt: skip
         assert flag in out
     assert "airbench94" in out and "resnet18" in out and "simple_cnn" in out
     text = " ".join(out.split())  # help lines are wrapped
@@ -243,15 +247,26 @@ def test_set_overrides_settings_and_rejects_unknown_ones(capsys):
     cfg = args.config
     assert (cfg.translate, cfg.flip, cfg.lr, cfg.model) == (0, False, 3.0, "airbench94")
     assert cifar10.parse_args(["--no-tta"]).config.tta is False
+    assert cifar10.parse_args(["--set", "data_format=NHWC"]).config.data_format == "NHWC"
+    assert cifar10.parse_args([]).config.data_format == "NCHW"
     adamw = cifar10.parse_args(["--model", "simple_cnn", "--optimizer", "adamw"]).config
     assert (adamw.lr, adamw.weight_decay) == (2e-3, 5e-4)
     for bad, message in [("nonsense=1", "unknown setting 'nonsense'"),
                          ("translate=two", "translate takes a int"),
-                         ("translate", "NAME=VALUE")]:  # fmt: skip
+                         ("translate", "NAME=VALUE"),
+                         ("ema=0", "'ema' is now called 'lookahead_decay'")]:  # fmt: skip
         with pytest.raises(SystemExit) as exc:
             cifar10.parse_args(["--set", bad])
         assert exc.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_settings_saved_under_an_earlier_name_are_read():
+    """A checkpoint's config from before a rename (``ema``) resumes with the new name."""
+    saved = config.make_config("simple_cnn").to_dict()
+    del saved["lookahead_decay"]
+    saved["ema"] = 0.5
+    assert config.Config.from_dict(saved) == config.make_config("simple_cnn", lookahead_decay=0.5)
 
 
 def test_missing_data_without_network_is_one_line_and_creates_nothing(
@@ -550,8 +565,9 @@ BAD_VALUES = [
     (["--epochs", "0"], "epochs must be > 0, got 0.0"),
     (["--epochs", "-2"], "epochs must be > 0, got -2.0"),
     (["--set", "momentum=1"], "momentum must be in [0, 1), got 1.0"),
-    (["--ema", "1"], "ema must be in [0, 1), got 1.0"),
+    (["--lookahead-decay", "1"], "lookahead_decay must be in [0, 1), got 1.0"),
     (["--train-limit", "0"], "train_limit must be >= 1, got 0"),
+    (["--set", "data_format=NCWH"], "data_format must be 'NCHW' or 'NHWC', got 'NCWH'"),
     (["--set", "lr_start=0", "--set", "lr_peak=0", "--set", "lr_end=0"], "all 0"),
 ]
 
