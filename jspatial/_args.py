@@ -390,14 +390,21 @@ def adaptive_output_size(output_size: Any, op: str) -> tuple[int | None, int | N
 
 
 def unpool_output_size(
-    output_size: Any, in_hw: Pair, kernel: Pair, stride: Pair, padding: Pair, op: str
+    output_size: Any,
+    in_hw: Pair,
+    kernel: Pair,
+    stride: Pair,
+    padding: Pair,
+    op: str,
+    *,
+    data_format: str = "NCHW",
 ) -> Pair:
     """``max_unpool2d``'s output ``(H, W)``, PyTorch's rule.
 
     The default is ``(H_in - 1) * stride - 2 * padding + kernel_size`` per axis. An explicit
-    ``output_size``, ``(H, W)`` or a full ``(N, C, H, W)`` shape, must lie strictly within
-    ``stride`` of that default: the sizes a ``max_pool2d`` with these arguments maps to
-    ``H_in``.
+    ``output_size``, ``(H, W)`` or a full ``(N, C, H, W)`` shape (``(N, H, W, C)`` in
+    ``data_format='NHWC'``), must lie strictly within ``stride`` of that default: the sizes
+    a ``max_pool2d`` with these arguments maps to ``H_in``.
 
     >>> unpool_output_size((5, 7), (2, 3), (2, 2), (2, 2), (0, 0), "max_unpool2d")
     (5, 7)
@@ -408,9 +415,11 @@ def unpool_output_size(
     else:
         if not isinstance(output_size, (tuple, list)) or len(output_size) not in (2, 4):
             raise TypeError(
-                f"{op} output_size must be (H, W) or a full (N, C, H, W) shape, got {output_size!r}"
+                f"{op} output_size must be (H, W) or a full ({', '.join(data_format)}) "
+                f"shape, got {output_size!r}"
             )
-        size = tuple(_as_int(v, op, "output_size", output_size) for v in output_size[-2:])
+        hw = output_size if len(output_size) == 2 else spatial_shape(output_size, data_format)
+        size = tuple(_as_int(v, op, "output_size", output_size) for v in hw)
         for a in range(2):
             lo, hi = default[a] - stride[a], default[a] + stride[a]
             if not lo < size[a] < hi:

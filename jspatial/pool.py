@@ -57,6 +57,8 @@ def max_pool2d(
     dilation: IntOrPair = 1,
     ceil_mode: bool = False,
     return_indices: bool = False,
+    *,
+    data_format: str = "NCHW",
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """2-D max pooling with PyTorch's ``torch.nn.functional.max_pool2d`` semantics.
 
@@ -70,20 +72,23 @@ def max_pool2d(
     ``jspatial.reference.max_pool2d``.
 
     Args:
-        x: input ``(N, C, H, W)``.
+        x: input ``(N, C, H, W)``, or ``(N, H, W, C)`` with ``data_format='NHWC'``.
         kernel_size: int or ``(kh, kw)``.
         stride: int or ``(sh, sw)``; ``None`` means ``kernel_size``.
         padding: int or ``(ph, pw)``, at most half the kernel on each axis.
         dilation: int or ``(dh, dw)``: spacing between window taps.
         ceil_mode: round the output size up instead of down.
         return_indices: also return where each maximum was.
+        data_format: ``'NCHW'`` (PyTorch's layout) or ``'NHWC'`` (channels last, which
+            runs the loops on ``x`` as it is, with no transposes); keyword only.
 
     Returns:
-        ``y: (N, C, H_out, W_out)`` in the dtype of ``x``; with ``return_indices``
-        the pair ``(y, indices)``, ``indices`` of the same shape holding PyTorch's
-        flat position ``h * W + w`` of each maximum in its input plane (int64 in
-        JAX's 64-bit mode, int32 otherwise). A window entirely in padding gets
-        PyTorch's index of it too (its first row and column past the padding).
+        ``y: (N, C, H_out, W_out)`` (``(N, H_out, W_out, C)`` in ``'NHWC'``) in the
+        dtype of ``x``; with ``return_indices`` the pair ``(y, indices)``, ``indices``
+        of the same shape holding PyTorch's flat position ``h * W + w`` of each
+        maximum in its input plane, in either layout (int64 in JAX's 64-bit mode,
+        int32 otherwise). A window entirely in padding gets PyTorch's index of it
+        too (its first row and column past the padding).
 
     Example:
         >>> import jax.numpy as jnp, jspatial as js
@@ -92,20 +97,27 @@ def max_pool2d(
         [[5.0, 7.0], [13.0, 15.0]]
         >>> js.max_pool2d(x, 2, return_indices=True)[1][0, 0].tolist()
         [[5, 7], [13, 15]]
+        >>> x_nhwc = x.reshape(1, 4, 4, 1)
+        >>> y, indices = js.max_pool2d(x_nhwc, 2, return_indices=True, data_format="NHWC")
+        >>> y[0, :, :, 0].tolist(), indices[0, :, :, 0].tolist()
+        ([[5.0, 7.0], [13.0, 15.0]], [[5, 7], [13, 15]])
     """
     return _max_pool2d_checked(
-        x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, op="max_pool2d"
-    )
+        x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+        op="max_pool2d", data_format=data_format,
+    )  # fmt: skip
 
 
 @_args.unbatched(0)
 def _max_pool2d_checked(
-    x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, *, op
-):
+    x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, *, op,
+    data_format="NCHW",
+):  # fmt: skip
     """``max_pool2d`` with errors attributed to ``op`` (the layer uses ``"MaxPool2d"``)."""
     x, geom = _pool_geometry(
-        x, kernel_size, stride, padding, dilation, ceil_mode, op, integers=True
-    )
+        x, kernel_size, stride, padding, dilation, ceil_mode, op, integers=True,
+        data_format=data_format,
+    )  # fmt: skip
     return _max_pool2d(x, geom, _args.check_bool(return_indices, op, "return_indices"))
 
 
@@ -115,10 +127,12 @@ def _max_pool2d(x, geom, return_indices):
     if not return_indices:
         # Lowered for a TPU, non-overlapping windows run as a Pallas kernel (jspatial/_accel);
         # everywhere else this is the tap loop below.
-        portable = lambda x: win.nhwc_to_nchw(_max_pool_nhwc(win.nchw_to_nhwc(x), geom)[0])  # noqa: E731
+        def portable(x):
+            return win.from_nhwc(_max_pool_nhwc(win.to_nhwc(x, geom.layout), geom)[0], geom.layout)
+
         kernel = dispatch.kernel_for("max_pool2d", "tpu", geom)
         return dispatch.per_target(portable, {"tpu": kernel}, x)
-    y, arg = _max_pool_nhwc(win.nchw_to_nhwc(x), geom)
+    y, arg = _max_pool_nhwc(win.to_nhwc(x, geom.layout), geom)
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
     row0 = np.arange(geom.out_hw[0]) * sh - geom.padding[0][0]
     col0 = np.arange(geom.out_hw[1]) * sw - geom.padding[1][0]
@@ -130,7 +144,7 @@ def _max_pool2d(x, geom, return_indices):
         first = lambda start, d: start + d * np.maximum(0, -(start // d))  # noqa: E731
         start = first(row0, dh)[:, None] * width + first(col0, dw)[None, :]
         indices = jnp.where(arg < 0, jnp.asarray(start, indices.dtype)[:, :, None], indices)
-    return win.nhwc_to_nchw(y), win.nhwc_to_nchw(indices)
+    return win.from_nhwc(y, geom.layout), win.from_nhwc(indices, geom.layout)
 
 
 def _flat_indices(arg, row0, col0, kw, step, width):
@@ -154,7 +168,7 @@ def _index_dtype():
 
 @partial(jax.jit, static_argnums=(1, 2))
 def _avg_pool2d(x, geom, divisor):
-    return win.nhwc_to_nchw(_avg_pool_nhwc(win.nchw_to_nhwc(x), geom, divisor))
+    return win.from_nhwc(_avg_pool_nhwc(win.to_nhwc(x, geom.layout), geom, divisor), geom.layout)
 
 
 def avg_pool2d(
@@ -165,6 +179,8 @@ def avg_pool2d(
     ceil_mode: bool = False,
     count_include_pad: bool = True,
     divisor_override: float | None = None,
+    *,
+    data_format: str = "NCHW",
 ) -> jax.Array:
     """2-D average pooling with PyTorch's ``torch.nn.functional.avg_pool2d`` semantics.
 
@@ -173,7 +189,7 @@ def avg_pool2d(
     ``jspatial.reference.avg_pool2d``.
 
     Args:
-        x: input ``(N, C, H, W)``.
+        x: input ``(N, C, H, W)``, or ``(N, H, W, C)`` with ``data_format='NHWC'``.
         kernel_size: int or ``(kh, kw)``.
         stride: int or ``(sh, sw)``; ``None`` means ``kernel_size``.
         padding: int or ``(ph, pw)`` of zeros, at most half the kernel on each axis.
@@ -182,77 +198,103 @@ def avg_pool2d(
             zero padding (never the extra cells ``ceil_mode`` adds past it);
             ``False`` divides by the number of real input cells in the window.
         divisor_override: divide every window sum by this number instead.
+        data_format: ``'NCHW'`` (PyTorch's layout) or ``'NHWC'`` (channels last);
+            keyword only.
 
     Returns:
-        ``(N, C, H_out, W_out)`` in the dtype of ``x`` (summed in float32).
+        ``(N, C, H_out, W_out)`` (``(N, H_out, W_out, C)`` in ``'NHWC'``) in the dtype
+        of ``x`` (summed in float32).
 
     Example:
         >>> import jax.numpy as jnp, jspatial as js
         >>> x = jnp.arange(16.0).reshape(1, 1, 4, 4)
         >>> js.avg_pool2d(x, 2)[0, 0].tolist()
         [[2.5, 4.5], [10.5, 12.5]]
+        >>> js.avg_pool2d(x.reshape(1, 4, 4, 1), 2, data_format="NHWC")[0, :, :, 0].tolist()
+        [[2.5, 4.5], [10.5, 12.5]]
     """
     return _avg_pool2d_checked(
         x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
-        op="avg_pool2d",
+        op="avg_pool2d", data_format=data_format,
     )  # fmt: skip
 
 
 @_args.unbatched(0)
 def _avg_pool2d_checked(
-    x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, *, op
-):
+    x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, *, op,
+    data_format="NCHW",
+):  # fmt: skip
     """``avg_pool2d`` with errors attributed to ``op`` (the layer uses ``"AvgPool2d"``)."""
-    return _avg_pool2d(
-        *_check_avg_pool2d(
-            x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, op
-        )
-    )
+    checked = _check_avg_pool2d(
+        x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, op,
+        data_format=data_format,
+    )  # fmt: skip
+    return _avg_pool2d(*checked)
 
 
 def _check_avg_pool2d(
-    x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, op
-):
+    x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, op,
+    data_format="NCHW",
+):  # fmt: skip
     """Every check of ``avg_pool2d`` (``jspatial.steps`` runs them too): the input, the
     window geometry and the divisor, ``(count_include_pad, divisor_override)``."""
-    x, geom = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode, op)
+    x, geom = _pool_geometry(
+        x, kernel_size, stride, padding, 1, ceil_mode, op, data_format=data_format
+    )
     include = _args.check_bool(count_include_pad, op, "count_include_pad")
     return x, geom, (include, _args.check_divisor_override(divisor_override, op))
 
 
-def global_avg_pool2d(x: ArrayLike) -> jax.Array:
+def global_avg_pool2d(x: ArrayLike, *, data_format: str = "NCHW") -> jax.Array:
     """Mean over the spatial axes: ``(N, C, H, W) -> (N, C)``, summed in float32.
 
     See also: no loop here, one mean; ``jspatial.reference.global_avg_pool2d``.
+
+    Args:
+        x: input ``(N, C, H, W)``, or ``(N, H, W, C)`` with ``data_format='NHWC'``.
+        data_format: ``'NCHW'`` (PyTorch's layout) or ``'NHWC'`` (channels last);
+            keyword only.
+
+    Returns:
+        ``(N, C)`` in either layout, in the dtype of ``x``.
 
     Example:
         >>> import jax.numpy as jnp, jspatial as js
         >>> js.global_avg_pool2d(jnp.ones((2, 8, 5, 5))).shape
         (2, 8)
+        >>> js.global_avg_pool2d(jnp.ones((2, 5, 5, 8)), data_format="NHWC").shape
+        (2, 8)
     """
-    return _global_avg_pool2d_checked(x, op="global_avg_pool2d")
+    return _global_avg_pool2d_checked(x, op="global_avg_pool2d", data_format=data_format)
 
 
-def _global_avg_pool2d_checked(x, *, op):
+def _global_avg_pool2d_checked(x, *, op, data_format="NCHW"):
     """``global_avg_pool2d`` with errors attributed to ``op`` (the layer's name)."""
+    data_format = _args.check_data_format(data_format, op)
     # As an array: a NumPy float64 input is float32 here, as the jitted ops make it.
-    x = jnp.asarray(_args.check_input(x, op))
-    return jnp.mean(x, axis=(2, 3), dtype=win.accum_dtype(x.dtype)).astype(x.dtype)
+    x = jnp.asarray(_args.check_input(x, op, data_format=data_format))
+    spatial = (2, 3) if data_format == "NCHW" else (1, 2)
+    return jnp.mean(x, axis=spatial, dtype=win.accum_dtype(x.dtype)).astype(x.dtype)
 
 
-def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op, integers=False):
+def _pool_geometry(
+    x, kernel_size, stride, padding, dilation, ceil_mode, op, integers=False, data_format="NCHW"
+):
     """Validate pooling arguments: the input as an array, and the window geometry.
 
-    ``integers``: the op takes integer input too (max pooling, as PyTorch's).
+    ``integers``: the op takes integer input too (max pooling, as PyTorch's);
+    ``data_format``: the layout of ``x`` (the geometry's ``layout``).
     """
-    x = _args.check_input(x, op, integers=integers)
+    data_format = _args.check_data_format(data_format, op)
+    x = _args.check_input(x, op, integers=integers, data_format=data_format)
     kernel, strides, pads, dil = _args.pool_params(kernel_size, stride, padding, dilation, op)
     ceil_mode = _args.check_bool(ceil_mode, op, "ceil_mode")
-    hw = tuple(x.shape[2:])
+    hw = _args.spatial_shape(x.shape, data_format)
     padded = (hw[0] + 2 * pads[0], hw[1] + 2 * pads[1])
     _args.check_fits(hw, padded, kernel, dil, op)
     out_hw = output_hw(hw, kernel, strides, pads, dil, ceil_mode)
-    return x, win.Geometry(hw, out_hw, kernel, strides, dil, ((pads[0],) * 2, (pads[1],) * 2))
+    pads = ((pads[0],) * 2, (pads[1],) * 2)
+    return x, win.Geometry(hw, out_hw, kernel, strides, dil, pads, layout=data_format)
 
 
 def _unroll(taps):
@@ -438,7 +480,9 @@ _avg_pool_nhwc.defjvp(partial(linear_jvp, _avg_pool_nhwc, _avg_bwd))
 # ---------------------------------------------------------------------------- adaptive
 
 
-def adaptive_avg_pool2d(x: ArrayLike, output_size: OutputSize) -> jax.Array:
+def adaptive_avg_pool2d(
+    x: ArrayLike, output_size: OutputSize, *, data_format: str = "NCHW"
+) -> jax.Array:
     """Adaptive average pooling with ``torch.nn.functional.adaptive_avg_pool2d``'s semantics.
 
     Output cell ``(i, j)`` is the mean of input rows ``floor(i * H / H_out)`` to
@@ -457,11 +501,14 @@ def adaptive_avg_pool2d(x: ArrayLike, output_size: OutputSize) -> jax.Array:
     ``jspatial.reference.adaptive_avg_pool2d``.
 
     Args:
-        x: input ``(N, C, H, W)``.
+        x: input ``(N, C, H, W)``, or ``(N, H, W, C)`` with ``data_format='NHWC'``.
         output_size: int or ``(H_out, W_out)``; an entry ``None`` keeps that input size.
+        data_format: ``'NCHW'`` (PyTorch's layout) or ``'NHWC'`` (channels last);
+            keyword only.
 
     Returns:
-        ``(N, C, H_out, W_out)`` in the dtype of ``x`` (summed in float32).
+        ``(N, C, H_out, W_out)`` (``(N, H_out, W_out, C)`` in ``'NHWC'``) in the dtype
+        of ``x`` (summed in float32).
 
     Example:
         >>> import jax.numpy as jnp, jspatial as js
@@ -469,18 +516,24 @@ def adaptive_avg_pool2d(x: ArrayLike, output_size: OutputSize) -> jax.Array:
         >>> js.adaptive_avg_pool2d(x, (1, 3))[0, 0].tolist()  # windows [0, 2), [1, 4), [3, 5)
         [[0.5, 2.0, 3.5]]
     """
-    return _adaptive_avg_pool2d_checked(x, output_size, op="adaptive_avg_pool2d")
+    return _adaptive_avg_pool2d_checked(
+        x, output_size, op="adaptive_avg_pool2d", data_format=data_format
+    )
 
 
 @_args.unbatched(0)
-def _adaptive_avg_pool2d_checked(x, output_size, *, op):
+def _adaptive_avg_pool2d_checked(x, output_size, *, op, data_format="NCHW"):
     """``adaptive_avg_pool2d`` with errors attributed to ``op`` (the layer's name)."""
-    x, out_hw = _adaptive_geometry(x, output_size, op)
-    return _adaptive_avg_pool2d(x, out_hw)
+    x, out_hw = _adaptive_geometry(x, output_size, op, data_format)
+    return _adaptive_avg_pool2d(x, out_hw, data_format)
 
 
 def adaptive_max_pool2d(
-    x: ArrayLike, output_size: OutputSize, return_indices: bool = False
+    x: ArrayLike,
+    output_size: OutputSize,
+    return_indices: bool = False,
+    *,
+    data_format: str = "NCHW",
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Adaptive max pooling with ``torch.nn.functional.adaptive_max_pool2d``'s semantics.
 
@@ -493,14 +546,17 @@ def adaptive_max_pool2d(
     ``jspatial.reference.adaptive_max_pool2d``.
 
     Args:
-        x: input ``(N, C, H, W)``.
+        x: input ``(N, C, H, W)``, or ``(N, H, W, C)`` with ``data_format='NHWC'``.
         output_size: int or ``(H_out, W_out)``; an entry ``None`` keeps that input size.
         return_indices: also return where each maximum was.
+        data_format: ``'NCHW'`` (PyTorch's layout) or ``'NHWC'`` (channels last);
+            keyword only.
 
     Returns:
-        ``y: (N, C, H_out, W_out)`` in the dtype of ``x``; with ``return_indices``
-        the pair ``(y, indices)``, with PyTorch's flat indices ``h * W + w`` (int64 in
-        JAX's 64-bit mode, int32 otherwise).
+        ``y: (N, C, H_out, W_out)`` (``(N, H_out, W_out, C)`` in ``'NHWC'``) in the
+        dtype of ``x``; with ``return_indices`` the pair ``(y, indices)``, laid out
+        like ``y``, with PyTorch's flat indices ``h * W + w`` into the input plane
+        (int64 in JAX's 64-bit mode, int32 otherwise).
 
     Example:
         >>> import jax.numpy as jnp, jspatial as js
@@ -509,60 +565,72 @@ def adaptive_max_pool2d(
         >>> y[0, 0].tolist(), indices[0, 0].tolist()  # windows [0, 3) and [2, 5)
         ([[4.0, 5.0]], [[2, 4]])
     """
-    return _adaptive_max_pool2d_checked(x, output_size, return_indices, op="adaptive_max_pool2d")
+    return _adaptive_max_pool2d_checked(
+        x, output_size, return_indices, op="adaptive_max_pool2d", data_format=data_format
+    )
 
 
 @_args.unbatched(0)
-def _adaptive_max_pool2d_checked(x, output_size, return_indices, *, op):
+def _adaptive_max_pool2d_checked(x, output_size, return_indices, *, op, data_format="NCHW"):
     """``adaptive_max_pool2d`` with errors attributed to ``op`` (the layer's name)."""
-    x, out_hw = _adaptive_geometry(x, output_size, op)
-    return _adaptive_max_pool2d(x, out_hw, _args.check_bool(return_indices, op, "return_indices"))
+    x, out_hw = _adaptive_geometry(x, output_size, op, data_format)
+    indices = _args.check_bool(return_indices, op, "return_indices")
+    return _adaptive_max_pool2d(x, out_hw, indices, data_format)
 
 
-def _adaptive_geometry(x, output_size, op):
+def _adaptive_geometry(x, output_size, op, data_format="NCHW"):
     """Validate adaptive pooling arguments: the input as an array, and ``(H_out, W_out)``."""
-    x = _args.check_input(x, op)
+    data_format = _args.check_data_format(data_format, op)
+    x = _args.check_input(x, op, data_format=data_format)
     out = _args.adaptive_output_size(output_size, op)
-    hw = tuple(x.shape[2:])
+    hw = _args.spatial_shape(x.shape, data_format)
     if 0 in hw:
         raise ValueError(f"{op} expected an input with non-empty planes, got {tuple(x.shape)}")
     return x, tuple(hw[a] if out[a] is None else out[a] for a in range(2))
 
 
-def _uniform_geometry(in_hw, out_hw):
+def _uniform_geometry(in_hw, out_hw, layout):
     """The ordinary pool's geometry when every adaptive window has the same size, else None."""
     if in_hw[0] % out_hw[0] or in_hw[1] % out_hw[1]:
         return None
     k = (in_hw[0] // out_hw[0], in_hw[1] // out_hw[1])
-    return win.Geometry(in_hw, out_hw, k, k, (1, 1), ((0, 0), (0, 0)))
+    return win.Geometry(in_hw, out_hw, k, k, (1, 1), ((0, 0), (0, 0)), layout=layout)
 
 
-@partial(jax.jit, static_argnums=(1,))
-def _adaptive_avg_pool2d(x, out_hw):
-    in_hw = tuple(x.shape[2:])
-    if 0 in out_hw:
-        return jnp.zeros((*x.shape[:2], *out_hw), x.dtype)
-    geom = _uniform_geometry(in_hw, out_hw)
-    if geom is not None:
-        return _avg_pool2d(x, geom, (True, None))
-    return win.nhwc_to_nchw(_adaptive_avg_nhwc(win.nchw_to_nhwc(x), (in_hw, out_hw)))
+def _pooled_shape(shape, out_hw, layout):
+    """``shape`` of a batched 4-D array in ``layout`` with its plane replaced by ``out_hw``."""
+    n, c = shape[0], shape[_args.channel_axis(layout)]
+    return (n, c, *out_hw) if layout == "NCHW" else (n, *out_hw, c)
 
 
 @partial(jax.jit, static_argnums=(1, 2))
-def _adaptive_max_pool2d(x, out_hw, return_indices):
-    in_hw = tuple(x.shape[2:])
+def _adaptive_avg_pool2d(x, out_hw, layout):
+    in_hw = _args.spatial_shape(x.shape, layout)
     if 0 in out_hw:
-        y = jnp.zeros((*x.shape[:2], *out_hw), x.dtype)
+        return jnp.zeros(_pooled_shape(x.shape, out_hw, layout), x.dtype)
+    geom = _uniform_geometry(in_hw, out_hw, layout)
+    if geom is not None:
+        return _avg_pool2d(x, geom, (True, None))
+    # As an array: under jax.disable_jit a NumPy input reaches the gathers as it is.
+    y = _adaptive_avg_nhwc(win.to_nhwc(jnp.asarray(x), layout), (in_hw, out_hw))
+    return win.from_nhwc(y, layout)
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3))
+def _adaptive_max_pool2d(x, out_hw, return_indices, layout):
+    in_hw = _args.spatial_shape(x.shape, layout)
+    if 0 in out_hw:
+        y = jnp.zeros(_pooled_shape(x.shape, out_hw, layout), x.dtype)
         return (y, jnp.zeros(y.shape, _index_dtype())) if return_indices else y
-    geom = _uniform_geometry(in_hw, out_hw)
+    geom = _uniform_geometry(in_hw, out_hw, layout)
     if geom is not None:
         return _max_pool2d(x, geom, return_indices)
-    y, arg = _adaptive_max_nhwc(win.nchw_to_nhwc(x), (in_hw, out_hw))
+    y, arg = _adaptive_max_nhwc(win.to_nhwc(jnp.asarray(x), layout), (in_hw, out_hw))
     if not return_indices:
-        return win.nhwc_to_nchw(y)
+        return win.from_nhwc(y, layout)
     (rows, _), (cols, _), (_, kw) = _adaptive_plan((in_hw, out_hw))
     indices = _flat_indices(arg, rows, cols, kw, (1, 1), in_hw[1])
-    return win.nhwc_to_nchw(y), win.nhwc_to_nchw(indices)
+    return win.from_nhwc(y, layout), win.from_nhwc(indices, layout)
 
 
 def _adaptive_plan(sizes):
@@ -580,9 +648,10 @@ def _adaptive_tap(t, sizes):
     (h, w), _ = sizes
     (row0, len_h), (col0, len_w), (_, kw) = _adaptive_plan(sizes)
     i, j = t // kw, t % kw
+    dtype = jnp.result_type(t)  # t is a Python int where the loop runs eagerly (disable_jit)
     # Taps past a short window are clipped into the plane and masked out.
-    rows = jnp.minimum(jnp.asarray(row0, t.dtype) + i, h - 1)
-    cols = jnp.minimum(jnp.asarray(col0, t.dtype) + j, w - 1)
+    rows = jnp.minimum(jnp.asarray(row0, dtype) + i, h - 1)
+    cols = jnp.minimum(jnp.asarray(col0, dtype) + j, w - 1)
     inside = (i < jnp.asarray(len_h))[:, None] & (j < jnp.asarray(len_w))[None, :]
     return rows, cols, inside[None, :, :, None]
 
@@ -712,11 +781,14 @@ def max_unpool2d(
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
     output_size: Sequence[int] | None = None,
+    *,
+    data_format: str = "NCHW",
 ) -> jax.Array:
     """The partial inverse of ``max_pool2d``, with ``torch.nn.functional.max_unpool2d``'s semantics.
 
     Every value of ``x`` is written to the cell its index names in an output plane
-    of zeros: ``y.reshape(N, C, -1)[n, c, indices[n, c, i, j]] = x[n, c, i, j]``.
+    of zeros: ``y.reshape(N, C, -1)[n, c, indices[n, c, i, j]] = x[n, c, i, j]``
+    (in ``'NHWC'``: ``y.reshape(N, -1, C)[n, indices[n, i, j, c], c] = x[n, i, j, c]``).
     The pooling arguments only set the default output size,
     ``(H_in - 1) * stride - 2 * padding + kernel_size`` per axis. No window loop:
     one scatter forward, and the gradient is one gather (each value receives the
@@ -731,17 +803,20 @@ def max_unpool2d(
     ``jspatial.reference.max_unpool2d`` writes the cells one by one.
 
     Args:
-        x: input ``(N, C, H_in, W_in)``.
+        x: input ``(N, C, H_in, W_in)``, or ``(N, H_in, W_in, C)`` with
+            ``data_format='NHWC'``.
         indices: integers of ``x``'s shape, as returned by ``max_pool2d(...,
-            return_indices=True)``; int32 or int64.
+            return_indices=True)`` (flat ``h * W + w`` in either layout); int32 or int64.
         kernel_size: int or ``(kh, kw)`` of the pooling being inverted.
         stride: int or ``(sh, sw)``; ``None`` means ``kernel_size``.
         padding: int or ``(ph, pw)``.
-        output_size: ``(H, W)`` or a full ``(N, C, H, W)`` shape (e.g. the pooling's
-            input shape), which must be within ``stride`` of the default.
+        output_size: ``(H, W)`` or a full 4-D shape in ``data_format`` (e.g. the
+            pooling's input shape), which must be within ``stride`` of the default.
+        data_format: ``'NCHW'`` (PyTorch's layout) or ``'NHWC'`` (channels last), of
+            ``x``, ``indices`` and the result; keyword only.
 
     Returns:
-        ``(N, C, H, W)`` in the dtype of ``x``.
+        ``(N, C, H, W)`` (``(N, H, W, C)`` in ``'NHWC'``) in the dtype of ``x``.
 
     Example:
         >>> import jax.numpy as jnp, jspatial as js
@@ -751,18 +826,25 @@ def max_unpool2d(
         [[0.0, 0.0, 0.0, 0.0], [0.0, 5.0, 0.0, 7.0], [0.0, 0.0, 0.0, 0.0], [0.0, 13.0, 0.0, 15.0]]
     """
     return _max_unpool2d_checked(
-        x, indices, kernel_size, stride, padding, output_size, op="max_unpool2d"
-    )
+        x, indices, kernel_size, stride, padding, output_size,
+        op="max_unpool2d", data_format=data_format,
+    )  # fmt: skip
 
 
 @_args.unbatched(0, 1)
-def _max_unpool2d_checked(x, indices, kernel_size, stride, padding, output_size, *, op):
+def _max_unpool2d_checked(
+    x, indices, kernel_size, stride, padding, output_size, *, op, data_format="NCHW"
+):
     """``max_unpool2d`` with errors attributed to ``op`` (the layer uses ``"MaxUnpool2d"``)."""
-    x = _args.check_input(x, op)
+    data_format = _args.check_data_format(data_format, op)
+    x = _args.check_input(x, op, data_format=data_format)
     kernel, strides, pads = _unpool_params(kernel_size, stride, padding, op)
-    out_hw = _args.unpool_output_size(output_size, x.shape[2:], kernel, strides, pads, op)
+    in_hw = _args.spatial_shape(x.shape, data_format)
+    out_hw = _args.unpool_output_size(
+        output_size, in_hw, kernel, strides, pads, op, data_format=data_format
+    )
     indices = _args.check_indices(indices, x.shape, out_hw[0] * out_hw[1], op)
-    return _max_unpool2d(x, indices, out_hw)
+    return _max_unpool2d(x, indices, out_hw, data_format)
 
 
 def _unpool_params(kernel_size, stride, padding, op):
@@ -772,8 +854,13 @@ def _unpool_params(kernel_size, stride, padding, op):
     return kernel, strides, _args.pair(padding, op, "padding", minimum=0)
 
 
-@partial(jax.jit, static_argnums=(2,))
-def _max_unpool2d(x, indices, out_hw):
+@partial(jax.jit, static_argnums=(2, 3))
+def _max_unpool2d(x, indices, out_hw, layout):
+    if layout == "NHWC":  # channels stay last: each (n, c) plane is a column of (N, H*W, C)
+        n, h, w, c = x.shape
+        flat = (n, h * w, c)
+        planes = _scatter_planes(x.reshape(flat), indices.reshape(flat), out_hw[0] * out_hw[1])
+        return planes.reshape(n, *out_hw, c)
     n, c, h, w = x.shape
     planes = _scatter_planes(
         x.reshape(n * c, h * w), indices.reshape(n * c, h * w), out_hw[0] * out_hw[1]
@@ -781,13 +868,20 @@ def _max_unpool2d(x, indices, out_hw):
     return planes.reshape(n, c, *out_hw)
 
 
+def _plane_cells(idx):
+    """Where ``_scatter_planes`` writes: ``idx`` along axis 1, every other axis as it is."""
+    return tuple(
+        idx if a == 1 else lax.broadcasted_iota(idx.dtype, idx.shape, a) for a in range(idx.ndim)
+    )
+
+
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _scatter_planes(x, idx, size):
-    """Row ``r``: ``size`` zeros with ``x[r, k]`` written at ``idx[r, k]``."""
-    rows = lax.broadcasted_iota(idx.dtype, idx.shape, 0)
+    """Row ``r``: ``size`` zeros with ``x[r, k]`` written at ``idx[r, k]``; with a third
+    axis (NHWC's channels), the same for every ``x[r, :, c]``."""
     return (
-        jnp.zeros((x.shape[0], size), x.dtype)
-        .at[rows, idx]
+        jnp.zeros((x.shape[0], size, *x.shape[2:]), x.dtype)
+        .at[_plane_cells(idx)]
         .set(x, mode="drop", wrap_negative_indices=False)
     )
 
@@ -800,8 +894,8 @@ def _scatter_planes_bwd(size, res, cotangents):
     # PyTorch's derivative: every value gets the gradient of the cell it names, even
     # where two values name one cell (autodiff of the scatter would pick one of them).
     (idx,), (g,) = res, cotangents
-    rows = lax.broadcasted_iota(idx.dtype, idx.shape, 0)
-    return [g.at[rows, idx].get(mode="fill", fill_value=0, wrap_negative_indices=False)]
+    cells = _plane_cells(idx)
+    return [g.at[cells].get(mode="fill", fill_value=0, wrap_negative_indices=False)]
 
 
 @_scatter_planes.defjvp

@@ -151,20 +151,23 @@ def test_conv_kernel_rejects_what_it_cannot_do():
     assert aconv.same_size(strided, 1) is None
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("shape,kernel", [((2, 3, 8, 8), 2), ((1, 2, 9, 7), 3)])
-def test_max_pool_matches_torch(shape, kernel):
+def test_max_pool_matches_torch(shape, kernel, layout):
     geom = win.Geometry(
         shape[2:], (shape[2] // kernel, shape[3] // kernel), (kernel,) * 2, (kernel,) * 2,
-        (1, 1), ((0, 0), (0, 0)),
+        (1, 1), ((0, 0), (0, 0)), layout,
     )  # fmt: skip
     assert apool.supports(geom)
     x = np.array(jax.random.normal(jax.random.key(1), shape), np.float32)
     x[0, 0, 0, :2] = 3.0  # a tie: the first maximum in window order takes the gradient
     out = (shape[0], shape[1], *geom.out_hw)
     cot = np.asarray(jax.random.normal(jax.random.key(2), out), np.float32)
-    y, grads = _jit_vjp(lambda x: apool.max_pool2d(x, geom, True), cot, x)
     F = _torch().nn.functional
     y_ref, (dx_ref,) = _torch_vjp(lambda t: F.max_pool2d(t, kernel), cot, x)
+    if layout == "NHWC":  # the caller's data_format: the kernel's result is torch's, transposed
+        x, cot, y_ref, dx_ref = (np.transpose(a, (0, 2, 3, 1)) for a in (x, cot, y_ref, dx_ref))
+    y, grads = _jit_vjp(lambda x: apool.max_pool2d(x, geom, True), cot, x)
     np.testing.assert_array_equal(np.asarray(y), y_ref)
     assert_close(grads[0], dx_ref)
 

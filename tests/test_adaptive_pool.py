@@ -16,7 +16,7 @@ import pytest
 
 import jspatial as js
 from jspatial import _windows as win
-from tests.test_pool import forward_and_backward_primitives
+from tests.test_pool import forward_and_backward_primitives, to_nhwc
 from tests.tolerances import assert_close, fast_jit
 
 
@@ -45,10 +45,10 @@ CONFIGS = {
 }
 
 
-def call(kind, output_size, x):
+def call(kind, output_size, x, data_format="NCHW"):
     if kind == "avg":
-        return js.adaptive_avg_pool2d(x, output_size)
-    return js.adaptive_max_pool2d(x, output_size, return_indices=True)
+        return js.adaptive_avg_pool2d(x, output_size, data_format=data_format)
+    return js.adaptive_max_pool2d(x, output_size, return_indices=True, data_format=data_format)
 
 
 def make_data(name, dtype=np.float32, seed=0):
@@ -59,11 +59,11 @@ def make_data(name, dtype=np.float32, seed=0):
     return x, rng.standard_normal(out_shape).astype(dtype)
 
 
-def vjp_fn(kind, output_size):
+def vjp_fn(kind, output_size, data_format="NCHW"):
     """``(x, cot) -> (y, dx)`` or, for max, ``(x, cot) -> (y, indices, dx)``."""
 
     def run(x, cot):
-        out, pull = jax.vjp(lambda x: call(kind, output_size, x), x)
+        out, pull = jax.vjp(lambda x: call(kind, output_size, x, data_format), x)
         if kind == "avg":
             return out, pull(cot)[0]
         y, indices = out
@@ -106,12 +106,77 @@ def test_matches_torch(torch, kind, name):
 
 @pytest.mark.parametrize("kind", ["avg", "max"])
 @pytest.mark.parametrize("name", ["odd_7x9_to_3x4", "divisible_6x8_to_3x4"])
-def test_eager_matches_torch(torch, kind, name):
+@pytest.mark.parametrize("disable_jit", [False, True])
+def test_eager_matches_torch(torch, kind, name, disable_jit):
     x, cot = make_data(name)
-    ours = vjp_fn(kind, CONFIGS[name][1])(x, cot)  # no outer jit
+    if disable_jit:  # the op's own jit too: every loop runs op by op, in Python
+        with jax.disable_jit():
+            ours = vjp_fn(kind, CONFIGS[name][1])(x, cot)
+    else:
+        ours = vjp_fn(kind, CONFIGS[name][1])(x, cot)  # no outer jit
     expected = torch_results(torch, kind, CONFIGS[name][1], x, cot)
     for a, b in zip(ours, expected, strict=True):
         assert_close(a, b)
+
+
+NHWC_CONFIGS = [
+    "divisible_6x8_to_3x4",
+    "odd_7x9_to_3x4",
+    "larger_5x4_to_7x6",
+    "none_13x6_to_keep_x4",
+    "long_windows_17x3_to_4x2",
+]
+
+
+@pytest.mark.parametrize("kind", ["avg", "max"])
+@pytest.mark.parametrize(
+    "name, eager",
+    [(n, False) for n in NHWC_CONFIGS] + [(n, True) for n in NHWC_CONFIGS[:2]],  # eager: slow
+)
+def test_nhwc_matches_torch(torch, kind, name, eager):
+    # f(to_nhwc(x), data_format='NHWC') == to_nhwc(torch's f(x)): values, indices, gradients.
+    x, cot = make_data(name)
+    expected = torch_results(torch, kind, CONFIGS[name][1], x, cot)
+    run = vjp_fn(kind, CONFIGS[name][1], "NHWC")
+    if eager:
+        with jax.disable_jit():
+            ours = run(to_nhwc(x), to_nhwc(cot))
+    else:
+        ours = fast_jit(run)(to_nhwc(x), to_nhwc(cot))
+    assert ours[0].shape == to_nhwc(expected[0]).shape
+    assert_close(ours[0], to_nhwc(expected[0]), err_msg="value")
+    assert_close(ours[-1], to_nhwc(expected[-1]), err_msg="dx")
+    if kind == "max":
+        np.testing.assert_array_equal(np.asarray(ours[1]), to_nhwc(expected[1]))
+
+
+def test_nhwc_unbatched_and_empty(torch):
+    F = torch.nn.functional
+    x = make_data("odd_7x9_to_3x4")[0][0]  # (3, 7, 9); (7, 9, 3) is its unbatched NHWC
+    y, indices = js.adaptive_max_pool2d(to_nhwc(x), (3, 4), True, data_format="NHWC")
+    t_y, t_indices = F.adaptive_max_pool2d(torch.from_numpy(x), (3, 4), True)
+    assert y.shape == (3, 4, 3)
+    np.testing.assert_array_equal(np.asarray(indices), to_nhwc(t_indices.numpy()))
+    assert_close(y, to_nhwc(t_y.numpy()))
+    avg = js.adaptive_avg_pool2d(to_nhwc(x), (None, 2), data_format="NHWC")
+    assert_close(avg, to_nhwc(F.adaptive_avg_pool2d(torch.from_numpy(x), (None, 2)).numpy()))
+    # Zero output sizes and an empty batch keep the channels last.
+    assert js.adaptive_avg_pool2d(jnp.ones((2, 5, 7, 3)), (0, 3), data_format="NHWC").shape == (
+        2, 0, 3, 3,
+    )  # fmt: skip
+    y, indices = js.adaptive_max_pool2d(jnp.ones((2, 5, 7, 3)), 0, True, data_format="NHWC")
+    assert y.shape == indices.shape == (2, 0, 0, 3)
+    out, pull = jax.vjp(lambda x: call("avg", (3, 4), x, "NHWC"), jnp.zeros((0, 7, 9, 3)))
+    assert out.shape == (0, 3, 4, 3)
+    assert pull(out)[0].shape == (0, 7, 9, 3)
+
+
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_nhwc_jaxpr_is_a_tap_loop_without_transposes(kind):
+    fn = lambda x: call(kind, (3, 4), x, "NHWC")[0 if kind == "max" else ...]  # noqa: E731
+    forward, backward = forward_and_backward_primitives(fn, jnp.ones((2, 7, 9, 3)))
+    assert forward & {"while", "scan"} and backward & {"while", "scan"}, (forward, backward)
+    assert "transpose" not in forward, forward
 
 
 def test_output_larger_than_input_repeats_cells():

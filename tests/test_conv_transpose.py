@@ -130,9 +130,9 @@ def test_eager_equals_jit_and_torch(torch):
 @pytest.mark.parametrize(
     "name", ["upsample_2x", "rect_kernel_rect_stride", "stride_gt_kernel", "depthwise"]
 )
-def test_nhwc_matches_torch_values_and_gradients(name):
+def test_nhwc_matches_torch_values_and_gradients(torch, name):
     x, w, b, kwargs = make_data(name)
-    y_ref, cot, (dx_ref, *dparams_ref) = torch_results(x, w, b, kwargs)
+    y_ref, cot, (dx_ref, *dparams_ref) = torch_results(torch, x, w, b, kwargs)
 
     def run(x, w, b, cot):
         y, pull = jax.vjp(
@@ -149,9 +149,9 @@ def test_nhwc_matches_torch_values_and_gradients(name):
         assert_close(g, g_ref, err_msg="dw, db")
 
 
-def test_nhwc_eager_and_unbatched():
+def test_nhwc_eager_and_unbatched(torch):
     x, w, b, kwargs = make_data("groups_2")
-    y_ref, _, _ = torch_results(x, w, b, kwargs)
+    y_ref, _, _ = torch_results(torch, x, w, b, kwargs)
     with jax.disable_jit():
         eager = js.conv_transpose2d(to_nhwc(x), w, b, **kwargs, data_format="NHWC")
     assert_close(eager, to_nhwc(y_ref))

@@ -494,9 +494,12 @@ def js_indices(name):
     return np.asarray(y), np.asarray(indices)
 
 
+@pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.op == "max"])
-def test_max_pool_indices_match_torch(name):
+def test_max_pool_indices_match_torch(name, data_format):
     # Torch's forward is sound even where its backward is not (windows all in padding).
+    # In NHWC the indices keep torch's meaning (h * W + w in the channel's plane) and are
+    # laid out like the output.
     torch = pytest.importorskip("torch")
     case = CASES[name]
     x = make_data(case)[0]
@@ -504,11 +507,16 @@ def test_max_pool_indices_match_torch(name):
         torch.from_numpy(x), case.kernel, case.stride, case.padding, case.dilation,
         case.ceil_mode, True,
     )  # fmt: skip
-    y, indices = js_indices(name)
+    t_y, t_indices = t_y.numpy(), t_indices.numpy()
+    if data_format == "NHWC":
+        y, indices = map(np.asarray, fast_jit(nhwc_call(case, return_indices=True))(to_nhwc(x)))
+        t_y, t_indices = to_nhwc(t_y), to_nhwc(t_indices)
+    else:
+        y, indices = js_indices(name)
+        np.testing.assert_array_equal(y, js_results(name)[0])  # the same y as without indices
     assert indices.dtype == np.int32  # no 64-bit integers outside JAX's x64 mode
-    np.testing.assert_array_equal(indices, t_indices.numpy())
-    np.testing.assert_array_equal(y, js_results(name)[0])  # the same y as without indices
-    assert_close(y, t_y.numpy())
+    np.testing.assert_array_equal(indices, t_indices)
+    assert_close(y, t_y)
 
 
 def test_max_pool_indices_of_ties_and_nans_match_torch():
@@ -620,3 +628,171 @@ def test_max_pool_with_indices_is_a_tap_loop():
     fn = lambda x: js.max_pool2d(x, 3, 2, 1, (1, 2), True, True)[0]  # noqa: E731
     for names in forward_and_backward_primitives(fn, jnp.ones((2, 2, 7, 9))):
         assert names & {"while", "scan"}, names
+
+
+# ---------------------------------------------------------------- data_format='NHWC'
+
+
+def to_nhwc(a):
+    """``(N, C, H, W) -> (N, H, W, C)``, and ``(C, H, W) -> (H, W, C)`` unbatched."""
+    a = np.asarray(a)
+    return np.transpose(a, (0, 2, 3, 1) if a.ndim == 4 else (1, 2, 0))
+
+
+def nhwc_call(case: Case, return_indices=False):
+    """``case.call`` in ``data_format='NHWC'``, positional in PyTorch's order as there."""
+    if case.op == "max":
+        return lambda x: js.max_pool2d(
+            x, case.kernel, case.stride, case.padding, case.dilation, case.ceil_mode,
+            return_indices, data_format="NHWC",
+        )  # fmt: skip
+    return lambda x: js.avg_pool2d(
+        x, case.kernel, case.stride, case.padding, case.ceil_mode, case.count_include_pad,
+        case.divisor_override, data_format="NHWC",
+    )  # fmt: skip
+
+
+NHWC_CASES = [
+    "max_rect_3x2_s12_p10",
+    "max_ceil_kept_6_k3_s2_p1",
+    "max_stride_gt_kernel",
+    "max_dilation_2x3_ceil",
+    "avg_rect_2x1_stride_gt_kernel_exclude_pad",
+    "avg_ceil_5_k2_s2",
+    "avg_divisor_override_3",
+]
+
+
+@pytest.mark.parametrize("name", NHWC_CASES)
+def test_nhwc_matches_torch(name):
+    # f(to_nhwc(x), data_format='NHWC') == to_nhwc(torch's f(x)), values and gradients.
+    case = CASES[name]
+    x, cot = make_data(case)
+    y_ref, dx_ref = torch_pool(case, x, cot)
+    y, dx = vjp_runner(nhwc_call(case))(to_nhwc(x), to_nhwc(cot))
+    assert y.shape == to_nhwc(y_ref).shape
+    assert_close(y, to_nhwc(y_ref), err_msg="value")
+    assert_close(dx, to_nhwc(dx_ref), err_msg="dx")
+
+
+def test_nhwc_window_entirely_in_padding_matches_nchw():
+    # PyTorch's backward is no oracle here (see CASES); the NCHW results are (the indices
+    # are checked against torch's forward in test_max_pool_indices_match_torch).
+    name = "max_all_padding_window"
+    x, cot = make_data(CASES[name])
+    y, dx = vjp_runner(nhwc_call(CASES[name]))(to_nhwc(x), to_nhwc(cot))
+    y_nchw, dx_nchw = js_results(name)
+    np.testing.assert_array_equal(np.asarray(y), to_nhwc(y_nchw))
+    np.testing.assert_array_equal(np.asarray(dx), to_nhwc(dx_nchw))
+
+
+@pytest.mark.parametrize("name", ["max_dilation_2x3_ceil", "avg_ceil_6_k3_s2_p1_exclude_pad"])
+def test_nhwc_eager_matches_torch(name):
+    case = CASES[name]
+    x, cot = make_data(case)
+    y_ref, dx_ref = torch_pool(case, x, cot)
+    with jax.disable_jit():  # the op's own jit too: every loop runs op by op
+        y, dx = vjp_fn(nhwc_call(case))(to_nhwc(x), to_nhwc(cot))
+    assert_close(y, to_nhwc(y_ref), err_msg="value")
+    assert_close(dx, to_nhwc(dx_ref), err_msg="dx")
+
+
+def test_nhwc_unbatched_is_a_batch_of_one():
+    # (H, W, C) is unbatched NHWC, as (C, H, W) is unbatched NCHW.
+    x = make_data(CASES["max_rect_3x2_s12_p10"])[0][0]  # (3, 7, 9)
+    y, indices = js.max_pool2d(to_nhwc(x), 3, 2, 1, return_indices=True, data_format="NHWC")
+    y_ref, indices_ref = js.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert y.shape == indices.shape == (4, 5, 3)
+    np.testing.assert_array_equal(np.asarray(y), to_nhwc(y_ref))
+    np.testing.assert_array_equal(np.asarray(indices), to_nhwc(indices_ref))
+    avg = js.avg_pool2d(to_nhwc(x), (2, 3), 1, (1, 0), data_format="NHWC")
+    assert_close(avg, to_nhwc(js.avg_pool2d(x, (2, 3), 1, (1, 0))))
+
+
+def test_nhwc_integer_input_and_global_avg_pool2d():
+    x = np.random.default_rng(9).integers(-50, 50, (2, 3, 5, 7)).astype(np.int32)
+    y = js.max_pool2d(to_nhwc(x), 2, 1, 1, data_format="NHWC")
+    assert y.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(y), to_nhwc(js.max_pool2d(x, 2, 1, 1)))
+    xf = make_data(CASES["avg_k2_7x9"])[0]
+    g = fast_jit(lambda x: js.global_avg_pool2d(x, data_format="NHWC"))(to_nhwc(xf))
+    assert g.shape == (2, 3)
+    assert_close(g, xf.astype(np.float64).mean(axis=(2, 3)))
+    dx = jax.grad(lambda x: js.global_avg_pool2d(x, data_format="NHWC").sum())(to_nhwc(xf))
+    assert_close(dx, np.full(to_nhwc(xf).shape, 1 / 63))
+
+
+@pytest.mark.parametrize("name", ["max", "max_indices", "avg", "global_avg"])
+def test_nhwc_empty_batch(name):
+    fn = {
+        "max": lambda x: js.max_pool2d(x, 3, 2, 1, (1, 2), True, data_format="NHWC"),
+        "max_indices": lambda x: js.max_pool2d(x, 3, 2, 1, return_indices=True, data_format="NHWC")[
+            0
+        ],
+        "avg": lambda x: js.avg_pool2d(x, 3, 2, 1, True, False, data_format="NHWC"),
+        "global_avg": lambda x: js.global_avg_pool2d(x, data_format="NHWC"),
+    }[name]
+    x = jnp.zeros((0, 7, 9, 3))
+    nchw = jax.eval_shape(EMPTY_OPS[name], jnp.zeros((0, 3, 7, 9))).shape
+    y, pull = jax.vjp(fn, x)
+    assert y.shape == (nchw if name == "global_avg" else (0, *nchw[2:], 3))
+    assert pull(jnp.zeros_like(y))[0].shape == x.shape
+
+
+NHWC_OPS = {
+    "max_pool2d": lambda x, **kw: js.max_pool2d(x, 2, **kw),
+    "avg_pool2d": lambda x, **kw: js.avg_pool2d(x, 2, **kw),
+    "global_avg_pool2d": lambda x, **kw: js.global_avg_pool2d(x, **kw),
+    "adaptive_avg_pool2d": lambda x, **kw: js.adaptive_avg_pool2d(x, 2, **kw),
+    "adaptive_max_pool2d": lambda x, **kw: js.adaptive_max_pool2d(x, 2, **kw),
+    "max_unpool2d": lambda x, **kw: js.max_unpool2d(x, jnp.zeros(x.shape, jnp.int32), 2, **kw),
+}
+
+
+@pytest.mark.parametrize("op", NHWC_OPS)
+@pytest.mark.parametrize(
+    "value, err, match",
+    [
+        ("nhwc", ValueError, r"got 'nhwc'"),
+        ("NCW", ValueError, r"got 'NCW'"),
+        (None, TypeError, r"got None \(NoneType\)"),
+        (1, TypeError, r"got 1 \(int\)"),
+    ],
+)
+def test_bad_data_format(op, value, err, match):
+    with pytest.raises(err, match=rf"^{op} data_format must be 'NCHW' or 'NHWC', {match}"):
+        NHWC_OPS[op](X, data_format=value)
+
+
+@pytest.mark.parametrize("op", NHWC_OPS)
+def test_nhwc_checks_the_channels_last_axis(op):
+    # (2, 6, 6, 0) has no channels in NHWC (it would have 6 in NCHW).
+    with pytest.raises(ValueError, match=rf"^{op} expected at least one channel"):
+        NHWC_OPS[op](jnp.ones((2, 6, 6, 0)), data_format="NHWC")
+    with pytest.raises(
+        ValueError, match=rf"^{op} expected .*4D .*\(batch, height, width, channels\)"
+    ):
+        NHWC_OPS[op](jnp.ones((1, 2, 6, 6, 3)), data_format="NHWC")
+
+
+def test_data_format_is_keyword_only():
+    with pytest.raises(TypeError):
+        js.max_pool2d(X, 2, 2, 0, 1, False, False, "NHWC")
+    with pytest.raises(TypeError):
+        js.avg_pool2d(X, 2, 2, 0, False, True, None, "NHWC")
+
+
+@pytest.mark.parametrize("op", ["max_indices", "max", "avg"])
+def test_nhwc_is_a_tap_loop_without_transposes(op):
+    # Channels last is the loops' own layout: no transpose in the forward pass.
+    fn = {
+        "max_indices": lambda x: js.max_pool2d(x, 3, 2, 1, (1, 2), True, True, data_format="NHWC")[
+            0
+        ],
+        "max": lambda x: js.max_pool2d(x, 2, data_format="NHWC"),
+        "avg": lambda x: js.avg_pool2d(x, 3, 2, 1, data_format="NHWC"),
+    }[op]
+    forward, backward = forward_and_backward_primitives(fn, jnp.ones((2, 7, 9, 2)))
+    assert forward & {"while", "scan"}, forward
+    assert "transpose" not in forward, forward
+    assert backward & {"while", "scan"}, backward

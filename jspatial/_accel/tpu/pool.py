@@ -4,7 +4,8 @@ A TPU stores an activation ``(N, C, H, W)`` whose batch is a multiple of 128 wit
 batch as its fastest axis and the channels next (physically ``(H, W, C, N)``: a
 ``(C, 128)`` tile per pixel, the order of ``jspatial._accel.tpu.conv`` too). Pooling
 needs no matrix product, so the kernel works in exactly that order, and the
-``NCHW -> HWCN`` transposes around it cost nothing. For every tap of the window the
+``NCHW -> HWCN`` transposes around it cost nothing (an input in ``data_format='NHWC'``
+takes the ``NHWC -> HWCN`` transposes instead). For every tap of the window the
 kernel loads the strided block of rows and columns that the tap sees, on-chip::
 
     best = -inf
@@ -63,6 +64,16 @@ def _blocks(x_shape, itemsize):
     per_channel = h * w * nb * itemsize * 2  # input and input gradient / output
     fits = [d for d in range(8, c + 1, 8) if c % d == 0 and d * per_channel <= BLOCK_BYTES]
     return (max(fits) if fits else c), nb
+
+
+def _to_hwcn(x, layout):
+    """An ``(N, C, H, W)`` (or, in ``'NHWC'``, ``(N, H, W, C)``) array as ``(H, W, C, N)``."""
+    return win.nchw_to_hwcn(x) if layout == "NCHW" else jnp.transpose(x, (1, 2, 3, 0))
+
+
+def _from_hwcn(x, layout):
+    """The inverse of ``_to_hwcn``."""
+    return win.hwcn_to_nchw(x) if layout == "NCHW" else jnp.transpose(x, (3, 0, 1, 2))
 
 
 def _window(ref, t, geom):
@@ -150,21 +161,24 @@ def _pool_hwcn_grad(x, g, geom, interpret):
 
 @partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def max_pool2d(x, geom: win.Geometry, interpret=False):
-    """``(N, C, H, W) -> (N, C, H_out, W_out)``, NCHW, PyTorch's tie and NaN rules."""
-    return win.hwcn_to_nchw(_pool_hwcn(win.nchw_to_hwcn(x), geom, interpret))
+    """``(N, C, H, W) -> (N, C, H_out, W_out)`` (``geom.layout`` ``'NHWC'``:
+    ``(N, H, W, C) -> (N, H_out, W_out, C)``), PyTorch's tie and NaN rules."""
+    hwcn = _pool_hwcn(_to_hwcn(x, geom.layout), geom, interpret)
+    return _from_hwcn(hwcn, geom.layout)
 
 
 def _tangent(geom, res, tangents):
     # Forward mode: the tangent of each window's winner, found by the portable loop.
-    x, dx = (win.nchw_to_nhwc(a) for a in (res[0], tangents[0]))
+    x, dx = (win.to_nhwc(a, geom.layout) for a in (res[0], tangents[0]))
     arg = _portable._max_fwd(x, geom)[1]
-    return [win.nhwc_to_nchw(_portable._max_tangent(geom, [arg], [dx])[0])]
+    return [win.from_nhwc(_portable._max_tangent(geom, [arg], [dx])[0], geom.layout)]
 
 
 def _bwd(geom, interpret, res, cotangents):
     (x,), (g,) = res, cotangents
-    dx = _pool_hwcn_grad(win.nchw_to_hwcn(x), win.nchw_to_hwcn(g.astype(x.dtype)), geom, interpret)
-    return [win.hwcn_to_nchw(dx)]
+    layout = geom.layout
+    dx = _pool_hwcn_grad(_to_hwcn(x, layout), _to_hwcn(g.astype(x.dtype), layout), geom, interpret)
+    return [_from_hwcn(dx, layout)]
 
 
 @max_pool2d.defjvp
