@@ -16,6 +16,10 @@ when the mean is large compared with the spread (the naive ``E[x^2] - E[x]^2``
 does not). Cost: about ``5 N C H W`` flops forward, a few passes over ``x`` in the
 hand-written backward.
 
+The channels are the second axis, ``(N, C, *)`` (PyTorch's layout), or with
+``data_format='NHWC'`` the last, ``(N, *, C)``: the same statistics and the same code,
+reduced over the other axes, with no transposes.
+
 The loop bodies (``chunk_stats``, ``merge_stats``) are public for reading (the notebook
 prints them); the API is ``jspatial.__all__``, and the names with a leading underscore
 are internal.
@@ -46,6 +50,8 @@ def batch_norm(
     training: bool = False,
     momentum: float | ArrayLike = 0.1,
     eps: float = 1e-5,
+    *,
+    data_format: str = "NCHW",
 ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
     """Batch normalisation with PyTorch's ``torch.nn.functional.batch_norm`` signature.
 
@@ -65,7 +71,8 @@ def batch_norm(
         x: input ``(N, C, *)``: ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)``,
             ``(N, C, D, H, W)``, ...; the statistics are over every axis but ``C``.
             ``N == 0`` gives an empty output (and, in training, leaves the running
-            statistics as they were), as in PyTorch.
+            statistics as they were), as in PyTorch. With ``data_format='NHWC'``:
+            ``(N, *, C)``, channels last (``(N, C)``, ``(N, L, C)``, ``(N, H, W, C)``, ...).
         running_mean: ``(C,)`` running mean; may be ``None`` when ``training``
             (nothing is tracked then).
         running_var: ``(C,)`` running variance; ``None`` exactly when ``running_mean`` is.
@@ -77,6 +84,8 @@ def batch_norm(
             array (a traced value is fine).
             PyTorch's ``momentum=None`` exists only on ``BatchNorm2d``, here as there.
         eps: added to the variance before the square root, ``> 0``.
+        data_format: ``'NCHW'`` (channels second, PyTorch's) or ``'NHWC'`` (channels
+            last); keyword-only, an addition to PyTorch's signature.
 
     Returns:
         ``(y, new_running_mean, new_running_var)``; ``y`` has the dtype of ``x``.
@@ -88,10 +97,16 @@ def batch_norm(
         >>> y, mean, var = js.batch_norm(x, jnp.zeros(1), jnp.ones(1), training=True)
         >>> round(float(y.mean()), 6), round(float(mean[0]), 4), round(float(var[0]), 4)
         (0.0, 0.35, 1.5)
+        >>> x_last = jnp.moveaxis(x, 1, -1)  # (N, H, W, C)
+        >>> y_last, _, _ = js.batch_norm(
+        ...     x_last, jnp.zeros(1), jnp.ones(1), training=True, data_format="NHWC")
+        >>> bool((y_last == jnp.moveaxis(y, 1, -1)).all())
+        True
     """
     return _batch_norm_checked(
-        x, running_mean, running_var, weight, bias, training, momentum, eps, op="batch_norm"
-    )
+        x, running_mean, running_var, weight, bias, training, momentum, eps, op="batch_norm",
+        data_format=data_format,
+    )  # fmt: skip
 
 
 def _batch_norm_checked(
@@ -108,24 +123,26 @@ def _batch_norm_checked(
     num_features=None,
     dtype=None,
     ndims=None,
+    data_format="NCHW",
 ):
     """``batch_norm`` with errors attributed to ``op`` (the layers use their names).
 
     ``num_features`` is the channel count the caller expects (the layer's), ``dtype``
     the dtype ``x`` is cast to once checked (the layer's compute dtype) and ``ndims``
     the input ranks allowed (``BatchNorm2d``: 4 only; ``None``: any ``(N, C, *)``).
-    Every input runs as the ``(N, C, H, W)`` of ``_as_nchw``: a reshape, so the
-    statistics are those of all the axes but the channels, and 4-D input is not
-    touched at all.
+    Every input runs as the 4-D array of ``_as_4d`` (``(N, C, H, W)``, or ``(N, H, W, C)``
+    in ``'NHWC'``): a reshape, so the statistics are those of all the axes but the
+    channels, and 4-D input is not touched at all.
     """
+    layout = _args.check_data_format(data_format, op)
     x, running_mean, running_var, weight, bias = _check(
-        x, running_mean, running_var, weight, bias, op, num_features, ndims
+        x, running_mean, running_var, weight, bias, op, num_features, ndims, layout
     )
     training = _args.check_bool(training, op, "training")
     momentum = _args.check_momentum(momentum, op)
     eps = _args.check_eps(eps, op)
     shape = tuple(x.shape)
-    if training and math.prod(shape[:1] + shape[2:]) == 1:
+    if training and math.prod(_per_channel_axes(shape, layout)) == 1:
         # PyTorch's rule: one value has no variance (an empty batch is fine).
         raise ValueError(
             f"{op} expected more than 1 value per channel when training, got input {shape}"
@@ -134,23 +151,31 @@ def _batch_norm_checked(
         raise ValueError(f"{op} with training=False needs running_mean and running_var")
     if dtype is not None:
         x = x.astype(dtype)
-    nchw = _as_nchw(shape)
-    if nchw != shape:
-        x = x.reshape(nchw)
+    four_d = _as_4d(shape, layout)
+    if four_d != shape:
+        x = x.reshape(four_d)
     y, new_mean, new_var = _batch_norm(
-        x, running_mean, running_var, weight, bias, training, momentum, eps
+        x, running_mean, running_var, weight, bias, training, momentum, eps, layout
     )
-    if nchw != shape:
+    if four_d != shape:
         y = y.reshape(shape)
     if not training:  # the very same arrays come back: evaluation changes nothing
         return y, running_mean, running_var
     return y, new_mean, new_var
 
 
-def _as_nchw(shape):
-    """The 4-D shape an ``(N, C, *)`` input is normalised as: the axes after the channels
-    merged into ``H`` but the last one (``W``); ``(N, C)`` is ``(N, C, 1, 1)``. PyTorch's
-    empty 1-D input ``(0,)`` is an empty batch without channels."""
+def _as_4d(shape, layout="NCHW"):
+    """The 4-D shape an input is normalised as. ``(N, C, *)``: the axes after the channels
+    merged into ``H`` but the last one (``W``), ``(N, C)`` is ``(N, C, 1, 1)``. In
+    ``'NHWC'``, ``(N, *, C)``: the axes between the batch and the channels merged into
+    ``H`` but the last one (``W``), ``(N, C)`` is ``(N, 1, 1, C)``. PyTorch's empty 1-D
+    input ``(0,)`` is an empty batch without channels."""
+    if layout == "NHWC":
+        if len(shape) == 1:
+            return (shape[0], 1, 1, 0)
+        if len(shape) == 2:
+            return (shape[0], 1, 1, shape[1])
+        return (shape[0], math.prod(shape[1:-2]), shape[-2], shape[-1])
     if len(shape) == 1:
         return (shape[0], 0, 1, 1)
     if len(shape) == 2:
@@ -158,33 +183,57 @@ def _as_nchw(shape):
     return (shape[0], shape[1], math.prod(shape[2:-1]), shape[-1])
 
 
-def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
+def _channels(shape, layout="NCHW"):
+    """The channel count of an input of ``shape`` (0 for PyTorch's empty ``(0,)``)."""
+    if len(shape) < 2:
+        return 0
+    return shape[1] if layout == "NCHW" else shape[-1]
+
+
+def _per_channel_axes(shape, layout="NCHW"):
+    """The sizes of the axes the statistics reduce over: every axis but the channels."""
+    if len(shape) < 2:
+        return shape
+    return shape[:1] + shape[2:] if layout == "NCHW" else shape[:-1]
+
+
+def _reduced(layout):
+    """The axes of the 4-D array the statistics reduce over."""
+    return (0, 2, 3) if layout == "NCHW" else (0, 1, 2)
+
+
+def _per_channel(v, layout):
+    """A ``(C,)`` vector broadcastable against the 4-D array in ``layout``."""
+    return v[None, :, None, None] if layout == "NCHW" else v[None, None, None, :]
+
+
+def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, layout):
     # Compiled once per shape and configuration, so eager calls do not re-trace the loop.
     # A number ``momentum`` is static, so ``1 - momentum`` is folded in double precision as
     # written; an array one (``BatchNorm2d(momentum=None)`` changes it every step) is traced
     # and does not recompile.
     static = isinstance(momentum, (int, float))
     core = _batch_norm_static if static else _batch_norm_traced
-    return core(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    return core(x, running_mean, running_var, weight, bias, training, momentum, eps, layout)
 
 
-def _batch_norm_core(x, running_mean, running_var, weight, bias, training, momentum, eps):
-    c = x.shape[1]
+def _batch_norm_core(x, running_mean, running_var, weight, bias, training, momentum, eps, layout):
+    c = _channels(x.shape, layout)
     acc = win.accum_dtype(x.dtype)
     w = jnp.ones((c,), acc) if weight is None else weight.astype(acc)
     b = jnp.zeros((c,), acc) if bias is None else bias.astype(acc)
     if not training:
         scale = w * lax.rsqrt(running_var.astype(acc) + eps)
         shift = b - running_mean.astype(acc) * scale
-        return _affine(x, scale, shift), running_mean, running_var
-    count = x.shape[0] * x.shape[2] * x.shape[3]
+        return _affine(x, scale, shift, layout), running_mean, running_var
+    count = math.prod(_per_channel_axes(x.shape, layout))
     if count == 0:  # nothing to normalise, no statistics to fold in (PyTorch's behaviour)
-        return _affine(x, w, b), running_mean, running_var
+        return _affine(x, w, b, layout), running_mean, running_var
     # Lowered for a TPU, the statistics are whole-array reductions XLA fuses (jspatial/_accel);
     # everywhere else the chunked loop of ``_bn_train``.
-    kernel = dispatch.kernel_for("bn_train", "tpu", eps)
+    kernel = dispatch.kernel_for("bn_train", "tpu", eps, layout)
     y, mean, var = dispatch.per_target(
-        lambda x, w, b: _bn_train(x, w, b, eps), {"tpu": kernel}, x, w, b
+        lambda x, w, b: _bn_train(x, w, b, eps, layout), {"tpu": kernel}, x, w, b
     )
     if running_mean is None:
         return y, None, None
@@ -194,23 +243,25 @@ def _batch_norm_core(x, running_mean, running_var, weight, bias, training, momen
     return y, new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)
 
 
-_batch_norm_static = jax.jit(_batch_norm_core, static_argnums=(5, 6, 7))
-_batch_norm_traced = jax.jit(_batch_norm_core, static_argnums=(5, 7))
+_batch_norm_static = jax.jit(_batch_norm_core, static_argnums=(5, 6, 7, 8))
+_batch_norm_traced = jax.jit(_batch_norm_core, static_argnums=(5, 7, 8))
 
 
-def _batch_stats(x):
-    """Per-channel mean and biased variance of ``(N, C, H, W)``, in float32 or wider.
+def _batch_stats(x, layout="NCHW"):
+    """Per-channel mean and biased variance of ``(N, C, H, W)`` (``(N, H, W, C)`` in
+    ``'NHWC'``), in float32 or wider.
 
     A ``fori_loop`` over up to ``_tuning.BN_MAX_CHUNKS`` equal batch chunks
     (``jspatial._windows.batch_chunks``): ``chunk_stats`` of each chunk, merged into
     the running total by ``merge_stats`` (Chan's formula).
     """
-    n, c, h, w = x.shape
+    n, c = x.shape[0], _channels(x.shape, layout)
     chunks = win.batch_chunks(n, 1, min_rows=1, max_chunks=_tuning.BN_MAX_CHUNKS)
     acc = win.accum_dtype(x.dtype)
 
     def step(i, total):
-        return merge_stats(total, chunk_stats(win.batch_chunk(x, i, chunks).astype(acc)))
+        part = win.batch_chunk(x, i, chunks).astype(acc)
+        return merge_stats(total, chunk_stats(part, layout))
 
     def chunked(x):
         init = (jnp.zeros((), acc), jnp.zeros((c,), acc), jnp.zeros((c,), acc))
@@ -218,19 +269,20 @@ def _batch_stats(x):
         return mean, m2 / count
 
     def whole(x):  # lowered for a GPU: one chunk (_tuning.GPU_MAX_CHUNKS)
-        count, mean, m2 = chunk_stats(x.astype(acc))
+        count, mean, m2 = chunk_stats(x.astype(acc), layout)
         return mean, m2 / count
 
     return chunked(x) if chunks == 1 else win.for_gpu(chunked, whole, x)
 
 
-def chunk_stats(part):
-    """``(count, mean, m2)`` per channel of one batch chunk ``(n, C, H, W)``: the number
-    of values, their mean and the sum of their squared deviations from it (two passes
-    over the chunk)."""
-    count = part.shape[0] * part.shape[2] * part.shape[3]
-    mean = jnp.mean(part, axis=(0, 2, 3))
-    return count, mean, jnp.sum(jnp.square(part - mean[None, :, None, None]), axis=(0, 2, 3))
+def chunk_stats(part, layout="NCHW"):
+    """``(count, mean, m2)`` per channel of one batch chunk ``(n, C, H, W)`` (``(n, H, W,
+    C)`` with ``layout='NHWC'``): the number of values, their mean and the sum of their
+    squared deviations from it (two passes over the chunk)."""
+    axes = _reduced(layout)
+    count = math.prod(_per_channel_axes(part.shape, layout))
+    mean = jnp.mean(part, axis=axes)
+    return count, mean, jnp.sum(jnp.square(part - _per_channel(mean, layout)), axis=axes)
 
 
 def merge_stats(total, part):
@@ -250,30 +302,30 @@ def merge_stats(total, part):
     return new_count, mean, m2
 
 
-def _affine(x, scale, shift):
-    y = x.astype(scale.dtype) * scale[None, :, None, None] + shift[None, :, None, None]
+def _affine(x, scale, shift, layout="NCHW"):
+    y = x.astype(scale.dtype) * _per_channel(scale, layout) + _per_channel(shift, layout)
     return y.astype(x.dtype)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _bn_train(x, weight, bias, eps):
-    return _bn_train_fwd(x, weight, bias, eps)[0]
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _bn_train(x, weight, bias, eps, layout="NCHW"):
+    return _bn_train_fwd(x, weight, bias, eps, layout)[0]
 
 
-def _bn_train_fwd(x, weight, bias, eps):
-    return _normalise(x, weight, bias, eps, *_batch_stats(x))
+def _bn_train_fwd(x, weight, bias, eps, layout):
+    return _normalise(x, weight, bias, eps, *_batch_stats(x, layout), layout)
 
 
-def _normalise(x, weight, bias, eps, mean, var):
+def _normalise(x, weight, bias, eps, mean, var, layout="NCHW"):
     """The forward pass given the batch statistics: ``((y, mean, var), residuals)``.
     Shared with the accelerator version, which gathers the statistics its own way."""
     inv_std = lax.rsqrt(var + eps)
     scale = weight * inv_std
-    y = _affine(x, scale, bias - mean * scale)
+    y = _affine(x, scale, bias - mean * scale, layout)
     return (y, mean, var), (x, weight, mean, inv_std)
 
 
-def _bn_tangent(residuals, tangents):
+def _bn_tangent(layout, residuals, tangents):
     """Forward mode: the linearisation of ``(y, mean, var)`` at ``x``, given the residuals.
 
     Linear in the tangents ``(dx, dweight, dbias)``; ``_bn_train_bwd`` is its transpose.
@@ -286,41 +338,41 @@ def _bn_tangent(residuals, tangents):
     """
     x, weight, mean, inv_std = residuals
     dx, d_weight, d_bias = tangents
-    per_channel = lambda v: v[None, :, None, None]  # noqa: E731
+    per_channel, axes = partial(_per_channel, layout=layout), _reduced(layout)
     centred = x.astype(mean.dtype) - per_channel(mean)
     x_hat = centred * per_channel(inv_std)
     dx = dx.astype(mean.dtype)
-    d_mean = jnp.mean(dx, axis=(0, 2, 3))
-    d_var = 2 * jnp.mean(centred * dx, axis=(0, 2, 3))
+    d_mean = jnp.mean(dx, axis=axes)
+    d_var = 2 * jnp.mean(centred * dx, axis=axes)
     # d x_hat = inv_std * (dx - dmean) - x_hat * inv_std^2 * dvar / 2.
-    projection = jnp.mean(x_hat * dx, axis=(0, 2, 3))
+    projection = jnp.mean(x_hat * dx, axis=axes)
     d_x_hat = per_channel(inv_std) * (dx - per_channel(d_mean) - x_hat * per_channel(projection))
     dy = per_channel(weight) * d_x_hat + x_hat * per_channel(d_weight) + per_channel(d_bias)
     return dy.astype(x.dtype), d_mean, d_var
 
 
-def _bn_jvp(op, eps, primals, tangents):
+def _bn_jvp(op, eps, layout, primals, tangents):
     """The JVP of training-mode batch norm ``op`` (this module's ``_bn_train``, or the
     accelerator's): the outputs, and their tangent as a ``linear_call`` of
     ``_bn_tangent`` whose transpose is the hand-written ``_bn_train_bwd``."""
-    outputs = op(*primals, eps)
+    outputs = op(*primals, eps, layout)
     residuals = (primals[0], primals[1], outputs[1], lax.rsqrt(outputs[2] + eps))
-    transpose = Fn(_bn_train_bwd, eps)
-    tangent = linear_call(Fn(_bn_tangent), transpose, list(residuals), list(tangents))
+    transpose = Fn(_bn_train_bwd, eps, layout)
+    tangent = linear_call(Fn(_bn_tangent, layout), transpose, list(residuals), list(tangents))
     return outputs, tuple(tangent)
 
 
-def _bn_train_bwd(eps, residuals, cotangents):
+def _bn_train_bwd(eps, layout, residuals, cotangents):
     x, weight, mean, inv_std = residuals
     g, g_mean, g_var = cotangents
     acc = mean.dtype
-    count = x.shape[0] * x.shape[2] * x.shape[3]
-    per_channel = lambda v: v[None, :, None, None]  # noqa: E731
+    count = math.prod(_per_channel_axes(x.shape, layout))
+    per_channel, axes = partial(_per_channel, layout=layout), _reduced(layout)
     centred = x.astype(acc) - per_channel(mean)
     x_hat = centred * per_channel(inv_std)
     g = g.astype(acc)
-    g_bias = jnp.sum(g, axis=(0, 2, 3))
-    g_weight = jnp.sum(g * x_hat, axis=(0, 2, 3))
+    g_bias = jnp.sum(g, axis=axes)
+    g_weight = jnp.sum(g * x_hat, axis=axes)
     # d/dx of the normalised output: the classic three-term formula.
     dx = per_channel(weight * inv_std) * (
         g - per_channel(g_bias / count) - x_hat * per_channel(g_weight / count)
@@ -333,18 +385,18 @@ def _bn_train_bwd(eps, residuals, cotangents):
 _bn_train.defjvp(partial(_bn_jvp, _bn_train))
 
 
-def _check(x, running_mean, running_var, weight, bias, op, num_features, ndims):
+def _check(x, running_mean, running_var, weight, bias, op, num_features, ndims, layout):
     """The array arguments, checked and converted (nested lists become arrays)."""
     x = _args.check_array(x, op, "input", floating=False)
     shape = tuple(x.shape)
+    any_rank = "(batch, channels, *)" if layout == "NCHW" else "(batch, *, channels)"
     if ndims is not None and len(shape) not in ndims:
         ranks = " or ".join(f"{n}D" for n in ndims)
-        layout = "(batch, channels, height, width)" if ndims == (4,) else "(batch, channels, *)"
-        raise ValueError(f"{op} expected {ranks} input {layout}, got {len(shape)}D: {shape}")
+        axes = f"({_args._AXES[layout]})" if ndims == (4,) else any_rank
+        raise ValueError(f"{op} expected {ranks} input {axes}, got {len(shape)}D: {shape}")
     if len(shape) < 2 and shape != (0,):  # PyTorch takes (0,) alone: an empty batch
         raise ValueError(
-            f"{op} expected input (batch, channels, *) of at least 2 dimensions, "
-            f"got {len(shape)}D: {shape}"
+            f"{op} expected input {any_rank} of at least 2 dimensions, got {len(shape)}D: {shape}"
         )
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -352,7 +404,7 @@ def _check(x, running_mean, running_var, weight, bias, op, num_features, ndims):
             f"{op} expected floating-point input (float32, bfloat16, float16 or float64), "
             f"got {dtype}; convert with x.astype(jnp.float32)"
         )
-    c = shape[1] if len(shape) > 1 else 0
+    c = _channels(shape, layout)
     if num_features is not None and c != num_features:
         raise ValueError(
             f"{op} channel mismatch: expected {num_features} channels, got {c} "

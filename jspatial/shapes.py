@@ -6,6 +6,8 @@ same formulas as the ops, so ``conv2d(x, w).shape == conv2d_output_shape(...)``.
 
 Every calculator takes ``explain=True``: it then prints its formula with the
 numbers put in (one line per axis or term) and returns the same value as without.
+The ones that take an input shape also take ``data_format``: ``'NCHW'`` (PyTorch's,
+the default) or ``'NHWC'`` (channels last); the shape they return is in that layout.
 
 Worked values:
 
@@ -152,8 +154,10 @@ def conv2d_output_shape(
     dilation: Any = 1,
     *,
     explain: bool = False,
+    data_format: str = "NCHW",
 ) -> tuple[int, int, int, int]:
-    """``(N, C_out, H_out, W_out)`` of ``conv2d`` on an ``(N, C, H, W)`` input.
+    """``(N, C_out, H_out, W_out)`` of ``conv2d`` on an ``(N, C, H, W)`` input; with
+    ``data_format='NHWC'``, ``(N, H_out, W_out, C_out)`` of an ``(N, H, W, C)`` input.
 
     >>> conv2d_output_shape((32, 3, 128, 128), 64, kernel_size=5, stride=2, padding=2)
     (32, 64, 64, 64)
@@ -161,24 +165,28 @@ def conv2d_output_shape(
     H_out = floor((32 + 2*0 - 1*(3-1) - 1) / 2) + 1 = 15
     W_out = floor((24 + 2*0 - 1*(1-1) - 1) / 2) + 1 = 12
     shape = (N, C_out, H_out, W_out) = (1, 8, 15, 12)
+    >>> conv2d_output_shape((1, 32, 24, 3), 8, (3, 1), stride=2, data_format="NHWC")
+    (1, 15, 12, 8)
     """
     name = "conv2d_output_shape"
     shape, lines = _conv2d_shape_lines(
-        name, input_shape, out_channels, kernel_size, stride, padding, dilation
+        name, input_shape, out_channels, kernel_size, stride, padding, dilation, data_format
     )
     if explain:
-        _print([*lines, f"shape = (N, C_out, H_out, W_out) = {shape}"])
+        _print([*lines, f"shape = {_symbols('C_out', data_format)} = {shape}"])
     return shape
 
 
-def _conv2d_shape_lines(name, input_shape, out_channels, kernel_size, stride, padding, dilation):
-    n, _, h, w = _input_shape(input_shape, name)
+def _conv2d_shape_lines(
+    name, input_shape, out_channels, kernel_size, stride, padding, dilation, data_format
+):
+    n, _, h, w = _input_shape(input_shape, name, data_format)
     kernel = _args.pair(kernel_size, name, "kernel_size")
     strides = _args.pair(stride, name, "stride")
     dil = _args.pair(dilation, name, "dilation")
     pads = _args.conv_padding(padding, kernel, strides, dil, name)
     hw, lines = _output_hw_lines(name, (h, w), kernel, strides, pads, dil)
-    return (n, out_channels, *hw), lines
+    return _in_layout(n, out_channels, hw, data_format), lines
 
 
 def pool2d_output_shape(
@@ -190,8 +198,12 @@ def pool2d_output_shape(
     ceil_mode: bool = False,
     *,
     explain: bool = False,
+    data_format: str = "NCHW",
 ) -> tuple[int, int, int, int]:
     """``(N, C, H_out, W_out)`` of ``max_pool2d``/``avg_pool2d``; stride defaults to the kernel.
+
+    With ``data_format='NHWC'`` the input shape is ``(N, H, W, C)`` and the result
+    ``(N, H_out, W_out, C)``.
 
     >>> pool2d_output_shape((1, 64, 112, 112), 3, stride=2, padding=1)
     (1, 64, 56, 56)
@@ -201,12 +213,12 @@ def pool2d_output_shape(
     shape = (N, C, H_out, W_out) = (1, 64, 4, 4)
     """
     name = "pool2d_output_shape"
-    n, c, h, w = _input_shape(input_shape, name)
+    n, c, h, w = _input_shape(input_shape, name, data_format)
     kernel, strides, pads, dil = _args.pool_params(kernel_size, stride, padding, dilation, name)
     hw, lines = _output_hw_lines(name, (h, w), kernel, strides, pads, dil, ceil_mode)
-    shape = (n, c, *hw)
+    shape = _in_layout(n, c, hw, data_format)
     if explain:
-        _print([*lines, f"shape = (N, C, H_out, W_out) = {shape}"])
+        _print([*lines, f"shape = {_symbols('C', data_format)} = {shape}"])
     return shape
 
 
@@ -220,6 +232,7 @@ def conv2d_macs(
     groups: int = 1,
     *,
     explain: bool = False,
+    data_format: str = "NCHW",
 ) -> int:
     """Multiply-accumulates of ``conv2d`` for the whole batch (bias adds not counted).
 
@@ -235,11 +248,12 @@ def conv2d_macs(
     MACs = N*C_out*H_out*W_out*(C_in/groups)*kh*kw = 2*4*4*4*(8/2)*3*3 = 4608
     """
     name = "conv2d_macs"
-    (n, c_out, ho, wo), lines = _conv2d_shape_lines(
-        name, input_shape, out_channels, kernel_size, stride, padding, dilation
+    shape, lines = _conv2d_shape_lines(
+        name, input_shape, out_channels, kernel_size, stride, padding, dilation, data_format
     )
+    n, c_out, ho, wo = _canonical(shape, data_format)
     kh, kw = _args.pair(kernel_size, name, "kernel_size")
-    c_in = _input_shape(input_shape, name)[1]
+    c_in = _input_shape(input_shape, name, data_format)[1]
     _args.check_groups(c_in, out_channels, groups, name)
     macs = n * c_out * ho * wo * (c_in // groups) * kh * kw
     if explain:
@@ -301,8 +315,10 @@ def conv_transpose2d_output_shape(
     dilation: Any = 1,
     *,
     explain: bool = False,
+    data_format: str = "NCHW",
 ) -> tuple[int, int, int, int]:
-    """``(N, C_out, H_out, W_out)`` of ``conv_transpose2d`` on an ``(N, C_in, H, W)`` input.
+    """``(N, C_out, H_out, W_out)`` of ``conv_transpose2d`` on an ``(N, C_in, H, W)`` input
+    (with ``data_format='NHWC'``: ``(N, H_out, W_out, C_out)`` of ``(N, H, W, C_in)``).
 
     ``H_out = (H - 1) * stride - 2 * padding + dilation * (kh - 1) + output_padding + 1``:
     the inverse of ``conv_output_size``, with ``output_padding`` choosing among the
@@ -319,17 +335,19 @@ def conv_transpose2d_output_shape(
     """
     name = "conv_transpose2d_output_shape"
     shape, lines = _conv_transpose_shape_lines(
-        name, input_shape, out_channels, kernel_size, stride, padding, output_padding, dilation
-    )
+        name, input_shape, out_channels, kernel_size, stride, padding, output_padding, dilation,
+        data_format,
+    )  # fmt: skip
     if explain:
-        _print([*lines, f"shape = (N, C_out, H_out, W_out) = {shape}"])
+        _print([*lines, f"shape = {_symbols('C_out', data_format)} = {shape}"])
     return shape
 
 
 def _conv_transpose_shape_lines(
-    name, input_shape, out_channels, kernel_size, stride, padding, output_padding, dilation
-):
-    n, _, h, w = _input_shape(input_shape, name)
+    name, input_shape, out_channels, kernel_size, stride, padding, output_padding, dilation,
+    data_format="NCHW",
+):  # fmt: skip
+    n, _, h, w = _input_shape(input_shape, name, data_format)
     kernel = _args.pair(kernel_size, name, "kernel_size")
     strides = _args.pair(stride, name, "stride")
     dil = _args.pair(dilation, name, "dilation")
@@ -350,7 +368,7 @@ def _conv_transpose_shape_lines(
             f"{name} output size {sizes[0]}x{sizes[1]} is too small (input {h}x{w}, "
             f"kernel_size={kernel}, stride={strides}, padding={pads}, dilation={dil})"
         )
-    return (n, out_channels, sizes[0], sizes[1]), lines
+    return _in_layout(n, out_channels, sizes, data_format), lines
 
 
 def conv_transpose2d_macs(
@@ -364,6 +382,7 @@ def conv_transpose2d_macs(
     dilation: Any = 1,
     *,
     explain: bool = False,
+    data_format: str = "NCHW",
 ) -> int:
     """Multiply-accumulates of ``conv_transpose2d`` for the whole batch (bias not counted).
 
@@ -381,9 +400,10 @@ def conv_transpose2d_macs(
     """
     name = "conv_transpose2d_macs"
     _conv_transpose_shape_lines(
-        name, input_shape, out_channels, kernel_size, stride, padding, output_padding, dilation
-    )
-    n, c_in, h, w = _input_shape(input_shape, name)
+        name, input_shape, out_channels, kernel_size, stride, padding, output_padding, dilation,
+        data_format,
+    )  # fmt: skip
+    n, c_in, h, w = _input_shape(input_shape, name, data_format)
     kh, kw = _args.pair(kernel_size, name, "kernel_size")
     _args.check_groups(c_in, out_channels, groups, name)
     macs = n * c_in * h * w * (out_channels // groups) * kh * kw
@@ -422,9 +442,14 @@ def conv_transpose2d_params(
 
 
 def adaptive_pool2d_output_shape(
-    input_shape: Sequence[int], output_size: Any, *, explain: bool = False
+    input_shape: Sequence[int],
+    output_size: Any,
+    *,
+    explain: bool = False,
+    data_format: str = "NCHW",
 ) -> tuple[int, int, int, int]:
-    """``(N, C, H_out, W_out)`` of ``adaptive_avg_pool2d``/``adaptive_max_pool2d``.
+    """``(N, C, H_out, W_out)`` of ``adaptive_avg_pool2d``/``adaptive_max_pool2d``
+    (``(N, H_out, W_out, C)`` of an ``(N, H, W, C)`` input with ``data_format='NHWC'``).
 
     ``output_size`` is an int or an ``(h, w)`` pair whose entries may be ``None``
     (keep that axis's input size), as in PyTorch; sizes must be ``>= 0``.
@@ -437,7 +462,7 @@ def adaptive_pool2d_output_shape(
     shape = (N, C, H_out, W_out) = (8, 512, 3, 9)
     """
     name = "adaptive_pool2d_output_shape"
-    n, c, h, w = _input_shape(input_shape, name)
+    n, c, h, w = _input_shape(input_shape, name, data_format)
     sizes = _args.adaptive_output_size(output_size, name)
     out, lines = [], []
     for axis, size, requested in zip("HW", (h, w), sizes):
@@ -447,9 +472,9 @@ def adaptive_pool2d_output_shape(
             continue
         out.append(requested)
         lines.append(f"{axis}_out = {requested}  (output_size)")
-    shape = (n, c, out[0], out[1])
+    shape = _in_layout(n, c, out, data_format)
     if explain:
-        _print([*lines, f"shape = (N, C, H_out, W_out) = {shape}"])
+        _print([*lines, f"shape = {_symbols('C', data_format)} = {shape}"])
     return shape
 
 
@@ -510,11 +535,33 @@ def receptive_field(layers: Iterable[tuple[int, int]], *, explain: bool = False)
     return field
 
 
-def _input_shape(shape: Sequence[int], name: str) -> tuple[int, int, int, int]:
+def _input_shape(
+    shape: Sequence[int], name: str, data_format: str = "NCHW"
+) -> tuple[int, int, int, int]:
+    """A 4-D input shape in ``data_format``, checked, as ``(N, C, H, W)``."""
+    data_format = _args.check_data_format(data_format, name)
     shape = tuple(int(s) for s in shape)
     if len(shape) != 4:
-        raise ValueError(
-            f"{name} expected a 4D input shape (batch, channels, height, width), "
-            f"got {len(shape)}D: {shape}"
-        )
-    return shape  # type: ignore[return-value]
+        axes = "(batch, channels, height, width)"
+        if data_format == "NHWC":
+            axes = "(batch, height, width, channels)"
+        raise ValueError(f"{name} expected a 4D input shape {axes}, got {len(shape)}D: {shape}")
+    return _canonical(shape, data_format)
+
+
+def _canonical(shape: tuple[int, ...], data_format: str) -> tuple[int, int, int, int]:
+    """A 4-D ``shape`` in ``data_format`` as ``(N, C, H, W)``."""
+    n, c = shape[0], shape[_args.channel_axis(data_format)]
+    h, w = _args.spatial_shape(shape, data_format)
+    return n, c, h, w
+
+
+def _in_layout(n: int, c: int, hw: Sequence[int], data_format: str) -> tuple[int, int, int, int]:
+    """``(N, C, H, W)`` put in ``data_format``'s order."""
+    h, w = hw
+    return (n, c, h, w) if data_format == "NCHW" else (n, h, w, c)
+
+
+def _symbols(channels: str, data_format: str) -> str:
+    """The names of an output shape's axes, ``(N, C_out, H_out, W_out)`` or channels last."""
+    return str(_in_layout("N", channels, ("H_out", "W_out"), data_format)).replace("'", "")

@@ -31,7 +31,8 @@ from jspatial import _windows as win
 
 
 class Step(NamedTuple):
-    """One tap of a sliding-window op, as ``steps`` yields it. Arrays are NCHW.
+    """One tap of a sliding-window op, as ``steps`` yields it. Arrays are in the op's
+    ``data_format``: NCHW, as below, or with ``data_format='NHWC'`` channels last.
 
     Attributes:
         t: the tap number, row-major over the kernel: ``t = i * kw + j``.
@@ -78,7 +79,9 @@ def steps(op: Callable, *args: Any, **kwargs: Any) -> Iterator[Step]:
         *args: the op's positional arguments.
         **kwargs: the op's keyword arguments. ``max_pool2d``'s ``return_indices`` is
             accepted and ignored (every step carries its ``argmax``); ``conv2d``'s
-            ``algorithm`` must be ``'auto'`` or ``'direct'``.
+            ``algorithm`` must be ``'auto'`` or ``'direct'``. With
+            ``data_format='NHWC'`` the input and every array of a step are channels
+            last, and the last ``out`` is the NHWC op's output, bit for bit.
 
     Yields:
         ``Step(t, tap, block, weight, out, argmax)`` per tap, ``t = 0 .. kh * kw - 1``.
@@ -243,34 +246,36 @@ def _compiled(body):
 
 @partial(jax.jit, static_argnames="geom")
 def _block(xph, t, geom):
-    """The block tap ``t`` reads, NCHW."""
-    return win.nhwc_to_nchw(win.window(xph, t, geom))
+    """The block tap ``t`` reads, in the op's layout."""
+    return win.from_nhwc(win.window(xph, t, geom), geom.layout)
 
 
-@partial(jax.jit, static_argnames=("shape", "dtype"))
-def _conv_out(y, bias, shape, dtype):
-    """The output-side sum ``(M, G, C/G)`` as the op returns it: NCHW, bias, dtype."""
-    return _finish(win.nhwc_to_nchw(y.reshape(shape)), bias, dtype)
+@partial(jax.jit, static_argnames=("shape", "dtype", "layout"))
+def _conv_out(y, bias, shape, dtype, layout):
+    """The output-side sum ``(M, G, C/G)`` as the op returns it: its layout, bias, dtype."""
+    return _finish(win.from_nhwc(y.reshape(shape), layout), bias, dtype, layout)
 
 
 @partial(jax.jit, static_argnames=("geom", "dtype"))
 def _conv_transpose_out(yph, bias, geom, dtype):
-    return _finish(win.nhwc_to_nchw(win.from_phases(yph, geom)), bias, dtype)
+    y = win.from_nhwc(win.from_phases(yph, geom), geom.layout)
+    return _finish(y, bias, dtype, geom.layout)
 
 
-def _finish(y, bias, dtype):
+def _finish(y, bias, dtype, layout):
     """As the ops end: add the bias in the accumulator's dtype, then cast."""
     if bias is not None:
-        y = y + bias.astype(y.dtype)[:, None, None]
+        b = bias.astype(y.dtype)
+        y = y + (b[:, None, None] if layout == "NCHW" else b)
     return y.astype(dtype)
 
 
-@partial(jax.jit, static_argnames="dtype")
-def _avg_out(total, scale, dtype):
-    return win.nhwc_to_nchw((total * scale).astype(dtype))
+@partial(jax.jit, static_argnames=("dtype", "layout"))
+def _avg_out(total, scale, dtype, layout):
+    return win.from_nhwc((total * scale).astype(dtype), layout)
 
 
-_nchw = jax.jit(win.nhwc_to_nchw)
+_in_layout = jax.jit(win.from_nhwc, static_argnames="layout")
 
 
 def _tap(t, geom):
@@ -283,10 +288,13 @@ def _tap_weight(w, i, j):
     return w[:, :, i, j]
 
 
-def _conv2d_steps(x, weight, bias, stride, padding, dilation, groups, algorithm):
+def _conv2d_steps(
+    x, weight, bias, stride, padding, dilation, groups, algorithm, data_format="NCHW"
+):
     x, weight, bias, geom, groups, _ = conv._check_conv2d(
-        x, weight, bias, stride, padding, dilation, groups, algorithm, "conv2d"
-    )
+        x, weight, bias, stride, padding, dilation, groups, algorithm, "conv2d",
+        data_format=data_format,
+    )  # fmt: skip
     if algorithm not in ("auto", "direct"):
         raise ValueError(f"steps runs conv2d's tap loop (algorithm='direct'), got {algorithm!r}")
     return _conv_loop(x, weight.astype(x.dtype), bias, geom, groups)
@@ -294,21 +302,24 @@ def _conv2d_steps(x, weight, bias, stride, padding, dilation, groups, algorithm)
 
 def _conv_loop(x, w, bias, geom, groups):
     n, c_out = x.shape[0], w.shape[0]
-    xph = win.to_phases(win.nchw_to_nhwc(x), geom, 0)
+    xph = win.to_phases(win.to_nhwc(x, geom.layout), geom, 0)
     w_taps = conv._weight_taps(w, groups)
     y = jnp.zeros((n * geom.out_hw[0] * geom.out_hw[1], groups, c_out // groups))
     y = y.astype(win.accum_dtype(x.dtype))
     for t in range(geom.taps):
         y = _compiled(conv.conv_tap)(t, y, xph, w_taps, geom=geom)
-        out = _conv_out(y, bias, (n, *geom.out_hw, c_out), x.dtype)
+        out = _conv_out(y, bias, (n, *geom.out_hw, c_out), x.dtype, geom.layout)
         i, j = _tap(t, geom)
         yield Step(t, (i, j), _block(xph, t, geom), _tap_weight(w, i, j), out)
 
 
-def _conv_transpose2d_steps(x, weight, bias, stride, padding, output_padding, groups, dilation):
+def _conv_transpose2d_steps(
+    x, weight, bias, stride, padding, output_padding, groups, dilation, data_format="NCHW"
+):
     x, weight, bias, geom, groups = conv._check_conv_transpose2d(
-        x, weight, bias, stride, padding, output_padding, groups, dilation, "conv_transpose2d"
-    )
+        x, weight, bias, stride, padding, output_padding, groups, dilation, "conv_transpose2d",
+        data_format=data_format,
+    )  # fmt: skip
     return _conv_transpose_loop(x, weight.astype(x.dtype), bias, geom, groups)
 
 
@@ -316,7 +327,7 @@ def _conv_transpose_loop(x, w, bias, geom, groups):
     shape = conv._phased_shape(x.shape[0], w.shape[1] * groups, geom)
     yph = jnp.zeros(shape, win.accum_dtype(x.dtype))
     w_taps = conv._weight_taps(w, groups)
-    xm = conv._output_side(x, groups)
+    xm = conv._output_side(x, groups, geom.layout)
     for t in range(geom.taps):
         yph = _compiled(conv.conv_transpose_tap)(t, yph, xm, w_taps, geom=geom)
         i, j = _tap(t, geom)
@@ -324,27 +335,32 @@ def _conv_transpose_loop(x, w, bias, geom, groups):
         yield Step(t, (i, j), x, _tap_weight(w, i, j), out)
 
 
-def _max_pool2d_steps(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+def _max_pool2d_steps(
+    x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, data_format="NCHW"
+):
     op = "max_pool2d"
-    x, geom = pool._pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
+    x, geom = pool._pool_geometry(
+        x, kernel_size, stride, padding, dilation, ceil_mode, op, data_format=data_format
+    )
     _args.check_bool(return_indices, op, "return_indices")
     return _max_pool_loop(x, geom)
 
 
 def _max_pool_loop(x, geom):
-    xph, real, carry = pool.max_pool_start(win.nchw_to_nhwc(x), geom)
+    xph, real, carry = pool.max_pool_start(win.to_nhwc(x, geom.layout), geom)
     for t in range(geom.taps):
         carry = _compiled(pool.max_pool_tap)(t, carry, xph, real, geom=geom)
-        best, arg = map(_nchw, carry)
+        best, arg = (_in_layout(a, layout=geom.layout) for a in carry)
         yield Step(t, _tap(t, geom), _block(xph, t, geom), None, best, arg)
 
 
 def _avg_pool2d_steps(
-    x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
-):
+    x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+    data_format="NCHW",
+):  # fmt: skip
     x, geom, divisor = pool._check_avg_pool2d(
         x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
-        "avg_pool2d",
+        "avg_pool2d", data_format=data_format,
     )  # fmt: skip
     return _avg_pool_loop(x, geom, divisor)
 
@@ -352,11 +368,12 @@ def _avg_pool2d_steps(
 def _avg_pool_loop(x, geom, divisor):
     acc = win.accum_dtype(x.dtype)
     scale = pool._avg_scale(geom, divisor, acc)
-    xph = win.to_phases(win.nchw_to_nhwc(x), geom, 0)
-    total = jnp.zeros((x.shape[0], *geom.out_hw, x.shape[1]), acc)
+    xph = win.to_phases(win.to_nhwc(x, geom.layout), geom, 0)
+    total = jnp.zeros((x.shape[0], *geom.out_hw, x.shape[_args.channel_axis(geom.layout)]), acc)
     for t in range(geom.taps):
         total = _compiled(pool.avg_pool_tap)(t, total, xph, geom=geom)
-        yield Step(t, _tap(t, geom), _block(xph, t, geom), None, _avg_out(total, scale, x.dtype))
+        out = _avg_out(total, scale, x.dtype, geom.layout)
+        yield Step(t, _tap(t, geom), _block(xph, t, geom), None, out)
 
 
 _RUNNERS = {

@@ -44,6 +44,10 @@ What each column counts:
   output of the same shape with the largest field (the field of a sum is that of
   its widest term), so residual networks come out right.
 
+Channels last: a model built with ``data_format='NHWC'`` layers is summarised with
+``summary(model, (N, H, W, C), data_format='NHWC')``; the shapes are then channels last
+(as the layers return them) and the MACs, fields and memory are those of the NCHW model.
+
 Example:
     >>> from flax import nnx
     >>> import jspatial as js
@@ -84,7 +88,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.extend import core as jcore
 
-from jspatial import shapes
+from jspatial import _args, shapes
 from jspatial.layers import module as _module
 
 # --------------------------------------------------------------------------- results
@@ -144,6 +148,7 @@ class Summary:
             weight): arrays the model keeps but never trains.
         uncalled: ``{name: params}`` of layers with parameters that the forward pass
             never called.
+        data_format: the layout of the input and of the shapes, ``'NCHW'`` or ``'NHWC'``.
     """
 
     rows: list[SummaryRow]
@@ -155,6 +160,7 @@ class Summary:
     total_activation_bytes: int
     frozen: int
     uncalled: dict[str, int]
+    data_format: str = "NCHW"
 
     def table(self) -> str:
         """The rows and totals as a fixed-width text table."""
@@ -172,6 +178,8 @@ def summary(
     input_shape: Sequence[int],
     dtype: Any = jnp.float32,
     print_table: bool = True,
+    *,
+    data_format: str = "NCHW",
 ) -> Summary:
     """Per-layer output shapes, parameters, MACs, activation memory and receptive fields.
 
@@ -179,9 +187,14 @@ def summary(
         model: any ``nnx.Module`` made of ``jspatial.layers``, ``nnx.Linear`` and
             functions (an ``nnx.Sequential``, a model with attributes); it may be
             abstract (built under ``nnx.eval_shape``). It is not modified.
-        input_shape: the input's full shape, batch included: ``(N, C, H, W)``.
+        input_shape: the input's full shape, batch included: ``(N, C, H, W)``, or
+            ``(N, H, W, C)`` with ``data_format='NHWC'``.
         dtype: the input's dtype.
         print_table: print ``Summary.table()``.
+        data_format: the layout of ``input_shape`` and of the model's spatial layers,
+            ``'NCHW'`` or ``'NHWC'``; the table's shapes are in it. A ``jspatial.layers``
+            layer built with the other layout is an error (its input would be read
+            wrongly), except ``Flatten``, which reshapes whatever it is given.
 
     Returns:
         A ``Summary``: ``rows`` (``SummaryRow``, in call order) and totals. See the
@@ -189,11 +202,25 @@ def summary(
 
     Cost: one abstract trace of the forward pass (about a second for ResNet-18 on
     a CPU); nothing is compiled or executed.
+
+    Example:
+        >>> from flax import nnx
+        >>> import jspatial as js
+        >>> from jspatial.layers import Conv2d, GlobalAvgPool2d
+        >>> model = nnx.Sequential(
+        ...     Conv2d(3, 8, 3, padding=1, data_format="NHWC", rngs=nnx.Rngs(0)),
+        ...     GlobalAvgPool2d(data_format="NHWC"),
+        ... )
+        >>> s = js.summary(model, (2, 16, 16, 3), data_format="NHWC", print_table=False)
+        >>> [(r.type, r.output_shape, r.macs) for r in s.rows]
+        [('Conv2d', (2, 16, 16, 8), 110592), ('GlobalAvgPool2d', (2, 8), 0)]
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"summary model must be an nnx.Module, got {type(model).__name__}")
     if isinstance(input_shape, (int, str)) or not isinstance(input_shape, Sequence):
         raise TypeError(f"summary input_shape must be a sequence of ints, got {input_shape!r}")
+    data_format = _args.check_data_format(data_format, "summary")
+    _check_layouts(model, data_format)
     in_shape = tuple(int(s) for s in input_shape)
     dtype = jnp.dtype(dtype)
     graphdef, state = nnx.split(model)
@@ -211,6 +238,7 @@ def summary(
         rows=recorder.rows,
         input_shape=in_shape,
         dtype=dtype,
+        data_format=data_format,
         output_shape=tuple(arrays[0].shape) if arrays else (),
         total_params=_count(_module.named_variables(model, nnx.Param)),
         total_macs=sum(r.macs for r in recorder.rows if r.macs is not None),
@@ -228,6 +256,19 @@ def summary(
 
 
 # ------------------------------------------------------------------------- recording
+
+
+def _check_layouts(model: nnx.Module, data_format: str) -> None:
+    """Every layout-aware layer of ``model`` (but ``Flatten``) runs in ``data_format``."""
+    for path, mod in _module.named_modules(model):
+        layout = getattr(mod, "data_format", None)
+        if layout is None or layout == data_format or _is(mod, "Flatten"):
+            continue
+        name = _torch_name(model, path) or type(mod).__name__
+        raise ValueError(
+            f"summary data_format={data_format!r}, but layer {name} ({type(mod).__name__}) "
+            f"has data_format={layout!r}: pass the model's layout, and an input_shape in it"
+        )
 
 
 def _count(named: Any) -> int:
@@ -520,7 +561,7 @@ def _layer_field(mod: Any, field: Any, in_shape: tuple, out_shape: tuple) -> Any
     if _is(mod, "MaxUnpool2d"):
         return field.transposed(mod.kernel_size, mod.stride)
     if _is(mod, "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"):
-        return field.adaptive(in_shape[-2:], out_shape[-2:])
+        return field.adaptive(_hw(in_shape, mod), _hw(out_shape, mod))
     # Element-wise layers (BatchNorm, activations, dropout) keep the field; a layer
     # of unknown kind that changes the shape loses it.
     return field if in_shape == out_shape else None
@@ -557,6 +598,16 @@ def _function_macs(fn: Callable, args: tuple, kwargs: dict) -> int | None:
     return 0
 
 
+def _layout(mod: Any) -> str:
+    """The layout a jspatial layer runs in (``'NCHW'`` for layers without one)."""
+    return getattr(mod, "data_format", "NCHW")
+
+
+def _hw(shape: tuple, mod: Any) -> tuple:
+    """The ``(H, W)`` of a layer's 3-D or 4-D array in the layer's layout."""
+    return tuple(shape[-2:]) if _layout(mod) == "NCHW" else tuple(shape[-3:-1])
+
+
 def _layer_macs(
     mod: Any, in_shape: tuple, has_params: bool, args: tuple = (), kwargs: dict | None = None
 ) -> int | None:
@@ -564,11 +615,12 @@ def _layer_macs(
         return _function_macs(mod, args, kwargs or {})
     if _is(mod, "Conv2d"):
         return shapes.conv2d_macs(in_shape, mod.out_channels, mod.kernel_size, mod.stride,
-                                  mod.padding, mod.dilation, mod.groups)  # fmt: skip
+                                  mod.padding, mod.dilation, mod.groups,
+                                  data_format=_layout(mod))  # fmt: skip
     if _is(mod, "ConvTranspose2d"):
         return shapes.conv_transpose2d_macs(
             in_shape, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
-            mod.output_padding, mod.groups, mod.dilation,
+            mod.output_padding, mod.groups, mod.dilation, data_format=_layout(mod),
         )  # fmt: skip
     if isinstance(mod, nnx.Linear):
         return math.prod(in_shape[:-1]) * mod.in_features * mod.out_features
@@ -633,8 +685,9 @@ def _format_table(s: Summary) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     lines = [line(header), rule, *(line(b) for b in body), rule, line(total)]
+    layout = "" if s.data_format == "NCHW" else f" ({s.data_format})"
     lines.append(
-        f"Input {s.input_shape} {jnp.dtype(s.dtype).name}, output {s.output_shape}; "
+        f"Input {s.input_shape}{layout} {jnp.dtype(s.dtype).name}, output {s.output_shape}; "
         "MACs x 2 = FLOPs."
     )
     if s.frozen:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import jspatial as js
+from tests.test_conv import _primitives
 from tests.tolerances import assert_close, fast_jit
 
 CASES = {
@@ -484,3 +485,125 @@ def test_batch_norm_errors(args, kwargs, err, match):
     kwargs = {"training": True} | kwargs
     with pytest.raises(err, match=match):
         js.batch_norm(*args, **kwargs)
+
+
+# --------------------------------------------------------------- channels last (NHWC)
+
+NHWC_SHAPES = {
+    # NCHW shape of the data; NHWC moves the channels (axis 1) to the end.
+    "4d": (3, 2, 5, 7),
+    "2d": (5, 3),
+    "3d": (4, 3, 6),
+    "5d": (2, 2, 3, 4, 5),
+}
+
+
+def to_last(a):
+    return np.moveaxis(np.asarray(a), 1, -1)
+
+
+@pytest.mark.parametrize("mode", ["jit", "eager"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", NHWC_SHAPES)
+def test_batch_norm_nhwc_matches_torch(name, training, mode):
+    """``batch_norm(to_last(x), ..., data_format='NHWC') == to_last(F.batch_norm(x, ...))``:
+    values, updated statistics and gradients, jitted and eager."""
+    x, params, cots = make_data(NHWC_SHAPES[name], seed=7)
+    y_t, rm_t, rv_t, grads_t = torch_bn(x, params, cots[0], training, 0.3, 1e-3)
+    p = params
+
+    def run(x, w, b, cot):
+        f = lambda x, w, b: js.batch_norm(
+            x, p["running_mean"], p["running_var"], w, b, training, 0.3, 1e-3, data_format="NHWC"
+        )
+        outs, pull = jax.vjp(f, x, w, b)
+        return outs, pull((cot, jnp.zeros_like(outs[1]), jnp.zeros_like(outs[2])))
+
+    args = (to_last(x), p["weight"], p["bias"], to_last(cots[0]))
+    if mode == "jit":
+        (y, rm, rv), grads = fast_jit(run)(*args)
+    else:
+        with jax.disable_jit():
+            (y, rm, rv), grads = run(*args)
+    assert y.shape == to_last(x).shape
+    assert_close(y, to_last(y_t), err_msg="y")
+    assert_close(rm, rm_t, err_msg="running_mean")
+    assert_close(rv, rv_t, err_msg="running_var")
+    expected = (to_last(grads_t[0]), *grads_t[1:])
+    for g, g_t, what in zip(grads, expected, ("dx", "dweight", "dbias")):
+        assert_close(g, g_t, err_msg=what)
+
+
+def test_batch_norm_nhwc_gradient_through_statistics_and_forward_mode():
+    """Cotangents on all three outputs (reverse mode) and a JVP (forward mode) in NHWC equal
+    the NCHW results, moved to channels last."""
+    x, p, cots = make_data((4, 3, 5, 7), seed=8)
+    args = (p["weight"], p["bias"], p["running_mean"], p["running_var"])
+
+    def bn(layout):
+        return lambda x, rm, rv, w, b: js.batch_norm(x, rm, rv, w, b, True, data_format=layout)
+
+    outs, grads = bn_runner(bn("NCHW"))(x, *args, cots)
+    cots_last = (to_last(cots[0]), *cots[1:])
+    outs_l, grads_l = bn_runner(bn("NHWC"))(to_last(x), *args, cots_last)
+    for a, b, what in zip(outs_l, (to_last(outs[0]), *outs[1:]), ("y", "mean", "var")):
+        assert_close(a, b, err_msg=what)
+    for a, b, what in zip(grads_l, (to_last(grads[0]), *grads[1:]), ("dx", "dw", "db")):
+        assert_close(a, b, err_msg=what)
+
+    def jvp(layout, x, dx):
+        f = lambda x, w, b: bn(layout)(x, args[2], args[3], w, b)
+        return jax.jvp(f, (x, args[0], args[1]), (dx, cots[1], cots[2]))[1]
+
+    tangent_l = fast_jit(functools.partial(jvp, "NHWC"))(to_last(x), to_last(cots[0]))
+    tangent = fast_jit(functools.partial(jvp, "NCHW"))(x, cots[0])
+    for a, b in zip(tangent_l, (to_last(tangent[0]), *tangent[1:])):
+        assert_close(a, b)
+
+
+def test_batch_norm_nhwc_runs_without_transposes():
+    """Channels last reduces over ``(N, H, W)`` in place: no transpose in the program,
+    forward or backward."""
+    x = jnp.ones((2, 4, 5, 3))
+
+    def loss(x, w, b):
+        return jnp.sum(js.batch_norm(x, None, None, w, b, True, data_format="NHWC")[0])
+
+    for f in (loss, jax.grad(loss, argnums=(0, 1, 2))):
+        names = _primitives(jax.make_jaxpr(f)(x, jnp.ones(3), jnp.zeros(3)))
+        assert "transpose" not in names, names
+    assert names & {"while", "scan"}, names  # the chunked statistics loop
+
+
+def test_batch_norm_nhwc_empty_batch_and_one_value_rule():
+    y, mean, var = js.batch_norm(
+        jnp.zeros((0, 4, 4, 3)), jnp.zeros(3), jnp.ones(3), training=True, data_format="NHWC"
+    )
+    assert y.shape == (0, 4, 4, 3)
+    np.testing.assert_array_equal(mean, np.zeros(3))
+    with pytest.raises(ValueError, match=r"more than 1 value per channel .*\(1, 1, 1, 3\)"):
+        js.batch_norm(jnp.ones((1, 1, 1, 3)), None, None, training=True, data_format="NHWC")
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, err, match",
+    [
+        ((X, C3, C3), {"data_format": "NCWH"}, ValueError, r"^batch_norm data_format must be "),
+        ((X, C3, C3), {"data_format": None}, TypeError, r"^batch_norm data_format must be .*None"),
+        (
+            (jnp.ones((2, 4, 4, 3)), jnp.ones(4), jnp.ones(4)),
+            {"data_format": "NHWC"},
+            ValueError,
+            r"batch_norm channel mismatch: expected 3 channels, got running_mean of shape \(4,\)",
+        ),
+        (
+            (jnp.ones(3), C3, C3),
+            {"data_format": "NHWC"},
+            ValueError,
+            r"^batch_norm expected input \(batch, \*, channels\) of at least 2 dimensions",
+        ),
+    ],
+)
+def test_batch_norm_data_format_errors(args, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        js.batch_norm(*args, training=True, **kwargs)

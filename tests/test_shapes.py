@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import itertools
 import math
 import operator
@@ -633,5 +634,108 @@ def test_explain_adaptive_pool2d_output_shape(capsys):
     ],
 )
 def test_new_calculator_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+# ------------------------------------------------------------ channels last (NHWC)
+
+
+def _last(shape):
+    """An NCHW shape in NHWC order."""
+    n, c, h, w = shape
+    return (n, h, w, c)
+
+
+def _takes_data_format(op):
+    return "data_format" in inspect.signature(op).parameters
+
+
+@pytest.mark.parametrize("shape, c_out, k, s, p, d", CONV_SHAPE_GRID)
+def test_conv2d_calculators_nhwc(shape, c_out, k, s, p, d):
+    """The same numbers read and written channels last: the NHWC shape is the NCHW one
+    reordered, the MACs are equal, and (where ``conv2d`` takes ``data_format``) it is the
+    shape ``conv2d`` gives in NHWC."""
+    expected = js.conv2d_output_shape(shape, c_out, k, s, p, d)
+    got = js.conv2d_output_shape(_last(shape), c_out, k, s, p, d, data_format="NHWC")
+    assert got == _last(expected)
+    macs = js.conv2d_macs(shape, c_out, k, s, p, d)
+    assert js.conv2d_macs(_last(shape), c_out, k, s, p, d, data_format="NHWC") == macs
+    if _takes_data_format(js.conv2d):
+        kernel = (k, k) if isinstance(k, int) else k
+        x = jax.ShapeDtypeStruct(_last(shape), jnp.float32)
+        w = jax.ShapeDtypeStruct((c_out, shape[1], *kernel), jnp.float32)
+        conv = lambda x, w: js.conv2d(x, w, stride=s, padding=p, dilation=d, data_format="NHWC")  # noqa: E731
+        assert jax.eval_shape(conv, x, w).shape == got
+
+
+@pytest.mark.parametrize("shape, k, s, p, d, ceil", POOL_SHAPE_GRID)
+def test_pool2d_output_shape_nhwc(shape, k, s, p, d, ceil):
+    expected = _last(js.pool2d_output_shape(shape, k, s, p, d, ceil))
+    assert js.pool2d_output_shape(_last(shape), k, s, p, d, ceil, data_format="NHWC") == expected
+    if _takes_data_format(js.max_pool2d):
+        x = jax.ShapeDtypeStruct(_last(shape), jnp.float32)
+        pool = lambda x: js.max_pool2d(x, k, s, p, d, ceil, data_format="NHWC")  # noqa: E731
+        assert jax.eval_shape(pool, x).shape == expected
+
+
+@pytest.mark.parametrize("shape, c_out, k, s, p, op, g, d", TRANSPOSE_GRID)
+def test_conv_transpose2d_calculators_nhwc(shape, c_out, k, s, p, op, g, d):
+    expected = js.conv_transpose2d_output_shape(shape, c_out, k, s, p, op, d)
+    got = js.conv_transpose2d_output_shape(_last(shape), c_out, k, s, p, op, d, data_format="NHWC")
+    assert got == _last(expected)
+    macs = js.conv_transpose2d_macs(shape, c_out, k, s, p, op, g, d)
+    nhwc = js.conv_transpose2d_macs(_last(shape), c_out, k, s, p, op, g, d, data_format="NHWC")
+    assert nhwc == macs
+
+
+@pytest.mark.parametrize("size", [3, (3, None), (None, 1), (7, 2), 0])
+def test_adaptive_pool2d_output_shape_nhwc(size):
+    shape = (2, 3, 5, 4)
+    expected = _last(js.adaptive_pool2d_output_shape(shape, size))
+    assert js.adaptive_pool2d_output_shape(_last(shape), size, data_format="NHWC") == expected
+
+
+def test_explain_prints_the_caller_layout(capsys):
+    js.conv2d_output_shape((1, 32, 24, 3), 8, (3, 1), stride=2, explain=True, data_format="NHWC")
+    js.pool2d_output_shape((1, 7, 7, 64), 2, ceil_mode=True, explain=True, data_format="NHWC")
+    js.conv_transpose2d_output_shape((1, 7, 7, 8), 4, 3, 2, 1, 1, explain=True, data_format="NHWC")
+    js.adaptive_pool2d_output_shape((8, 7, 9, 512), (3, None), explain=True, data_format="NHWC")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("shape")]
+    assert lines == [
+        "shape = (N, H_out, W_out, C_out) = (1, 15, 12, 8)",
+        "shape = (N, H_out, W_out, C) = (1, 4, 4, 64)",
+        "shape = (N, H_out, W_out, C_out) = (1, 14, 14, 4)",
+        "shape = (N, H_out, W_out, C) = (8, 3, 9, 512)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (
+            lambda: js.conv2d_output_shape((1, 8, 8, 3), 4, 3, data_format="nhwc"),
+            ValueError,
+            r"^conv2d_output_shape data_format must be 'NCHW' or 'NHWC', got 'nhwc'$",
+        ),
+        (
+            lambda: js.pool2d_output_shape((1, 8, 8, 3), 2, data_format=1),
+            TypeError,
+            r"^pool2d_output_shape data_format must be 'NCHW' or 'NHWC', got 1 \(int\)$",
+        ),
+        (
+            lambda: js.adaptive_pool2d_output_shape((8, 8, 3), 2, data_format="NHWC"),
+            ValueError,
+            r"^adaptive_pool2d_output_shape expected a 4D input shape "
+            r"\(batch, height, width, channels\), got 3D",
+        ),
+        (
+            lambda: js.conv2d_macs((1, 8, 8, 3), 4, 3, groups=2, data_format="NHWC"),
+            ValueError,
+            r"conv2d_macs groups=2 must divide both in_channels=3",
+        ),
+    ],
+)
+def test_data_format_errors(call, err, match):
     with pytest.raises(err, match=match):
         call()

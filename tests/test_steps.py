@@ -247,3 +247,67 @@ def test_compiled_ops_call_the_named_loop_bodies(monkeypatch, module, name, run)
     calls = _count_calls(monkeypatch, module, name)
     jax.make_jaxpr(run)(jnp.ones((1, 3, 11, 13)))  # a shape no other test traces
     assert calls, f"{module.__name__}.{name} was not traced"
+
+
+# ------------------------------------------------------------------ channels last (NHWC)
+
+
+def _last(a):
+    return jnp.transpose(a, (0, 2, 3, 1))
+
+
+def _steps_nhwc(op, x, *args, **kwargs):
+    """The NHWC run next to the NCHW one: every step's arrays are the NCHW step's moved to
+    channels last (the weights are OIHW in both), and the last ``out`` is the NHWC op's
+    output, bit for bit."""
+    run = list(js.steps(op, x, *args, **kwargs))
+    run_last = list(js.steps(op, _last(x), *args, **kwargs, data_format="NHWC"))
+    assert len(run_last) == len(run)
+    for a, b in zip(run_last, run):
+        assert (a.t, a.tap) == (b.t, b.tap)
+        # conv_transpose2d's block is the whole input; the others' are window blocks.
+        np.testing.assert_array_equal(a.block, _last(b.block))
+        np.testing.assert_array_equal(a.out, _last(b.out))
+        if b.weight is not None:
+            np.testing.assert_array_equal(a.weight, b.weight)
+        if b.argmax is not None:
+            np.testing.assert_array_equal(a.argmax, _last(b.argmax))
+    return run_last
+
+
+@pytest.mark.parametrize("i", [1, 3, 4])
+def test_conv2d_steps_nhwc(i):
+    x_shape, w_shape, kwargs = CONV_CONFIGS[i]
+    x, w = _normal(2 * i, x_shape), _normal(2 * i + 1, w_shape)
+    kwargs = _with_bias(kwargs, w_shape[0], i)
+    run = _steps_nhwc(js.conv2d, x, w, **kwargs)
+    expected = js.conv2d(_last(x), w, algorithm="direct", data_format="NHWC", **kwargs)
+    np.testing.assert_array_equal(run[-1].out, expected)
+
+
+@pytest.mark.parametrize("kwargs", POOL_CONFIGS[1:])
+def test_pool_steps_nhwc(kwargs):
+    x = _normal(31, (2, 3, 7, 8))
+    run = _steps_nhwc(js.max_pool2d, x, **kwargs)
+    np.testing.assert_array_equal(
+        run[-1].out, js.max_pool2d(_last(x), **kwargs, data_format="NHWC")
+    )
+    avg = {k: v for k, v in kwargs.items() if k != "dilation"}
+    run = _steps_nhwc(js.avg_pool2d, x, **avg)
+    np.testing.assert_array_equal(run[-1].out, js.avg_pool2d(_last(x), **avg, data_format="NHWC"))
+
+
+@pytest.mark.parametrize("i", range(len(TRANSPOSE_CONFIGS)))
+def test_conv_transpose2d_steps_nhwc(i):
+    x_shape, w_shape, kwargs = TRANSPOSE_CONFIGS[i]
+    x, w = _normal(50 + 2 * i, x_shape), _normal(51 + 2 * i, w_shape)
+    kwargs = _with_bias(kwargs, w_shape[1] * kwargs.get("groups", 1), i)
+    run = _steps_nhwc(js.conv_transpose2d, x, w, **kwargs)
+    expected = js.conv_transpose2d(_last(x), w, **kwargs, data_format="NHWC")
+    np.testing.assert_array_equal(run[-1].out, expected)
+    np.testing.assert_array_equal(run[0].block, _last(x))
+
+
+def test_steps_nhwc_checks_data_format():
+    with pytest.raises(ValueError, match=r"^max_pool2d data_format must be 'NCHW' or 'NHWC'"):
+        js.steps(js.max_pool2d, jnp.ones((1, 4, 4, 2)), 2, data_format="HWC")

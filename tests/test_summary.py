@@ -544,3 +544,59 @@ def test_functions_of_a_sequential_are_rows():
     # The model keeps its own functions: only the traced copy was wrapped.
     assert model.layers[1] is nnx.relu and model.layers[3] is parts[3]
     assert s.total_params == models.count_params(model)
+
+
+# --------------------------------------------------------------------- channels last
+
+
+def _every_layer_model(data_format):
+    """One of each spatial layer, built in ``data_format`` (weights are not drawn)."""
+    fmt = {"data_format": data_format}
+
+    def build():
+        r = nnx.Rngs(0)
+        return nnx.Sequential(
+            Conv2d(3, 8, (3, 2), stride=2, padding=1, rngs=r, **fmt),
+            BatchNorm2d(8, **fmt),
+            nnx.relu,
+            MaxPool2d(3, 1, 1, **fmt),
+            AvgPool2d(2, **fmt),
+            layers.ConvTranspose2d(8, 4, 3, stride=2, groups=2, rngs=r, **fmt),
+            AdaptiveMaxPool2d((5, 3), **fmt),
+            AdaptiveAvgPool2d(2, **fmt),
+            GlobalAvgPool2d(**fmt),
+        )
+
+    return _abstract(build)
+
+
+def test_nhwc_model_summary_equals_the_nchw_one_channels_last():
+    """The same model in NHWC: shapes channels last (as printed), and the same parameters,
+    MACs, memory and receptive fields as in NCHW."""
+    nchw = js.summary(_every_layer_model("NCHW"), (2, 3, 17, 12), print_table=False)
+    nhwc = js.summary(
+        _every_layer_model("NHWC"), (2, 17, 12, 3), print_table=False, data_format="NHWC"
+    )
+    last = lambda s: (s[0], *s[2:], s[1]) if len(s) == 4 else s  # noqa: E731
+    assert len(nhwc.rows) == len(nchw.rows)
+    for a, b in zip(nhwc.rows, nchw.rows):
+        assert a.output_shape == last(b.output_shape), a.name
+        assert a.input_shape == last(b.input_shape), a.name
+        assert (a.params, a.macs, a.activation_bytes) == (b.params, b.macs, b.activation_bytes)
+        assert (a.receptive_field, a.jump, a.exact) == (b.receptive_field, b.jump, b.exact)
+    assert nhwc.rows[0].macs > 0 and nhwc.rows[5].macs > 0
+    assert (nhwc.total_params, nhwc.total_macs) == (nchw.total_params, nchw.total_macs)
+    assert nhwc.data_format == "NHWC"
+    assert "Input (2, 17, 12, 3) (NHWC) float32" in nhwc.table()
+
+
+def test_summary_data_format_must_match_the_layers():
+    model = nnx.Sequential(BatchNorm2d(3, data_format="NHWC"), Flatten())
+    s = js.summary(model, (2, 4, 4, 3), print_table=False, data_format="NHWC")
+    assert [r.output_shape for r in s.rows] == [(2, 4, 4, 3), (2, 48)]
+    with pytest.raises(
+        ValueError, match=r"^summary data_format='NCHW', but layer 0 \(BatchNorm2d\)"
+    ):
+        js.summary(model, (2, 3, 4, 4), print_table=False)
+    with pytest.raises(ValueError, match=r"^summary data_format must be 'NCHW' or 'NHWC'"):
+        js.summary(model, (2, 4, 4, 3), print_table=False, data_format="channels_last")

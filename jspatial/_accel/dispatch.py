@@ -102,7 +102,7 @@ def kernel_for(op: str, target: str, *static, gpu=None):
     """The on-chip version of ``op`` for ``target`` (``'tpu'`` or ``'cuda'``), or ``None``.
 
     ``static`` is the op's static description: ``(geom, groups)`` for ``'conv2d'``,
-    ``(geom,)`` for ``'max_pool2d'``, ``(eps,)`` for ``'bn_train'``. ``gpu`` is the
+    ``(geom,)`` for ``'max_pool2d'``, ``(eps, layout)`` for ``'bn_train'``. ``gpu`` is the
     compute capability of a ``'cuda'`` target (``gpu_target()``). The function returned
     takes the op's array arguments, as the portable version does.
     """
@@ -116,8 +116,8 @@ def kernel_for(op: str, target: str, *static, gpu=None):
             geom = static[0]
             return lambda x: pool.max_pool2d(x, geom)
         if op == "bn_train":
-            (eps,) = static
-            return lambda x, w, b: norm.bn_train(x, w, b, eps)
+            eps, layout = static
+            return lambda x, w, b: norm.bn_train(x, w, b, eps, layout)
     triton = target == "cuda" and gpu is not None and gpu >= TRITON_MIN_CAPABILITY
     if triton and op == "conv2d" and (kernels := _gpu_conv()) and kernels.supports(*static):
         geom = static[0]

@@ -79,14 +79,21 @@ def _conv_repr(layer, padding, *optional) -> str:
     return ", ".join(parts)
 
 
+def _spatial(shape, data_format):
+    """``(H, W)`` of a batched (4-D) or unbatched (3-D) shape in ``data_format``."""
+    return _args.spatial_shape(tuple(shape) if len(shape) == 4 else (1, *shape), data_format)
+
+
 class Conv2d(Module):
     """2-D convolution layer with ``torch.nn.Conv2d``'s signature, parameters and semantics.
 
     Shapes: input ``(N, C_in, H, W)`` -> output ``(N, C_out, H_out, W_out)``, with
-    ``H_out = floor((H + pad_top + pad_bottom - dilation * (kh - 1) - 1) / stride) + 1``.
+    ``H_out = floor((H + pad_top + pad_bottom - dilation * (kh - 1) - 1) / stride) + 1``;
+    with ``data_format='NHWC'``, ``(N, H, W, C_in) -> (N, H_out, W_out, C_out)``.
 
     Parameters: ``weight`` ``(C_out, C_in // groups, kh, kw)`` (OIHW) and ``bias``
-    ``(C_out,)``, or ``None`` with ``bias=False``.
+    ``(C_out,)``, or ``None`` with ``bias=False``; OIHW in both layouts, so a PyTorch
+    ``state_dict`` loads unchanged into an NHWC layer.
 
     Initialisation differs from torch's: ``weight`` is He normal (std
     ``sqrt(2 / fan_in)``, ``fan_in = C_in // groups * kh * kw``, the usual choice
@@ -117,6 +124,9 @@ class Conv2d(Module):
         kernel_init: ``kernel_init(key, shape, dtype)`` for ``weight``; default He normal.
         algorithm: ``'auto'``, ``'direct'``, ``'winograd'`` or ``'im2col'``, as in
             ``jspatial.conv2d``.
+        data_format: ``'NCHW'`` (channels second, PyTorch's) or ``'NHWC'`` (channels
+            last) for the input and output; keyword-only, an addition to PyTorch's
+            signature.
         rngs: ``nnx.Rngs`` supplying the ``params`` key.
 
     Example:
@@ -130,6 +140,9 @@ class Conv2d(Module):
         (2, 64, 32, 32)
         >>> Conv2d(3, 8, 3, 1, 1, padding_mode="reflect", rngs=nnx.Rngs(0))
         Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), padding_mode=reflect)
+        >>> Conv2d(3, 8, 3, padding=1, data_format="NHWC", rngs=nnx.Rngs(0))(
+        ...     jnp.ones((2, 32, 32, 3))).shape
+        (2, 32, 32, 8)
     """
 
     _OP = "Conv2d"
@@ -150,6 +163,7 @@ class Conv2d(Module):
         param_dtype: Any = jnp.float32,
         kernel_init: Initializer | None = None,
         algorithm: str = "auto",
+        data_format: str = "NCHW",
         rngs: nnx.Rngs,
     ):
         op = self._OP
@@ -163,6 +177,7 @@ class Conv2d(Module):
         _check_common(op, bias, rngs)
         self.padding_mode = _args.one_of(padding_mode, _PADDING_MODES, op, "padding_mode")
         self.algorithm = _args.one_of(algorithm, _ALGORITHMS, op, "algorithm")
+        self.data_format = _args.check_data_format(data_format, op)
         self.dtype = dtype
         self.param_dtype = param_dtype
 
@@ -173,12 +188,12 @@ class Conv2d(Module):
         self.bias = nnx.Param(jnp.zeros((self.out_channels,), param_dtype)) if bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``."""
+        """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)`` (channels last in ``'NHWC'``)."""
         # _conv2d_checked is the one validating path (outside the jit, before the cast).
         return _conv2d_checked(
             x, self.weight[...], None if self.bias is None else self.bias[...], self.stride,
             self.padding, self.dilation, self.groups, op=self._OP, algorithm=self.algorithm,
-            dtype=self.dtype, padding_mode=self.padding_mode,
+            dtype=self.dtype, padding_mode=self.padding_mode, data_format=self.data_format,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
@@ -188,6 +203,7 @@ class Conv2d(Module):
             ("groups", self.groups, 1),
             ("bias", self.bias is not None, True),
             ("padding_mode", self.padding_mode, "zeros"),
+            ("data_format", self.data_format, "NCHW"),
         )  # fmt: skip
 
 
@@ -199,7 +215,9 @@ class ConvTranspose2d(Module):
     upsamples by ``s``, e.g. a learned 2x upsampling in a decoder.
 
     Shapes: input ``(N, C_in, H, W)`` -> output ``(N, C_out, H_out, W_out)``, with
-    ``H_out = (H - 1) * stride - 2 * padding + dilation * (kh - 1) + output_padding + 1``.
+    ``H_out = (H - 1) * stride - 2 * padding + dilation * (kh - 1) + output_padding + 1``;
+    with ``data_format='NHWC'``, ``(N, H, W, C_in) -> (N, H_out, W_out, C_out)`` (the
+    weight keeps torch's layout).
 
     Parameters: ``weight`` ``(C_in, C_out // groups, kh, kw)`` (torch's layout for the
     transpose) and ``bias`` ``(C_out,)``, or ``None`` with ``bias=False``. Both start
@@ -223,6 +241,7 @@ class ConvTranspose2d(Module):
         dtype: computation dtype, as ``Conv2d``.
         param_dtype: dtype the parameters are stored in, as ``Conv2d``.
         kernel_init: ``kernel_init(key, shape, dtype)`` for ``weight``; default torch's.
+        data_format: ``'NCHW'`` or ``'NHWC'``, as ``Conv2d``.
         rngs: ``nnx.Rngs`` supplying the ``params`` key.
 
     Example:
@@ -257,6 +276,7 @@ class ConvTranspose2d(Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         kernel_init: Initializer | None = None,
+        data_format: str = "NCHW",
         rngs: nnx.Rngs,
     ):
         op = self._OP
@@ -274,6 +294,7 @@ class ConvTranspose2d(Module):
                 f"{op} supports only padding_mode='zeros' (as torch), got {padding_mode!r}"
             )
         self.padding_mode = padding_mode
+        self.data_format = _args.check_data_format(data_format, op)
         self.dtype = dtype
         self.param_dtype = param_dtype
 
@@ -291,11 +312,12 @@ class ConvTranspose2d(Module):
         )
 
     def __call__(self, x: jax.Array, output_size: Sequence[int] | None = None) -> jax.Array:
-        """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``.
+        """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)`` (channels last in ``'NHWC'``).
 
-        ``output_size`` (``(H_out, W_out)``, or a full NCHW shape) picks the output
-        padding, as torch's ``forward(input, output_size)``: a strided convolution maps
-        several input sizes to one output size, and this says which one to invert to.
+        ``output_size`` (``(H_out, W_out)``, or a full shape in the layer's
+        ``data_format``) picks the output padding, as torch's ``forward(input,
+        output_size)``: a strided convolution maps several input sizes to one output
+        size, and this says which one to invert to.
         """
         output_padding = self.output_padding
         if output_size is not None:
@@ -303,7 +325,7 @@ class ConvTranspose2d(Module):
         return _conv_transpose2d_checked(
             x, self.weight[...], None if self.bias is None else self.bias[...], self.stride,
             self.padding, output_padding, self.groups, self.dilation, op=self._OP,
-            dtype=self.dtype,
+            dtype=self.dtype, data_format=self.data_format,
         )  # fmt: skip
 
     def _output_padding(self, x, output_size):
@@ -311,19 +333,21 @@ class ConvTranspose2d(Module):
         size = tuple(output_size)
         x_shape = tuple(getattr(x, "shape", ()))
         if len(x_shape) not in (3, 4):
-            _args.check_input(x, op)  # raises the usual message
+            _args.check_input(x, op, data_format=self.data_format)  # raises the usual message
         if len(size) == len(x_shape):  # the full shape, as torch takes it, batched or not
-            size = size[-2:]
+            size = _spatial(size, self.data_format)
+        in_hw = _spatial(x_shape, self.data_format)
         if len(size) != 2 or not all(_args.is_int(s) for s in size):
             raise ValueError(f"{op} output_size must be (H_out, W_out), got {output_size!r}")
         padding = []
         for axis in range(2):
             k, s, p, d = (self.kernel_size[axis], self.stride[axis], self.padding[axis],
                           self.dilation[axis])  # fmt: skip
-            smallest = transposed_size(x_shape[axis - 2], k, s, p, 0, d)
+            smallest = transposed_size(in_hw[axis], k, s, p, 0, d)
             if not smallest <= size[axis] < smallest + s:
+                where = len(x_shape) - (2 if self.data_format == "NCHW" else 3) + axis
                 raise ValueError(
-                    f"{op} output_size {size} is not reachable: on axis {2 + axis} the "
+                    f"{op} output_size {size} is not reachable: on axis {where} the "
                     f"output size ranges from {smallest} to {smallest + s - 1}"
                 )
             padding.append(size[axis] - smallest)
@@ -337,4 +361,5 @@ class ConvTranspose2d(Module):
             ("output_padding", self.output_padding, (0, 0)),
             ("groups", self.groups, 1),
             ("bias", self.bias is not None, True),
+            ("data_format", self.data_format, "NCHW"),
         )  # fmt: skip

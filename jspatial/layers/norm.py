@@ -31,9 +31,11 @@ class _BatchNorm(Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs | None = None,
+        data_format: str = "NCHW",
     ):
         op = self._OP
         self.num_features = _args.positive_int(num_features, op, "num_features")
+        self.data_format = _args.check_data_format(data_format, op)
         self.eps = _args.check_eps(eps, op)
         self.momentum = _args.check_momentum(momentum, op, allow_none=True)
         self.affine = _args.check_bool(affine, op, "affine")
@@ -85,6 +87,7 @@ class _BatchNorm(Module):
         y, new_mean, new_var = _batch_norm_checked(
             x, mean, var, weight, bias, training, momentum, self.eps,
             op=op, num_features=self.num_features, dtype=self.dtype, ndims=self._NDIMS,
+            data_format=self.data_format,
         )  # fmt: skip
         if update:
             # In place, so the update survives ``nnx.jit``: NNX writes changed
@@ -95,10 +98,11 @@ class _BatchNorm(Module):
         return y
 
     def extra_repr(self) -> str:
+        layout = "" if self.data_format == "NCHW" else f", data_format={self.data_format}"
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
             f"affine={self.affine}, bias={self.bias is not None}, "
-            f"track_running_stats={self.track_running_stats}"
+            f"track_running_stats={self.track_running_stats}{layout}"
         )
 
 
@@ -120,7 +124,8 @@ class BatchNorm2d(_BatchNorm):
     statistics and changes nothing. ``momentum=0.1`` is PyTorch's convention
     (Flax's ``nnx.BatchNorm`` calls it 0.9).
 
-    Shapes: ``(N, C, H, W) -> (N, C, H, W)``. Parameters: ``weight`` (ones) and
+    Shapes: ``(N, C, H, W) -> (N, C, H, W)``, or with ``data_format='NHWC'``
+    ``(N, H, W, C) -> (N, H, W, C)``. Parameters: ``weight`` (ones) and
     ``bias`` (zeros), ``(C,)`` each, unless ``affine=False`` (or ``bias=False``:
     no ``bias``); ``nnx.BatchStat``
     statistics: ``running_mean`` (zeros), ``running_var`` (ones), both ``(C,)``,
@@ -144,6 +149,9 @@ class BatchNorm2d(_BatchNorm):
             this is, and the running statistics stay in ``param_dtype``.
         param_dtype: dtype of the parameters and running statistics.
         rngs: accepted for signature symmetry with other layers; unused.
+        data_format: ``'NCHW'`` (channels second, PyTorch's) or ``'NHWC'`` (channels
+            last); keyword-only, an addition to PyTorch's signature. The parameters,
+            statistics and ``state_dict`` are the same in both.
 
     Example:
         >>> import jax.numpy as jnp
@@ -155,6 +163,8 @@ class BatchNorm2d(_BatchNorm):
         (2, 136.0)
         >>> bn.eval(); bn.use_running_average
         True
+        >>> BatchNorm2d(16, data_format="NHWC")(jnp.ones((2, 4, 4, 16))).shape
+        (2, 4, 4, 16)
     """
 
     _OP = "BatchNorm2d"
@@ -168,8 +178,9 @@ class BatchNorm1d(_BatchNorm):
     the batch (and the length ``L``); the arguments, parameters, running statistics and
     ``state_dict`` names are ``BatchNorm2d``'s (see there), as in PyTorch.
 
-    Shapes: ``(N, C) -> (N, C)`` and ``(N, C, L) -> (N, C, L)``; other ranks are refused,
-    as by PyTorch. Training on one value per channel (``(1, C)``) is an error, as there.
+    Shapes: ``(N, C) -> (N, C)`` and ``(N, C, L) -> (N, C, L)`` (``(N, L, C)`` with
+    ``data_format='NHWC'``: channels last); other ranks are refused, as by PyTorch.
+    Training on one value per channel (``(1, C)``) is an error, as there.
 
     Cost: about ``5 * N * C * L`` flops; ``2 * C`` parameters.
 

@@ -3,6 +3,11 @@
 Each one validates its hyper-parameters at construction (a typo fails where it
 is written, not at the first batch) and calls the matching ``jspatial.pool``
 function with its own name, so errors read ``MaxPool2d expected 4D input ...``.
+
+Every layer takes a keyword-only ``data_format``: ``'NCHW'`` (PyTorch's, the default)
+or ``'NHWC'`` (channels last), an addition to PyTorch's signatures. A ``(N, C, H, W)``
+in the docstrings below is then ``(N, H, W, C)``; pooling indices keep PyTorch's
+meaning (``h * W + w`` within one channel's plane) and are laid out like the output.
 """
 
 from __future__ import annotations
@@ -31,7 +36,12 @@ def _pool_repr(layer: Any, extra: dict[str, tuple[Any, Any]]) -> str:
     """``kernel_size`` and ``stride`` always; the rest only when not the default."""
     parts = [f"kernel_size={layer.kernel_size}", f"stride={layer.stride}"]
     parts += [f"{name}={value}" for name, (value, default) in extra.items() if value != default]
-    return ", ".join(parts)
+    return ", ".join(parts) + _layout_repr(layer)
+
+
+def _layout_repr(layer: Any) -> str:
+    """``, data_format=NHWC`` for a channels-last layer, nothing for PyTorch's layout."""
+    return "" if layer.data_format == "NCHW" else f", data_format={layer.data_format}"
 
 
 class MaxPool2d(Module):
@@ -51,6 +61,7 @@ class MaxPool2d(Module):
         return_indices: return ``(y, indices)``, PyTorch's flat indices ``h * W + w``
             of the maxima, as ``MaxUnpool2d`` takes them.
         ceil_mode: round the output size up instead of down.
+        data_format: ``'NCHW'`` or ``'NHWC'`` (``(N, H, W, C) -> (N, H_out, W_out, C)``).
 
     Example:
         >>> import jax.numpy as jnp
@@ -70,6 +81,8 @@ class MaxPool2d(Module):
         dilation: IntOrPair = 1,
         return_indices: bool = False,
         ceil_mode: bool = False,
+        *,
+        data_format: str = "NCHW",
     ):
         op = type(self).__name__
         self.kernel_size, self.stride, self.padding, self.dilation = _args.pool_params(
@@ -77,12 +90,13 @@ class MaxPool2d(Module):
         )
         self.return_indices = _args.check_bool(return_indices, op, "return_indices")
         self.ceil_mode = _args.check_bool(ceil_mode, op, "ceil_mode")
+        self.data_format = _args.check_data_format(data_format, op)
 
     def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``, and the indices with ``return_indices``."""
         return _max_pool2d_checked(
             x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-            self.return_indices, op=type(self).__name__,
+            self.return_indices, op=type(self).__name__, data_format=self.data_format,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
@@ -113,6 +127,7 @@ class AvgPool2d(Module):
         count_include_pad: divide by the window size including the zero padding;
             ``False`` divides by the number of real input cells in the window.
         divisor_override: divide every window sum by this number instead.
+        data_format: ``'NCHW'`` or ``'NHWC'`` (``(N, H, W, C) -> (N, H_out, W_out, C)``).
 
     Example:
         >>> import jax.numpy as jnp
@@ -132,6 +147,8 @@ class AvgPool2d(Module):
         ceil_mode: bool = False,
         count_include_pad: bool = True,
         divisor_override: float | None = None,
+        *,
+        data_format: str = "NCHW",
     ):
         op = type(self).__name__
         self.kernel_size, self.stride, self.padding, _ = _args.pool_params(
@@ -140,12 +157,14 @@ class AvgPool2d(Module):
         self.ceil_mode = _args.check_bool(ceil_mode, op, "ceil_mode")
         self.count_include_pad = _args.check_bool(count_include_pad, op, "count_include_pad")
         self.divisor_override = _args.check_divisor_override(divisor_override, op)
+        self.data_format = _args.check_data_format(data_format, op)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
         return _avg_pool2d_checked(
             x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
             self.count_include_pad, self.divisor_override, op=type(self).__name__,
+            data_format=self.data_format,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
@@ -172,6 +191,7 @@ class AdaptiveAvgPool2d(Module):
 
     Args:
         output_size: int or ``(H_out, W_out)``; an entry ``None`` keeps that input size.
+        data_format: ``'NCHW'`` or ``'NHWC'`` (``(N, H, W, C) -> (N, H_out, W_out, C)``).
 
     Example:
         >>> import jax.numpy as jnp
@@ -183,15 +203,19 @@ class AdaptiveAvgPool2d(Module):
         (1, 16, 5, 9)
     """
 
-    def __init__(self, output_size: OutputSize):
-        self.output_size = _args.adaptive_output_size(output_size, type(self).__name__)
+    def __init__(self, output_size: OutputSize, *, data_format: str = "NCHW"):
+        op = type(self).__name__
+        self.output_size = _args.adaptive_output_size(output_size, op)
+        self.data_format = _args.check_data_format(data_format, op)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
-        return _adaptive_avg_pool2d_checked(x, self.output_size, op=type(self).__name__)
+        return _adaptive_avg_pool2d_checked(
+            x, self.output_size, op=type(self).__name__, data_format=self.data_format
+        )
 
     def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
+        return f"output_size={self.output_size}" + _layout_repr(self)
 
 
 class AdaptiveMaxPool2d(Module):
@@ -203,6 +227,7 @@ class AdaptiveMaxPool2d(Module):
     Args:
         output_size: int or ``(H_out, W_out)``; an entry ``None`` keeps that input size.
         return_indices: return ``(y, indices)``, PyTorch's flat indices ``h * W + w``.
+        data_format: ``'NCHW'`` or ``'NHWC'`` (``(N, H, W, C) -> (N, H_out, W_out, C)``).
 
     Example:
         >>> import jax.numpy as jnp
@@ -214,20 +239,24 @@ class AdaptiveMaxPool2d(Module):
         [(1, 16, 3, 3), (1, 16, 3, 3)]
     """
 
-    def __init__(self, output_size: OutputSize, return_indices: bool = False):
+    def __init__(
+        self, output_size: OutputSize, return_indices: bool = False, *, data_format: str = "NCHW"
+    ):
         op = type(self).__name__
         self.output_size = _args.adaptive_output_size(output_size, op)
         self.return_indices = _args.check_bool(return_indices, op, "return_indices")
+        self.data_format = _args.check_data_format(data_format, op)
 
     def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``, and the indices with ``return_indices``."""
         return _adaptive_max_pool2d_checked(
-            x, self.output_size, self.return_indices, op=type(self).__name__
-        )
+            x, self.output_size, self.return_indices, op=type(self).__name__,
+            data_format=self.data_format,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         text = f"output_size={self.output_size}"
-        return text + (", return_indices=True" if self.return_indices else "")
+        return text + (", return_indices=True" if self.return_indices else "") + _layout_repr(self)
 
 
 class MaxUnpool2d(Module):
@@ -244,6 +273,8 @@ class MaxUnpool2d(Module):
         kernel_size: int or ``(kh, kw)`` of the pooling being inverted.
         stride: int or ``(sh, sw)``; ``None`` means ``kernel_size``.
         padding: int or ``(ph, pw)``.
+        data_format: ``'NCHW'`` or ``'NHWC'``: the layout of the input, the indices
+            and the output (``output_size`` as a full shape too).
 
     Example:
         >>> import jax.numpy as jnp
@@ -258,11 +289,18 @@ class MaxUnpool2d(Module):
     """
 
     def __init__(
-        self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
+        self,
+        kernel_size: IntOrPair,
+        stride: IntOrPair | None = None,
+        padding: IntOrPair = 0,
+        *,
+        data_format: str = "NCHW",
     ):
+        op = type(self).__name__
         self.kernel_size, self.stride, self.padding = _unpool_params(
-            kernel_size, stride, padding, type(self).__name__
+            kernel_size, stride, padding, op
         )
+        self.data_format = _args.check_data_format(data_format, op)
 
     def __call__(
         self, x: jax.Array, indices: jax.Array, output_size: Sequence[int] | None = None
@@ -270,7 +308,7 @@ class MaxUnpool2d(Module):
         """``(N, C, H_in, W_in)`` and its indices ``-> (N, C, H, W)``."""
         return _max_unpool2d_checked(
             x, indices, self.kernel_size, self.stride, self.padding, output_size,
-            op=type(self).__name__,
+            op=type(self).__name__, data_format=self.data_format,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
@@ -279,7 +317,8 @@ class MaxUnpool2d(Module):
 
 class GlobalAvgPool2d(Module):
     """Mean over the spatial axes: ``(N, C, H, W) -> (N, C)`` (PyTorch's
-    ``AdaptiveAvgPool2d(1)`` followed by ``Flatten()``).
+    ``AdaptiveAvgPool2d(1)`` followed by ``Flatten()``); ``(N, H, W, C) -> (N, C)`` with
+    ``data_format='NHWC'``, the same features in the same order.
 
     Cost: ``N * C * H * W`` additions (in float32); no parameters.
 
@@ -290,9 +329,15 @@ class GlobalAvgPool2d(Module):
         (2, 512)
     """
 
+    def __init__(self, *, data_format: str = "NCHW"):
+        self.data_format = _args.check_data_format(data_format, type(self).__name__)
+
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C, H, W) -> (N, C)``."""
-        return _global_avg_pool2d_checked(x, op=type(self).__name__)
+        return _global_avg_pool2d_checked(x, op=type(self).__name__, data_format=self.data_format)
+
+    def extra_repr(self) -> str:
+        return _layout_repr(self).removeprefix(", ")
 
     _one_line_repr = True  # no hyper-parameters: ``GlobalAvgPool2d()``
 
@@ -304,23 +349,47 @@ class Flatten(Module):
     the convolutional part of a network and its ``nnx.Linear`` classifier. A
     reshape: no cost, no parameters.
 
+    Channels last: flattening an ``(N, H, W, C)`` array as it is orders the features
+    ``(h, w, c)``, where PyTorch's (and so the ``weight`` of the ``Linear`` after it, in a
+    ported model) are ordered ``(c, h, w)``. ``Flatten()`` keeps to what it is given and
+    reshapes any input as is: the fast choice for a model trained from scratch.
+    ``Flatten(data_format='NHWC')`` reads a 4-D input as ``(N, H, W, C)`` and flattens it
+    in PyTorch's order, ``Flatten(data_format='NHWC')(x) == Flatten()(x.transpose(0, 3, 1,
+    2))`` (a transpose, then the reshape), so the ``Linear`` weights of a PyTorch
+    ``state_dict`` keep their meaning in an NHWC model.
+
     Args:
         start_dim: first axis to flatten (default 1: keep the batch axis).
         end_dim: last axis to flatten, inclusive (default -1).
+        data_format: ``'NCHW'`` (reshape as is) or ``'NHWC'`` (4-D input only: flatten
+            in PyTorch's ``(C, H, W)`` order, the dims numbered as PyTorch's);
+            keyword-only, an addition to PyTorch's signature.
 
     Example:
         >>> import jax.numpy as jnp
         >>> from jspatial.layers import Flatten
         >>> Flatten()(jnp.ones((8, 32, 8, 8))).shape
         (8, 2048)
+        >>> x = jnp.arange(8.0).reshape(1, 2, 2, 2)  # (N, H, W, C)
+        >>> Flatten()(x).tolist(), Flatten(data_format="NHWC")(x).tolist()
+        ([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]], [[0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0, 7.0]])
     """
 
-    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1, *, data_format: str = "NCHW"):
         self.start_dim = _args.check_int(start_dim, "Flatten", "start_dim")
         self.end_dim = _args.check_int(end_dim, "Flatten", "end_dim")
+        self.data_format = _args.check_data_format(data_format, "Flatten")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, ...) -> (N, prod(...))`` with the defaults."""
+        if self.data_format == "NHWC":
+            x = _args.check_array(x, "Flatten", "input", floating=False)
+            if x.ndim != 4:
+                raise ValueError(
+                    f"Flatten with data_format='NHWC' expected 4D input (batch, height, "
+                    f"width, channels), got {x.ndim}D: {tuple(x.shape)}"
+                )
+            x = x.transpose(0, 3, 1, 2)  # PyTorch's feature order (c, h, w)
         shape = tuple(getattr(x, "shape", ()))
         ndim = len(shape)
         start = self.start_dim + ndim if self.start_dim < 0 else self.start_dim
@@ -333,4 +402,4 @@ class Flatten(Module):
         return x.reshape(*shape[:start], math.prod(shape[start : end + 1]), *shape[end + 1 :])
 
     def extra_repr(self) -> str:
-        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}" + _layout_repr(self)

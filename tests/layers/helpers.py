@@ -49,17 +49,65 @@ def snapshot(model) -> dict:
     return {path: np.array(v[...]) for path, v in nnx.to_flat_state(state)}
 
 
-class SmallCNN(Module):
-    """Conv-BN-ReLU-MaxPool twice, then Flatten and Linear; attribute names match TorchCNN."""
+def to_nhwc(a):
+    """An NCHW array (or unbatched CHW) moved to channels last, as NumPy."""
+    return np.moveaxis(np.asarray(a), -3, -1)
 
-    def __init__(self, channels=(3, 8, 16), size=16, classes=10, *, rngs):
+
+def compare_nhwc_with_torch(layer, reference, x, call=None, *, jit=False):
+    """``layer`` (channels last) on ``to_nhwc(x)`` against torch's ``reference`` on ``x``:
+    the outputs (indices exactly), and the gradients of the first output with respect to
+    the input and the parameters, torch's moved to channels last. ``jit``: under
+    ``nnx.jit``; else eagerly, under ``jax.disable_jit()``."""
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    call = call or (lambda m, x: m(x))
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    reference.zero_grad()
+    tx = torch.tensor(np.asarray(x), requires_grad=True)
+    outs_t = call(reference, tx)
+    cot = np.random.default_rng(3).standard_normal(tuple(first(outs_t).shape)).astype(np.float32)
+    first(outs_t).backward(torch.tensor(cot))
+
+    def forward_and_grads(model, x):
+        outs = call(model, x)
+        loss = lambda model, x: jnp.vdot(first(call(model, x)), to_nhwc(cot))  # noqa: E731
+        return outs, nnx.grad(loss, argnums=(0, 1))(model, x)
+
+    xj = jnp.asarray(to_nhwc(x))
+    if jit:
+        outs, (grads, dx) = nnx.jit(forward_and_grads)(layer, xj)
+    else:
+        with jax.disable_jit():
+            outs, (grads, dx) = forward_and_grads(layer, xj)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    outs_t = outs_t if isinstance(outs_t, tuple) else (outs_t,)
+    assert len(outs) == len(outs_t)
+    assert_close(outs[0], to_nhwc(outs_t[0].detach().numpy()))
+    for ours, theirs in zip(outs[1:], outs_t[1:]):  # pooling indices: exactly torch's
+        np.testing.assert_array_equal(np.asarray(ours), to_nhwc(theirs.numpy()))
+    assert_close(dx, to_nhwc(tx.grad.numpy()))
+    for name in ("weight", "bias"):
+        if getattr(layer, name, None) is not None:
+            assert_close(getattr(grads, name)[...], getattr(reference, name).grad.numpy())
+
+
+class SmallCNN(Module):
+    """Conv-BN-ReLU-MaxPool twice, then Flatten and Linear; attribute names match TorchCNN.
+
+    With ``data_format='NHWC'`` every layer runs channels last and ``Flatten`` orders the
+    features as torch does, so a TorchCNN ``state_dict`` gives TorchCNN's logits."""
+
+    def __init__(self, channels=(3, 8, 16), size=16, classes=10, *, rngs, data_format="NCHW"):
         c0, c1, c2 = channels
-        self.conv1 = Conv2d(c0, c1, 3, padding=1, rngs=rngs)
-        self.bn1 = BatchNorm2d(c1)
-        self.conv2 = Conv2d(c1, c2, 3, padding=1, rngs=rngs)
-        self.bn2 = BatchNorm2d(c2)
-        self.pool = MaxPool2d(2)
-        self.flatten = Flatten()
+        fmt = {"data_format": data_format}
+        self.conv1 = Conv2d(c0, c1, 3, padding=1, rngs=rngs, **fmt)
+        self.bn1 = BatchNorm2d(c1, **fmt)
+        self.conv2 = Conv2d(c1, c2, 3, padding=1, rngs=rngs, **fmt)
+        self.bn2 = BatchNorm2d(c2, **fmt)
+        self.pool = MaxPool2d(2, **fmt)
+        self.flatten = Flatten(**fmt)
         self.fc = nnx.Linear(c2 * (size // 4) ** 2, classes, rngs=rngs)
 
     def __call__(self, x):

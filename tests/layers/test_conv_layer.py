@@ -12,7 +12,15 @@ from flax import nnx
 
 import jspatial as js
 from jspatial.layers import Conv2d, ConvTranspose2d
-from tests.layers.helpers import BF16_ATOL, assert_close, output_spec, random_input, rngs
+from tests.layers.helpers import (
+    BF16_ATOL,
+    assert_close,
+    compare_nhwc_with_torch,
+    output_spec,
+    random_input,
+    rngs,
+    to_nhwc,
+)
 
 
 def conv(*args, seed=0, **kwargs):
@@ -451,3 +459,89 @@ def test_conv_transpose_input_errors_and_dtype():
         deconv(4, 6, 3, dtype=jnp.float32)(jnp.ones((1, 4, 5, 5), jnp.int32))
     y = deconv(4, 6, 3, dtype=jnp.bfloat16)(jnp.ones((0, 4, 5, 5)))
     assert y.shape == (0, 6, 7, 7) and y.dtype == jnp.bfloat16
+
+
+# ---------------------------------------------------------------- channels last (NHWC)
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+@pytest.mark.parametrize(
+    "config, shape",
+    [
+        ({"in_channels": 4, "out_channels": 6, "kernel_size": (3, 2), "stride": (2, 1),
+          "padding": (1, 0), "groups": 2}, (2, 4, 7, 6)),
+        ({"in_channels": 3, "out_channels": 2, "kernel_size": 2, "stride": 3, "dilation": (1, 2),
+          "bias": False}, (1, 3, 8, 9)),
+        ({"in_channels": 2, "out_channels": 3, "kernel_size": 3, "padding": 1,
+          "padding_mode": "reflect"}, (2, 2, 5, 6)),
+        ({"in_channels": 2, "out_channels": 3, "kernel_size": 3, "padding": "same"}, (2, 5, 4)),
+    ],
+    ids=["grouped_rect", "stride_gt_kernel_dilated", "reflect", "unbatched"],
+)  # fmt: skip
+def test_conv2d_nhwc_matches_torch(config, shape, jit):
+    torch = pytest.importorskip("torch")
+    layer = conv(**config, data_format="NHWC")
+    reference = _torch_conv_from(layer, torch.nn.Conv2d, **config)
+    compare_nhwc_with_torch(layer, reference, random_input(shape), jit=jit)
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+@pytest.mark.parametrize(
+    "config, shape, output_size",
+    [
+        ({"in_channels": 4, "out_channels": 3, "kernel_size": 3, "stride": 2, "padding": 1,
+          "output_padding": 1}, (2, 4, 4, 5), None),
+        ({"in_channels": 4, "out_channels": 6, "kernel_size": (3, 2), "stride": (1, 3),
+          "groups": 2, "dilation": (2, 1)}, (1, 4, 3, 4), None),
+        ({"in_channels": 4, "out_channels": 3, "kernel_size": 3, "stride": 2, "padding": 1},
+         (2, 4, 4, 5), (8, 9)),
+        ({"in_channels": 4, "out_channels": 3, "kernel_size": 3, "stride": 2, "padding": 1},
+         (2, 4, 4, 5), "full"),
+        ({"in_channels": 4, "out_channels": 3, "kernel_size": 3, "stride": 2, "padding": 1},
+         (4, 4, 5), "full"),
+    ],
+    ids=["output_padding", "grouped_dilated", "output_size", "full_shape", "unbatched"],
+)  # fmt: skip
+def test_conv_transpose2d_nhwc_matches_torch(config, shape, output_size, jit):
+    """``output_size`` as ``(H, W)`` or, channels last, as the full ``(N, H, W, C)`` (or
+    unbatched ``(H, W, C)``) shape: the same output padding torch picks from ``(N, C, H, W)``."""
+    torch = pytest.importorskip("torch")
+    layer = deconv(**config, data_format="NHWC")
+    reference = _torch_conv_from(layer, torch.nn.ConvTranspose2d, **config)
+    call = None
+    if output_size == "full":  # the layout's own full shape, one cell more than the default
+        torch_size = (*shape[:-3], 3, 2 * shape[-2], 2 * shape[-1])
+
+        def call(m, x):
+            size = torch_size if m is reference else tuple(to_nhwc(np.empty(torch_size)).shape)
+            return m(x, output_size=size)
+    elif output_size is not None:
+        call = lambda m, x: m(x, output_size=output_size)  # noqa: E731
+    compare_nhwc_with_torch(layer, reference, random_input(shape), call, jit=jit)
+
+
+def test_nhwc_layers_repr_state_dict_and_errors(torch):
+    from jspatial.layers import load_torch_state_dict, to_torch_state_dict
+
+    layer = conv(3, 8, 3, padding=1, data_format="NHWC")
+    assert repr(layer) == (
+        "Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), data_format=NHWC)"
+    )
+    up = deconv(8, 4, 2, stride=2, data_format="NHWC")
+    assert repr(up) == "ConvTranspose2d(8, 4, kernel_size=(2, 2), stride=(2, 2), data_format=NHWC)"
+    assert layer.weight.shape == (8, 3, 3, 3) and up.weight.shape == (8, 4, 2, 2)  # torch's
+    for ours in (layer, up):
+        reference = {k: v.clone() for k, v in to_torch_state_dict(ours).items()}
+        fresh = type(ours)(*([3, 8, 3] if ours is layer else [8, 4, 2]), rngs=rngs(5),
+                           data_format="NHWC")  # fmt: skip
+        load_torch_state_dict(fresh, reference)
+        for name, value in to_torch_state_dict(fresh).items():
+            np.testing.assert_array_equal(np.asarray(value), reference[name].numpy())
+    with pytest.raises(
+        ValueError, match=r"^Conv2d data_format must be 'NCHW' or 'NHWC', got 'HWC'"
+    ):
+        conv(3, 8, 3, data_format="HWC")
+    with pytest.raises(TypeError, match=r"^ConvTranspose2d data_format must be 'NCHW' or 'NHWC'"):
+        deconv(3, 8, 3, data_format=None)
+    with pytest.raises(ValueError, match=r"output_size \(5, 5\) is not reachable: on axis 1"):
+        up(jnp.ones((1, 3, 3, 8)), output_size=(5, 5))

@@ -357,3 +357,58 @@ def test_torch_tensor_and_nested_list_inputs():
     assert int(bn.num_batches_tracked[...]) == 0  # a refused call counts nothing
     x = batch()
     assert_close(bn(np.asarray(x).tolist()), BatchNorm2d(3)(x))
+
+
+# ---------------------------------------------------------------- channels last (NHWC)
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [("BatchNorm2d", SHAPE), ("BatchNorm1d", (6, 3)), ("BatchNorm1d", (4, 3, 5))],
+    ids=["2d", "1d_features", "1d_sequence"],
+)
+def test_nhwc_matches_torch_and_keeps_the_state_dict(layer, shape):
+    """``data_format='NHWC'`` takes channels last and gives torch's output moved there; the
+    parameters and running statistics (and so the state dict) are those of NCHW, and a torch
+    state dict loads into it and back unchanged."""
+    torch = pytest.importorskip("torch")
+    from jspatial import layers
+    from jspatial.layers import load_torch_state_dict, to_torch_state_dict
+
+    reference = getattr(torch.nn, layer)(3, momentum=0.3)
+    ours = getattr(layers, layer)(3, momentum=0.3, data_format="NHWC")
+    copy_affine(torch, reference, ours)
+    last = lambda a: np.moveaxis(np.asarray(a), 1, -1)  # noqa: E731
+    for step in range(2):
+        x = np.array(random_input(shape, step)) * (1 + step) + step
+        y = ours(jnp.asarray(last(x)))
+        assert_close(y, last(reference(torch.from_numpy(x)).detach().numpy()))
+    assert_close(ours.running_mean[...], reference.running_mean.numpy())
+    assert_close(ours.running_var[...], reference.running_var.numpy())
+    reference.eval()
+    ours.eval()
+    x = np.array(random_input(shape, 9))
+    assert_close(ours(jnp.asarray(last(x))), last(reference(torch.from_numpy(x)).detach().numpy()))
+    state = to_torch_state_dict(ours)
+    assert sorted(state) == sorted(reference.state_dict())
+    fresh = getattr(layers, layer)(3, data_format="NHWC")
+    load_torch_state_dict(fresh, reference.state_dict())
+    for name, value in to_torch_state_dict(fresh).items():
+        np.testing.assert_array_equal(np.asarray(value), reference.state_dict()[name].numpy())
+    assert repr(ours) == repr(reference)[:-1] + ", data_format=NHWC)"
+
+
+def test_nhwc_under_nnx_jit_and_errors():
+    bn = BatchNorm2d(3, data_format="NHWC")
+    x = jnp.moveaxis(batch(), 1, -1)
+    y = nnx.jit(lambda bn, x: bn(x))(bn, x)
+    assert_close(y, jnp.moveaxis(BatchNorm2d(3)(batch()), 1, -1))
+    assert int(bn.num_batches_tracked[...]) == 1
+    with pytest.raises(ValueError, match=r"^BatchNorm2d channel mismatch: expected 3 channels"):
+        bn(batch())  # NCHW input to an NHWC layer: the last axis is not 3
+    with pytest.raises(
+        ValueError, match=r"^BatchNorm2d expected 4D input \(batch, height, width, channels\)"
+    ):
+        bn(jnp.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"^BatchNorm2d data_format must be 'NCHW' or 'NHWC'"):
+        BatchNorm2d(3, data_format="channels_last")

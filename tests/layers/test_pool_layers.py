@@ -15,7 +15,13 @@ from jspatial.layers import (
     MaxPool2d,
     MaxUnpool2d,
 )
-from tests.layers.helpers import assert_close, output_spec, random_input
+from tests.layers.helpers import (
+    assert_close,
+    compare_nhwc_with_torch,
+    output_spec,
+    random_input,
+    to_nhwc,
+)
 
 # ---------------------------------------------------------------- shapes and values
 
@@ -279,3 +285,97 @@ def test_torch_tensor_input_is_refused(layer, name):
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match=rf"^{name} input is a torch.Tensor"):
         layer(torch.ones(1, 2, 4, 4))
+
+
+# ---------------------------------------------------------------- channels last (NHWC)
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+@pytest.mark.parametrize(
+    "name, args, shape",
+    [
+        ("MaxPool2d", (3, 2, 1), (2, 3, 9, 8)),
+        ("MaxPool2d", ((2, 3), 1, 0, (2, 1), True, True), (2, 3, 7, 8)),  # indices, ceil_mode
+        ("MaxPool2d", (2, 3, 0, 1, True), (3, 7, 8)),  # stride > kernel, unbatched, indices
+        ("AvgPool2d", (3, 2, 1, False, False), (2, 3, 9, 8)),
+        ("AvgPool2d", ((3, 2), (2, 1), (1, 0), True, True, 3), (1, 2, 7, 6)),
+        ("AdaptiveAvgPool2d", ((3, None),), (2, 3, 7, 6)),
+        ("AdaptiveMaxPool2d", ((4, 3), True), (2, 3, 7, 6)),
+        ("AdaptiveMaxPool2d", (5,), (3, 4, 9)),  # unbatched
+    ],
+)
+def test_pool_layers_nhwc_match_torch(name, args, shape, jit):
+    """Values, gradients and indices (``h * W + w``, laid out like the output) of the
+    channels-last layer equal torch's, moved to channels last."""
+    torch = pytest.importorskip("torch")
+    from jspatial import layers
+
+    layer = getattr(layers, name)(*args, data_format="NHWC")
+    assert repr(layer).endswith("data_format=NHWC)")
+    compare_nhwc_with_torch(layer, getattr(torch.nn, name)(*args), random_input(shape), jit=jit)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 8), (3, 9, 8)], ids=["batched", "unbatched"])
+def test_max_unpool_nhwc_round_trip_matches_torch(shape):
+    """MaxPool2d -> MaxUnpool2d channels last, with ``output_size`` as ``(H, W)`` and as the
+    full NHWC shape: torch's result, moved to channels last."""
+    torch = pytest.importorskip("torch")
+    x = np.array(random_input(shape))
+    t_y, t_indices = torch.nn.MaxPool2d(3, 2, 1, return_indices=True)(torch.from_numpy(x))
+    unpooled = torch.nn.MaxUnpool2d(3, 2, 1)(t_y, t_indices, output_size=shape[-2:])
+    expected = to_nhwc(unpooled.numpy())
+    y, indices = MaxPool2d(3, 2, 1, return_indices=True, data_format="NHWC")(to_nhwc(x))
+    np.testing.assert_array_equal(np.asarray(indices), to_nhwc(t_indices.numpy()))
+    unpool = MaxUnpool2d(3, 2, 1, data_format="NHWC")
+    expected_repr = (
+        "MaxUnpool2d(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), data_format=NHWC)"
+    )
+    assert repr(unpool) == expected_repr
+    # (H, W), and the full shape as torch takes it: batched (N, H, W, C) only.
+    for size in (shape[-2:], *([to_nhwc(x).shape] if len(shape) == 4 else [])):
+        out = unpool(y, indices, output_size=size)
+        assert out.shape == expected.shape
+        assert_close(out, expected)
+
+
+def test_global_avg_pool_and_flatten_nhwc():
+    """GlobalAvgPool2d in NHWC gives the NCHW features; ``Flatten(data_format='NHWC')``
+    flattens channels-last input in torch's (c, h, w) order, ``Flatten()`` as it is."""
+    torch = pytest.importorskip("torch")
+    x = np.array(random_input((2, 3, 5, 4)))
+    tx = torch.from_numpy(x)
+    gap = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    assert_close(GlobalAvgPool2d(data_format="NHWC")(to_nhwc(x)), gap(tx).numpy())
+    assert repr(GlobalAvgPool2d(data_format="NHWC")) == "GlobalAvgPool2d(data_format=NHWC)"
+    for dims in [(), (1, 2), (2, 3), (0, 1)]:
+        expected = torch.nn.Flatten(*dims)(tx).numpy()
+        np.testing.assert_array_equal(Flatten(*dims, data_format="NHWC")(to_nhwc(x)), expected)
+    plain = Flatten()(to_nhwc(x))  # (h, w, c) order: a reshape of what it is given
+    np.testing.assert_array_equal(plain, to_nhwc(x).reshape(2, -1))
+    assert not np.array_equal(plain, torch.nn.Flatten()(tx).numpy())
+    with pytest.raises(ValueError, match=r"^Flatten with data_format='NHWC' expected 4D input"):
+        Flatten(data_format="NHWC")(jnp.ones((3, 4)))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda f: MaxPool2d(2, data_format=f),
+        lambda f: AvgPool2d(2, data_format=f),
+        lambda f: AdaptiveAvgPool2d(2, data_format=f),
+        lambda f: AdaptiveMaxPool2d(2, data_format=f),
+        lambda f: MaxUnpool2d(2, data_format=f),
+        lambda f: GlobalAvgPool2d(data_format=f),
+        lambda f: Flatten(data_format=f),
+    ],
+)
+def test_bad_data_format_is_refused_at_construction(make):
+    name = type(make("NCHW")).__name__
+    with pytest.raises(
+        ValueError, match=rf"^{name} data_format must be 'NCHW' or 'NHWC', got 'NWHC'$"
+    ):
+        make("NWHC")
+    with pytest.raises(
+        TypeError, match=rf"^{name} data_format must be 'NCHW' or 'NHWC', got 3 \(int\)$"
+    ):
+        make(3)

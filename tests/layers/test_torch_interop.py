@@ -52,33 +52,36 @@ def assert_model_unchanged(model, before):
 # ---------------------------------------------------------------- the integration test
 
 
-def test_same_cnn_in_torch_and_jspatial(torch):
-    """Copy a PyTorch CNN's weights: same logits (eval and train), same running statistics."""
+@pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
+def test_same_cnn_in_torch_and_jspatial(torch, data_format):
+    """Copy a PyTorch CNN's weights: same logits (eval and train), same running statistics,
+    and the exported state dict is torch's. Built with ``data_format='NHWC'`` and fed the
+    channels-last input, the same model loads the same state dict and gives the same logits
+    (its ``Flatten`` orders the features as torch's)."""
     torch.manual_seed(0)
     reference = randomise_torch(torch, torch_cnn(torch, size=SIZE))
-    ours = SmallCNN(size=SIZE, rngs=rngs())
+    ours = SmallCNN(size=SIZE, rngs=rngs(), data_format=data_format)
     assert load_torch_state_dict(ours, reference.state_dict()) == LoadResult([], [])
 
     x = np.random.default_rng(0).standard_normal((4, 3, SIZE, SIZE)).astype(np.float32)
-    xt, xj = torch.from_numpy(x), jnp.asarray(x)
-
-    reference.eval()
-    ours.eval()
-    with torch.no_grad():
-        expected = reference(xt).numpy()
-    assert_close(ours(xj), expected)
-
-    reference.train()
-    ours.train()
-    with torch.no_grad():
-        expected = reference(xt).numpy()
-    assert_close(ours(xj), expected)
+    xt = torch.from_numpy(x)
+    xj = jnp.asarray(x if data_format == "NCHW" else np.moveaxis(x, 1, -1))
+    for mode in ("eval", "train"):
+        getattr(reference, mode)()
+        getattr(ours, mode)()
+        with torch.no_grad():
+            expected = reference(xt).numpy()
+        assert_close(ours(xj), expected)
     for name in ("bn1", "bn2"):
         torch_bn, our_bn = getattr(reference, name), getattr(ours, name)
         assert_close(our_bn.running_mean[...], torch_bn.running_mean.numpy())
         assert_close(our_bn.running_var[...], torch_bn.running_var.numpy())
         # Loaded (randomised), then counted once more by the training-mode call.
         assert int(our_bn.num_batches_tracked[...]) == int(torch_bn.num_batches_tracked) > 1
+    exported = to_torch_state_dict(ours)
+    assert list(exported) == list(reference.state_dict())
+    for key, value in reference.state_dict().items():
+        assert_close(exported[key].numpy(), value.numpy())
 
 
 def test_sequential_models_and_export_round_trip(torch):

@@ -20,17 +20,19 @@ from jspatial import _windows as win
 from jspatial import norm as _norm
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(3,))
-def bn_train(x, weight, bias, eps):
-    """``x: (N, C, H, W)``, ``weight, bias: (C,)`` in float32 -> ``(y, mean, var)``."""
-    return _fwd(x, weight, bias, eps)[0]
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def bn_train(x, weight, bias, eps, layout="NCHW"):
+    """``x: (N, C, H, W)`` (``(N, H, W, C)`` with ``layout='NHWC'``), ``weight, bias: (C,)``
+    in float32 -> ``(y, mean, var)``."""
+    return _fwd(x, weight, bias, eps, layout)[0]
 
 
-def _fwd(x, weight, bias, eps):
+def _fwd(x, weight, bias, eps, layout):
     acc = win.accum_dtype(x.dtype)
-    mean = jnp.mean(x, axis=(0, 2, 3), dtype=acc)
-    var = jnp.mean(jnp.square(x.astype(acc) - mean[None, :, None, None]), axis=(0, 2, 3))
-    return _norm._normalise(x, weight, bias, eps, mean, var)
+    axes = _norm._reduced(layout)
+    mean = jnp.mean(x, axis=axes, dtype=acc)
+    var = jnp.mean(jnp.square(x.astype(acc) - _norm._per_channel(mean, layout)), axis=axes)
+    return _norm._normalise(x, weight, bias, eps, mean, var, layout)
 
 
 # The normalisation, its tangent and its backward are the portable version's own.
