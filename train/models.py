@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jspatial._windows import nchw_to_nhwc, nhwc_to_nchw
+from jspatial._windows import nchw_to_nhwc
 from jspatial.layers import BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, MaxPool2d
 from jspatial.layers.module import named_modules
 
@@ -71,15 +71,6 @@ def model_input(images, data_format):
     """NCHW images ``(N, 3, H, W)`` as a model in ``data_format`` takes them: the batch is
     moved to channels last once, after augmentation, for an NHWC model."""
     return nchw_to_nhwc(images) if data_format == "NHWC" else images
-
-
-def flatten_chw(flatten, x, data_format):
-    """``flatten(x)`` with the features in PyTorch's ``(C, H, W)`` order whatever the
-    layout: channels-last maps are moved to channels-first first, unless they are 1x1
-    (after a global pool the two orders agree, and no transpose is made)."""
-    if data_format == "NHWC" and x.shape[1] * x.shape[2] > 1:
-        x = nhwc_to_nchw(x)
-    return flatten(x)
 
 
 def gelu(x):
@@ -166,6 +157,7 @@ class Airbench94(nnx.Module):
             ]
         )
         self.pool = MaxPool2d(3, **fmt)
+        # The pool leaves 1x1 maps, whose (C, H, W) and (H, W, C) orders agree: no transpose.
         self.flatten = Flatten()
         self.head = nnx.Linear(
             widths[-1], NUM_CLASSES, use_bias=False, kernel_init=torch_default_linear,
@@ -178,8 +170,7 @@ class Airbench94(nnx.Module):
         x = gelu(self.whiten(x))
         for group in self.groups:
             x = group(x)
-        x = flatten_chw(self.flatten, self.pool(x), self.data_format)
-        return self.head(x) * self.scaling_factor
+        return self.head(self.flatten(self.pool(x))) * self.scaling_factor
 
 
 def whitening_weights(images, kernel_size=2, eps=5e-4, chunk=1000):
@@ -298,14 +289,14 @@ class VGG(nnx.Module):
                 layers.append(nnx.relu)
                 c_in = item
         self.features = nnx.Sequential(*layers)
-        self.flatten = Flatten()
+        self.flatten = Flatten(**fmt)  # PyTorch's (C, H, W) feature order in either layout
         self.head = nnx.Linear(
             c_in, NUM_CLASSES, kernel_init=torch_default_linear, dtype=dtype, rngs=rngs
         )
         self.data_format = data_format
 
     def __call__(self, x):
-        return self.head(flatten_chw(self.flatten, self.features(x), self.data_format))
+        return self.head(self.flatten(self.features(x)))
 
 
 # ----------------------------------------------------------------------------- simple CNN
@@ -320,7 +311,7 @@ class SimpleCNN(nnx.Module):
         self.conv2 = Conv2d(16, 32, 3, padding=1, dtype=dtype, rngs=rngs, **fmt)
         self.pool = MaxPool2d(2, **fmt)
         self.data_format = data_format
-        self.flatten = Flatten()
+        self.flatten = Flatten(**fmt)  # PyTorch's (C, H, W) feature order in either layout
         self.head = nnx.Linear(
             32 * 8 * 8, NUM_CLASSES, kernel_init=torch_default_linear, dtype=dtype, rngs=rngs
         )
@@ -328,7 +319,7 @@ class SimpleCNN(nnx.Module):
     def __call__(self, x):
         x = self.pool(nnx.relu(self.conv1(x)))
         x = self.pool(nnx.relu(self.conv2(x)))
-        return self.head(flatten_chw(self.flatten, x, self.data_format))
+        return self.head(self.flatten(x))
 
 
 # ----------------------------------------------------------------------------- registry

@@ -135,17 +135,6 @@ def test_first_conv():
 # ----------------------------------------------------------------------------- layouts
 
 
-def test_flatten_chw_reads_channels_last_maps_in_torch_order():
-    x = jnp.arange(2 * 3 * 4 * 5, dtype=jnp.float32).reshape(2, 3, 4, 5)  # NCHW
-    nhwc = jnp.transpose(x, (0, 2, 3, 1))
-    flatten = models.Flatten()
-    np.testing.assert_array_equal(models.flatten_chw(flatten, nhwc, "NHWC"), flatten(x))
-    np.testing.assert_array_equal(models.flatten_chw(flatten, x, "NCHW"), flatten(x))
-    pooled = x[:, :, :1, :1]  # 1x1 maps: the same features in either order, no transpose
-    pooled_nhwc = jnp.transpose(pooled, (0, 2, 3, 1))
-    np.testing.assert_array_equal(models.flatten_chw(flatten, pooled_nhwc, "NHWC"), flatten(pooled))
-
-
 def test_model_input_moves_nchw_images_to_the_layout():
     x = jnp.arange(2 * 3 * 4 * 5, dtype=jnp.float32).reshape(2, 3, 4, 5)
     assert models.model_input(x, "NCHW") is x
