@@ -10,10 +10,11 @@ each in a fresh subprocess.
 
     python -m bench.train_step                  # batch 512, writes bench/out/train_step.md
     python -m bench.train_step --batch 256 --repeats 3
-    python -m bench.train_step --data-format NHWC   # the jspatial model's layers channels last
+    python -m bench.train_step --data-format NCHW   # the jspatial model's layers channels second
 
 ``--data-format`` is the layout of the jspatial model's layers (and so of its input batch,
-made NHWC once, outside the timed step); the Flax model is NHWC and the PyTorch one
+made NHWC once, outside the timed step); the default is the recipe's
+(``train.config.Config.data_format``, NHWC). The Flax model is NHWC and the PyTorch one
 channels_last whatever it says.
 """
 
@@ -34,6 +35,7 @@ import optax
 from flax import nnx
 
 from bench.ops import interleaved, machine, write_report
+from train.config import Config
 
 WIDTHS = (64, 256, 256)
 
@@ -179,7 +181,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--kinds", default="jspatial,flax,torch")
     parser.add_argument("--no-rss", action="store_true")
-    parser.add_argument("--data-format", choices=("NCHW", "NHWC"), default="NCHW",
+    parser.add_argument("--data-format", choices=("NCHW", "NHWC"), default=Config.data_format,
                         help="layout of the jspatial model's layers and input")  # fmt: skip
     parser.add_argument("--rss-child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="bench/out/train_step.md")

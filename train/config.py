@@ -72,9 +72,10 @@ class Config:
     train_limit: int | None = None  # use the first N training images (None: all 50000)
     test_limit: int | None = None  # use the first N test images (None: all 10000)
     dtype: str = "float32"  # compute dtype of the layers, a key of DTYPES
-    # The layers' layout: "NCHW" (channels second, PyTorch's) or "NHWC" (channels last); the
-    # data, its augmentation and the weights (OIHW) are the same either way.
-    data_format: str = "NCHW"
+    # The layers' layout: "NHWC" (channels last: the loops run on it without transposes) or
+    # "NCHW" (channels second, PyTorch's); the data, its augmentation and the weights (OIHW)
+    # are the same either way, the float rounding is not (bench/RESULTS.md: the accuracy check).
+    data_format: str = "NHWC"
 
     def __post_init__(self):
         check(self)
@@ -85,10 +86,11 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
         """A config from a saved dict; settings it lacks (runs saved before they existed)
-        take the defaults, which were then fixed values, and settings saved under an
-        earlier name (:data:`RENAMED`) take their value."""
+        take the value they then had (:data:`BEFORE_SAVED`, else the default, which was
+        then a fixed value), and settings saved under an earlier name (:data:`RENAMED`)
+        take their value."""
         names = {f.name for f in dataclasses.fields(cls)}
-        values = {RENAMED.get(k, k): v for k, v in values.items()}
+        values = {**BEFORE_SAVED, **{RENAMED.get(k, k): v for k, v in values.items()}}
         return cls(**{k: v for k, v in values.items() if k in names})
 
     def describe(self) -> str:
@@ -105,6 +107,10 @@ class Config:
 
 # Earlier names of settings, as runs saved them: {old: new}.
 RENAMED = {"ema": "lookahead_decay"}
+
+# Settings whose default changed after runs saved without them: the value those runs had,
+# so that they resume exactly as they started.
+BEFORE_SAVED = {"data_format": "NCHW"}
 
 # --dtype: the compute dtype of the layers. Parameters, optimiser state, BatchNorm statistics
 # and the loss (from the logits) stay float32 either way.

@@ -121,7 +121,7 @@ for n in (1, 4):
     distributed.replicate(model, mesh)
     optimizer = nnx.Optimizer(model, optax.sgd(1e-3, momentum=0.9), wrt=nnx.Param)
     distributed.replicate(optimizer, mesh)
-    step = loop.make_train_step(config.make_config(label_smoothing=0.1), B)
+    step = loop.make_train_step(config.make_config(label_smoothing=0.1, data_format="NCHW"), B)
     train = loop.TrainSet(*(distributed.put(a, rep) for a in (images, labels, flips)))
     order = np.arange(B, dtype=np.int32)[None]
     perm = distributed.put(order, distributed.batch_sharding(mesh, 2, 1))

@@ -86,12 +86,15 @@ BATCH = 32
 @pytest.fixture(scope="module")
 def airbench_setup():
     """A narrow airbench94 (same layers, fewer channels), a batch of data and a train step."""
-    base = models.Airbench94(widths=(16, 32, 32), rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    cfg = config.make_config(batch_size=BATCH)
+    base = models.Airbench94(
+        widths=(16, 32, 32), rngs=nnx.Rngs(jax.random.key(0, impl="rbg")),
+        data_format=cfg.data_format,
+    )  # fmt: skip
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (BATCH, 3, 32, 32), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 10, BATCH).astype(np.int32))
     models.init_whitening(base, augment.normalize(images))
-    cfg = config.make_config(batch_size=BATCH)
     train = loop.TrainSet(images, labels, augment.base_flips(jax.random.key(1, impl="rbg"), BATCH))
     step_fn = loop.make_train_step(cfg, BATCH)
 
@@ -247,8 +250,8 @@ def test_set_overrides_settings_and_rejects_unknown_ones(capsys):
     cfg = args.config
     assert (cfg.translate, cfg.flip, cfg.lr, cfg.model) == (0, False, 3.0, "airbench94")
     assert cifar10.parse_args(["--no-tta"]).config.tta is False
-    assert cifar10.parse_args(["--set", "data_format=NHWC"]).config.data_format == "NHWC"
-    assert cifar10.parse_args([]).config.data_format == "NCHW"
+    assert cifar10.parse_args(["--set", "data_format=NCHW"]).config.data_format == "NCHW"
+    assert cifar10.parse_args([]).config.data_format == "NHWC"
     adamw = cifar10.parse_args(["--model", "simple_cnn", "--optimizer", "adamw"]).config
     assert (adamw.lr, adamw.weight_decay) == (2e-3, 5e-4)
     for bad, message in [("nonsense=1", "unknown setting 'nonsense'"),
@@ -267,6 +270,15 @@ def test_settings_saved_under_an_earlier_name_are_read():
     del saved["lookahead_decay"]
     saved["ema"] = 0.5
     assert config.Config.from_dict(saved) == config.make_config("simple_cnn", lookahead_decay=0.5)
+
+
+def test_runs_saved_before_the_layout_setting_resume_in_nchw():
+    """The default layout became NHWC after runs had saved configs without the setting:
+    those resume in the NCHW they ran in; a saved setting is kept as saved."""
+    saved = config.make_config("airbench94").to_dict()
+    assert saved.pop("data_format") == "NHWC"
+    assert config.Config.from_dict(saved).data_format == "NCHW"
+    assert config.Config.from_dict({**saved, "data_format": "NHWC"}).data_format == "NHWC"
 
 
 def test_missing_data_without_network_is_one_line_and_creates_nothing(
