@@ -191,3 +191,25 @@ def test_torch_tensor_input_is_refused(torch):
 def test_torch_rejects_the_same_calls(torch, mode, pad):
     with pytest.raises((RuntimeError, ValueError)):
         torch.nn.functional.pad(torch.tensor(X), pad, mode=mode)
+
+
+@pytest.mark.parametrize("mode", list(PADS))
+@pytest.mark.parametrize("dtype", ["bool", "complex64"])
+def test_bool_and_complex_as_torch(torch, mode, dtype):
+    # The parity table's "any dtype": torch pads complex input in every mode and bool input
+    # in constant and circular mode; its reflect and replicate kernels refuse bool, which
+    # jspatial pads as it pads uint8 (the difference the parity table lists).
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 4, 5)) + (1j * rng.standard_normal((2, 3, 4, 5)))
+    x = (x.real > 0) if dtype == "bool" else x.astype(np.complex64)
+    pad = (1, 2, 2, 1)
+    if dtype == "bool" and mode in ("reflect", "replicate"):
+        with pytest.raises(RuntimeError):
+            torch.nn.functional.pad(torch.tensor(x), pad, mode)
+        expected = torch.nn.functional.pad(torch.tensor(x.astype(np.uint8)), pad, mode)
+        expected = expected.numpy().astype(bool)
+    else:
+        expected = torch.nn.functional.pad(torch.tensor(x), pad, mode).numpy()
+    y = js.pad(x, pad, mode)
+    assert y.dtype == expected.dtype
+    np.testing.assert_array_equal(np.asarray(y), expected)
