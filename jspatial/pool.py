@@ -599,8 +599,7 @@ def _uniform_geometry(in_hw, out_hw, layout):
 
 def _pooled_shape(shape, out_hw, layout):
     """``shape`` of a batched 4-D array in ``layout`` with its plane replaced by ``out_hw``."""
-    n, c = shape[0], shape[_args.channel_axis(layout)]
-    return (n, c, *out_hw) if layout == "NCHW" else (n, *out_hw, c)
+    return win.image_shape(shape[0], shape[_args.channel_axis(layout)], out_hw, layout)
 
 
 @partial(jax.jit, static_argnums=(1, 2))

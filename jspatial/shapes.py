@@ -31,6 +31,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from jspatial import _args
+from jspatial import _windows as win
 
 
 def _side_pads(padding: Any, name: str) -> tuple[int, int]:
@@ -186,7 +187,7 @@ def _conv2d_shape_lines(
     dil = _args.pair(dilation, name, "dilation")
     pads = _args.conv_padding(padding, kernel, strides, dil, name)
     hw, lines = _output_hw_lines(name, (h, w), kernel, strides, pads, dil)
-    return _in_layout(n, out_channels, hw, data_format), lines
+    return win.image_shape(n, out_channels, hw, data_format), lines
 
 
 def pool2d_output_shape(
@@ -216,7 +217,7 @@ def pool2d_output_shape(
     n, c, h, w = _input_shape(input_shape, name, data_format)
     kernel, strides, pads, dil = _args.pool_params(kernel_size, stride, padding, dilation, name)
     hw, lines = _output_hw_lines(name, (h, w), kernel, strides, pads, dil, ceil_mode)
-    shape = _in_layout(n, c, hw, data_format)
+    shape = win.image_shape(n, c, hw, data_format)
     if explain:
         _print([*lines, f"shape = {_symbols('C', data_format)} = {shape}"])
     return shape
@@ -368,7 +369,7 @@ def _conv_transpose_shape_lines(
             f"{name} output size {sizes[0]}x{sizes[1]} is too small (input {h}x{w}, "
             f"kernel_size={kernel}, stride={strides}, padding={pads}, dilation={dil})"
         )
-    return _in_layout(n, out_channels, sizes, data_format), lines
+    return win.image_shape(n, out_channels, sizes, data_format), lines
 
 
 def conv_transpose2d_macs(
@@ -472,7 +473,7 @@ def adaptive_pool2d_output_shape(
             continue
         out.append(requested)
         lines.append(f"{axis}_out = {requested}  (output_size)")
-    shape = _in_layout(n, c, out, data_format)
+    shape = win.image_shape(n, c, out, data_format)
     if explain:
         _print([*lines, f"shape = {_symbols('C', data_format)} = {shape}"])
     return shape
@@ -542,10 +543,8 @@ def _input_shape(
     data_format = _args.check_data_format(data_format, name)
     shape = tuple(int(s) for s in shape)
     if len(shape) != 4:
-        axes = "(batch, channels, height, width)"
-        if data_format == "NHWC":
-            axes = "(batch, height, width, channels)"
-        raise ValueError(f"{name} expected a 4D input shape {axes}, got {len(shape)}D: {shape}")
+        axes = _args._AXES[data_format]
+        raise ValueError(f"{name} expected a 4D input shape ({axes}), got {len(shape)}D: {shape}")
     return _canonical(shape, data_format)
 
 
@@ -556,12 +555,6 @@ def _canonical(shape: tuple[int, ...], data_format: str) -> tuple[int, int, int,
     return n, c, h, w
 
 
-def _in_layout(n: int, c: int, hw: Sequence[int], data_format: str) -> tuple[int, int, int, int]:
-    """``(N, C, H, W)`` put in ``data_format``'s order."""
-    h, w = hw
-    return (n, c, h, w) if data_format == "NCHW" else (n, h, w, c)
-
-
 def _symbols(channels: str, data_format: str) -> str:
     """The names of an output shape's axes, ``(N, C_out, H_out, W_out)`` or channels last."""
-    return str(_in_layout("N", channels, ("H_out", "W_out"), data_format)).replace("'", "")
+    return str(win.image_shape("N", channels, ("H_out", "W_out"), data_format)).replace("'", "")

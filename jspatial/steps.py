@@ -264,10 +264,7 @@ def _conv_transpose_out(yph, bias, geom, dtype):
 
 def _finish(y, bias, dtype, layout):
     """As the ops end: add the bias in the accumulator's dtype, then cast."""
-    if bias is not None:
-        b = bias.astype(y.dtype)
-        y = y + (b[:, None, None] if layout == "NCHW" else b)
-    return y.astype(dtype)
+    return conv._add_bias(y, bias, layout).astype(dtype)
 
 
 @partial(jax.jit, static_argnames=("dtype", "layout"))

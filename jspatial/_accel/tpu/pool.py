@@ -66,16 +66,6 @@ def _blocks(x_shape, itemsize):
     return (max(fits) if fits else c), nb
 
 
-def _to_hwcn(x, layout):
-    """An ``(N, C, H, W)`` (or, in ``'NHWC'``, ``(N, H, W, C)``) array as ``(H, W, C, N)``."""
-    return win.nchw_to_hwcn(x) if layout == "NCHW" else jnp.transpose(x, (1, 2, 3, 0))
-
-
-def _from_hwcn(x, layout):
-    """The inverse of ``_to_hwcn``."""
-    return win.hwcn_to_nchw(x) if layout == "NCHW" else jnp.transpose(x, (3, 0, 1, 2))
-
-
 def _window(ref, t, geom):
     (kh, kw), (ho, wo) = geom.kernel, geom.out_hw
     i, j = divmod(t, kw)
@@ -163,8 +153,8 @@ def _pool_hwcn_grad(x, g, geom, interpret):
 def max_pool2d(x, geom: win.Geometry, interpret=False):
     """``(N, C, H, W) -> (N, C, H_out, W_out)`` (``geom.layout`` ``'NHWC'``:
     ``(N, H, W, C) -> (N, H_out, W_out, C)``), PyTorch's tie and NaN rules."""
-    hwcn = _pool_hwcn(_to_hwcn(x, geom.layout), geom, interpret)
-    return _from_hwcn(hwcn, geom.layout)
+    hwcn = _pool_hwcn(win.to_hwcn(x, geom.layout), geom, interpret)
+    return win.from_hwcn(hwcn, geom.layout)
 
 
 def _tangent(geom, res, tangents):
@@ -177,8 +167,10 @@ def _tangent(geom, res, tangents):
 def _bwd(geom, interpret, res, cotangents):
     (x,), (g,) = res, cotangents
     layout = geom.layout
-    dx = _pool_hwcn_grad(_to_hwcn(x, layout), _to_hwcn(g.astype(x.dtype), layout), geom, interpret)
-    return [_from_hwcn(dx, layout)]
+    dx = _pool_hwcn_grad(
+        win.to_hwcn(x, layout), win.to_hwcn(g.astype(x.dtype), layout), geom, interpret
+    )
+    return [win.from_hwcn(dx, layout)]
 
 
 @max_pool2d.defjvp
