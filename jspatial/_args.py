@@ -227,6 +227,29 @@ def check_input(
     return x
 
 
+def batched(x: Any, op: str, data_format: str = "NCHW", name: str = "input") -> tuple[Any, bool]:
+    """``(x4, unbatched)``: a 4-D input as it is, a 3-D one (PyTorch's unbatched
+    ``(C, H, W)``, ``(H, W, C)`` in ``'NHWC'``) with a leading batch axis of 1 and
+    ``unbatched=True``, for the op to run on ``(1, C, H, W)`` and ``unbatch`` its
+    result. Any other rank is refused, naming ``op``."""
+    x = check_array(x, op, name, floating=False)
+    ndim = len(x.shape)
+    if ndim == 4:
+        return x, False
+    if ndim != 3:
+        axes = _AXES[data_format]
+        raise ValueError(
+            f"{op} expected 3D (unbatched: {axes.split(', ', 1)[1]}) or 4D "
+            f"({axes}) input, got {ndim}D: {tuple(x.shape)}"
+        )
+    return x[None], True
+
+
+def unbatch(out: Any, unbatched: bool) -> Any:
+    """Every array of ``out`` without its leading axis where the input was unbatched."""
+    return jax.tree.map(lambda a: a[0], out) if unbatched else out
+
+
 def unbatched(*positions: int) -> Callable:
     """Decorate an op's checking entry so that it takes unbatched ``(C, H, W)`` input too.
 

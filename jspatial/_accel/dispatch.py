@@ -39,6 +39,7 @@ devices) take the portable loops with the GPU settings of ``jspatial._tuning``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import jax
@@ -132,6 +133,39 @@ def _gpu_conv():
     except ImportError:
         return None
     return conv
+
+
+def program(op: str, portable, *, on_chip: bool = True, cuda_portable=None, **static):
+    """The function of the op's arrays that runs ``op`` with the static description ``static``.
+
+    ``portable`` is the op's portable version, a jitted function of the op's arrays and,
+    as keywords, of ``static`` (its geometry). Where no compiler for an accelerator is
+    installed (``STAGE_TPU``, ``_tuning.STAGE_GPU``: every CPU-only installation) this is
+    ``partial(portable, **static)``, so the op calls its loop directly. Elsewhere it is a
+    jitted program with one branch per target that has a kernel (``per_target``), cached
+    per op and description. ``on_chip=False`` (integer input) asks for no kernel;
+    ``cuda_portable`` is a portable version with the GPU's own settings, staged for a GPU
+    that has no kernel for the op.
+    """
+    if not (STAGE_TPU or _tuning.STAGE_GPU):
+        return functools.partial(portable, **static)
+    return _program(op, portable, on_chip, cuda_portable, gpu_target(), tuple(static.items()))
+
+
+@functools.cache
+def _program(op, portable, on_chip, cuda_portable, gpu, static_items):
+    static = dict(static_items)
+    args = tuple(static.values())
+    kernels = {}
+    if on_chip:
+        kernels = {"tpu": kernel_for(op, "tpu", *args)}
+        kernels["cuda"] = kernel_for(op, "cuda", *args, gpu=gpu)
+    if kernels.get("cuda") is None and _tuning.STAGE_GPU and cuda_portable is not None:
+        kernels["cuda"] = functools.partial(cuda_portable, **static)
+    fn = functools.partial(portable, **static)
+    if all(k is None for k in kernels.values()):
+        return fn
+    return jax.jit(functools.partial(per_target, fn, kernels))
 
 
 def per_target(portable, kernels, *args):
