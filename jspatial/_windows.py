@@ -19,6 +19,7 @@ run on the caller's arrays as they are.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -283,3 +284,37 @@ def for_gpu(cpu, gpu, *operands):
     if not _tuning.STAGE_GPU:
         return cpu(*operands)
     return lax.platform_dependent(*operands, default=cpu, cuda=gpu)
+
+
+# The loop drivers below return the function to call instead of calling it, so that on a
+# CPU-only installation the op's own code calls ``lax.fori_loop`` (through a
+# ``functools.partial``, which a debugger steps over) and the stack from an op to its tap
+# body holds only the op's functions.
+
+
+def tap_loop_fn(taps: int, body, unroll=1, gpu_unroll=None):
+    """``init -> tap_loop(taps, body, init, unroll, gpu_unroll)``, as a function."""
+    gpu_unroll = _tuning.GPU_UNROLL if gpu_unroll is None else gpu_unroll
+    per_iteration = lambda u: taps if u is True else min(u, taps)  # noqa: E731 (True == 1)
+    if not _tuning.STAGE_GPU or per_iteration(unroll) in (taps, per_iteration(gpu_unroll)):
+        return partial(lax.fori_loop, 0, taps, body, unroll=unroll)
+    return partial(tap_loop, taps, body, unroll=unroll, gpu_unroll=gpu_unroll)
+
+
+def chunk_loop_fn(chunks: int, loop):
+    """``carry -> lax.fori_loop(0, chunks, loop(chunks=chunks), carry)``, as a function.
+
+    ``loop(i, carry, *, chunks)`` runs batch chunk ``i`` of ``chunks`` (rows ``i::chunks``,
+    ``batch_chunk``) and writes its results into ``carry`` (``set_batch_chunk``). Lowered
+    for a GPU the whole batch is one chunk (``_tuning.GPU_MAX_CHUNKS``), as in
+    ``over_batch_chunks``.
+    """
+    cpu = partial(lax.fori_loop, 0, chunks, partial(loop, chunks=chunks))
+    if chunks == 1 or not _tuning.STAGE_GPU:
+        return cpu
+    return partial(for_gpu, cpu, partial(loop, 0, chunks=1))
+
+
+def phased_shape(n: int, c: int, geom: Geometry) -> tuple[int, ...]:
+    """Shape of ``to_phases`` of an ``(n, H, W, c)`` input of ``geom``."""
+    return (n, geom._phased(0), geom.stride[0], geom._phased(1), geom.stride[1], c)
