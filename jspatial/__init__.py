@@ -19,7 +19,7 @@ Input is NCHW, weights are OIHW, and every op follows PyTorch's semantics
 
 from jspatial import reference as reference
 from jspatial.conv import conv2d as conv2d
-from jspatial.conv import conv_transpose2d as conv_transpose2d
+from jspatial.conv_transpose import conv_transpose2d as conv_transpose2d
 from jspatial.norm import batch_norm as batch_norm
 from jspatial.pad import pad as pad
 from jspatial.pool import adaptive_avg_pool2d as adaptive_avg_pool2d

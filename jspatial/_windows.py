@@ -318,3 +318,23 @@ def chunk_loop_fn(chunks: int, loop):
 def phased_shape(n: int, c: int, geom: Geometry) -> tuple[int, ...]:
     """Shape of ``to_phases`` of an ``(n, H, W, c)`` input of ``geom``."""
     return (n, geom._phased(0), geom.stride[0], geom._phased(1), geom.stride[1], c)
+
+
+def conv_chunks(n: int, hw: Pair) -> int:
+    """Batch chunks of a convolution loop whose largest buffers have ``hw`` pixels per image
+    (its output, or for ``conv_transpose2d`` its output too, the size of ``geom.in_hw``)."""
+    return batch_chunks(n, hw[0] * hw[1], _tuning.CONV_MIN_CHUNK_ROWS, _tuning.CONV_MAX_CHUNKS)
+
+
+def weight_taps(weight, groups: int):
+    """OIHW -> ``(taps, groups, C_in/groups, C_out/groups)``: one matrix per tap and group."""
+    c_out, cg, kh, kw = weight.shape
+    w = weight.reshape(groups, c_out // groups, cg, kh, kw)
+    return jnp.transpose(w, (3, 4, 0, 2, 1)).reshape(kh * kw, groups, cg, c_out // groups)
+
+
+def weight_from_taps(w_taps, kernel: Pair):
+    """Inverse of ``weight_taps``: ``(taps, groups, C_in/groups, C_out/groups)`` -> OIHW."""
+    t, groups, cg, og = w_taps.shape
+    w = w_taps.reshape(kernel[0], kernel[1], groups, cg, og)
+    return jnp.transpose(w, (2, 4, 3, 0, 1)).reshape(groups * og, cg, *kernel)

@@ -1,4 +1,4 @@
-"""2-D convolution (cross-correlation) and its transpose, as loops over kernel taps.
+"""2-D convolution (cross-correlation) as a loop over kernel taps, and its backward loop.
 
 A 3x3 convolution is nine matrix products. For tap ``(i, j)`` take the block of
 the (padded) input that this tap sees for every output pixel, flatten it to a
@@ -16,7 +16,8 @@ the input gradient is scattered back through the same window, ``g @ w[t].T``.
 Only ``x`` and ``w`` are kept for it; autodiff of the loop would instead save
 one window copy per tap (``kh * kw`` copies of the input).
 
-Two loops therefore do all the work, and both ops are written with them:
+Two loops therefore do all the work, and both ops are written with them
+(``conv_transpose2d`` in ``jspatial.conv_transpose``):
 
 ============================  =========================  ==========================
 loop                          ``conv2d``                 ``conv_transpose2d``
@@ -34,6 +35,11 @@ lines: ``conv_tap`` (``y += window(x, t) @ w[t]``), ``conv_transpose_tap``
 (``dx[window t] += g @ w[t].T``) and ``conv_weight_grad_tap``
 (``dw[t] += window(x, t).T @ g``); ``conv_backward_tap`` is ``conv2d``'s backward
 body, the last two together. ``jspatial.steps`` runs them one tap at a time, to watch.
+From ``conv2d`` to a tap body is three calls: ``conv2d`` checks its arguments
+(``jspatial._conv_args``) and calls the custom-derivative function of the algorithm
+(``_conv_direct``), which runs ``_forward_loop`` over batch chunks, whose
+``lax.fori_loop`` over taps runs ``conv_tap``. The other algorithms are
+``jspatial.im2col`` and ``jspatial.winograd``.
 The loop bodies are public for reading (the notebook prints them); the API is
 ``jspatial.__all__``, and the names with a leading underscore are internal.
 
@@ -55,19 +61,15 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from jspatial import _args, _tuning, winograd
+from jspatial import _tuning, im2col, winograd
 from jspatial import _windows as win
 from jspatial._accel import dispatch
 from jspatial._args import IntOrPair, Padding
+from jspatial._conv_args import ConvArgs, conv2d_args
 from jspatial._linear import defbilinear
-from jspatial.pad import _check_pad, _pad_axes, _pad_normalised
-from jspatial.shapes import output_hw, transposed_size
 
 # The speed settings (unroll, chunk sizes, algorithm='auto''s thresholds) are in
 # jspatial/_tuning.py, with where and for which backend they were measured.
-
-_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-_ALGORITHMS = ("auto", "direct", "winograd", "im2col")
 
 
 def conv2d(
@@ -127,188 +129,27 @@ def conv2d(
         >>> js.conv2d(jnp.ones((2, 32, 32, 3)), w, padding=1, data_format="NHWC").shape
         (2, 32, 32, 64)
     """
-    return _conv2d_checked(
+    a = conv2d_args(
         x, weight, bias, stride, padding, dilation, groups, op="conv2d", algorithm=algorithm,
         data_format=data_format,
     )  # fmt: skip
+    return a.finish(conv2d_program(a)(a.x, a.weight))
 
 
-@_args.unbatched(0)
-def _conv2d_checked(
-    x, weight, bias, stride, padding, dilation, groups, *, op, algorithm="auto", dtype=None,
-    padding_mode="zeros", data_format="NCHW",
-):  # fmt: skip
-    """``conv2d`` with errors attributed to ``op``: the one path that validates.
+def conv2d_program(a: ConvArgs):
+    """The function of ``(x, weight)`` that runs the checked convolution ``a``.
 
-    ``Conv2d`` calls this too (``op="Conv2d"``), with its compute ``dtype``,
-    ``padding_mode`` and ``data_format``. Everything is checked here, outside the jit,
-    so that a bad argument raises the message below as is (raised while tracing, JAX
-    would append a note about its frames), and before the cast to ``dtype``, which
-    would hide an integer input. Non-zero padding modes pad with ``jspatial.pad`` (on
-    the spatial axes of ``data_format``) and then convolve unpadded, as torch does.
+    The algorithm's custom-derivative function, compiled once per shape and geometry
+    (so eager calls do not re-trace the loops). Lowered for a TPU or a recent GPU, the
+    same tap loop runs on-chip as a Pallas kernel where one covers the layer
+    (``jspatial._accel.dispatch``); integer convolutions keep the portable loops.
     """
-    x, weight, bias, geom, groups, method = _check_conv2d(
-        x, weight, bias, stride, padding, dilation, groups, algorithm, op, data_format
-    )
-    if dtype is not None:
-        x, weight = x.astype(dtype), weight.astype(dtype)
-        bias = None if bias is None else bias.astype(dtype)
-    if padding_mode != "zeros":
-        (top, bottom), (left, right) = geom.padding
-        pads = _check_pad(x.shape, (left, right, top, bottom), padding_mode, op, data_format)
-        x = _pad_normalised(x, pads, padding_mode, 0.0, _pad_axes(4, 2, data_format))
-        in_hw = _args.spatial_shape(x.shape, data_format)
-        geom = geom._replace(in_hw=in_hw, padding=((0, 0), (0, 0)))
-    c_in = x.shape[_args.channel_axis(data_format)]
-    gpu = _gpu_plan(algorithm, geom, groups, c_in, weight.shape[0], op)
-    return _conv2d(x, weight, bias, geom, groups, method, gpu)
-
-
-def _check_conv2d(
-    x, weight, bias, stride, padding, dilation, groups, algorithm, op, data_format="NCHW"
-):
-    """Every check of ``conv2d`` (``jspatial.steps`` runs them too): the arrays as
-    arrays, the window geometry (its ``layout`` is ``data_format``), ``groups`` and the
-    resolved algorithm."""
-    data_format = _args.check_data_format(data_format, op)
-    x = _args.check_input(x, op, integers=True, data_format=data_format)
-    weight = _args.check_operand(weight, x, op, "weight")
-    bias = _args.check_bias(bias, op, x)
-    geom, groups = _conv_geometry(
-        x, weight, bias, stride, padding, dilation, groups, op, data_format
-    )
-    integer = jnp.issubdtype(jnp.result_type(x), jnp.integer)
-    c_in = x.shape[_args.channel_axis(data_format)]
-    method = _choose_method(algorithm, geom, groups, c_in, weight.shape[0], op, integer)
-    return x, weight, bias, geom, groups, method
-
-
-# Compiled once per shape and configuration, so eager calls do not re-trace the loops.
-@partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _conv2d(x, weight, bias, geom, groups, method, gpu=None):
-    # ``gpu``: ``(compute capability, method)`` where a GPU version is staged (dispatch).
-    # The on-chip kernels multiply floats: integer convolutions keep the portable loops.
-    on_chip = jnp.issubdtype(x.dtype, jnp.floating)
-    kernels = {"tpu": dispatch.kernel_for("conv2d", "tpu", geom, groups) if on_chip else None}
-    if gpu is not None:
-        capability, gpu_method = gpu
-        if on_chip:
-            kernels["cuda"] = dispatch.kernel_for("conv2d", "cuda", geom, groups, gpu=capability)
-        if kernels.get("cuda") is None and gpu_method != method:
-            kernels["cuda"] = partial(_conv_portable, geom=geom, groups=groups, method=gpu_method)
-    # Lowered for a TPU or a recent GPU, the same tap loop runs on-chip as a Pallas kernel
-    # where one covers the layer (jspatial/_accel); everywhere else the loops of this file.
-    portable = partial(_conv_portable, geom=geom, groups=groups, method=method)
-    y = dispatch.per_target(portable, kernels, x, weight.astype(x.dtype))
-    return _add_bias(y, bias, geom.layout).astype(x.dtype)
-
-
-def _add_bias(y, bias, layout):
-    """``y + bias`` over the channel axis of ``layout`` (the last one in NHWC)."""
-    if bias is None:
-        return y
-    bias = bias.astype(y.dtype)
-    return y + (bias[:, None, None] if layout == "NCHW" else bias)
-
-
-def _conv_portable(x, w, *, geom, groups, method):
-    if method == "winograd":
-        return winograd._conv3x3(x, w, geom)
-    if method == "im2col":
-        return _conv_im2col(x, w, geom)
-    return _conv_direct(x, w, geom, groups)
-
-
-def _gpu_plan(algorithm, geom, groups, c_in, c_out, op):
-    """``(compute capability, method)`` for ``_conv2d``'s GPU branch, or ``None`` where no
-    GPU version is staged (``jspatial._accel.dispatch``)."""
-    if not _tuning.STAGE_GPU:
-        return None
-    method = _choose_method(algorithm, geom, groups, c_in, c_out, op, gpu=True)
-    return dispatch.gpu_target(), method
-
-
-def _check_weight_shape(weight, op, layout):
-    w_shape = tuple(weight.shape)
-    if len(w_shape) != 4:
-        raise ValueError(f"{op} expected 4D weight {layout}, got {len(w_shape)}D: {w_shape}")
-    return w_shape
-
-
-def _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op, data_format="NCHW"):
-    """Validate ``conv2d``'s shapes and hyper-parameters; return the window geometry and
-    ``groups``. ``x``, ``weight`` and ``bias`` are arrays already (``_conv2d_checked``)."""
-    w_shape = _check_weight_shape(weight, op, "(out_channels, in_channels // groups, kh, kw)")
-    c_in = x.shape[_args.channel_axis(data_format)]
-    h, w = _args.spatial_shape(x.shape, data_format)
-    c_out, c_per_group, kh, kw = w_shape
-    groups = _args.check_groups(c_in, c_out, groups, op)
-    if c_per_group * groups != c_in:
-        raise ValueError(
-            f"{op} expected {c_per_group * groups} input channels, got {c_in} "
-            f"(weight {w_shape}, groups={groups}, input {tuple(x.shape)})"
-        )
-    if bias is not None and tuple(bias.shape) != (c_out,):
-        raise ValueError(f"{op} expected bias of shape ({c_out},), got {tuple(bias.shape)}")
-    kernel = (kh, kw)
-    strides = _args.pair(stride, op, "stride")
-    dil = _args.pair(dilation, op, "dilation")
-    pads = _args.conv_padding(padding, kernel, strides, dil, op)
-    padded = (h + sum(pads[0]), w + sum(pads[1]))
-    _args.check_fits((h, w), padded, kernel, dil, op)
-    out_hw = output_hw((h, w), kernel, strides, pads, dil)
-    return win.Geometry((h, w), out_hw, kernel, strides, dil, pads, data_format), groups
-
-
-def _choose_method(algorithm, geom, groups, c_in, c_out, op, integer=False, gpu=False) -> str:
-    """Resolve ``algorithm`` for one convolution; rejects a method that does not apply.
-
-    ``'auto'`` uses the CPU's thresholds of ``jspatial._tuning``, or with ``gpu`` the
-    GPU's (see there for the TPU). ``integer`` input never takes Winograd, whose
-    transforms divide by 2.
-    """
-    _args.one_of(algorithm, _ALGORITHMS, op, "algorithm")
-    if integer and algorithm == "winograd":
-        raise ValueError(f"{op} algorithm='winograd' needs floating-point input, got integers")
-    if algorithm == "winograd" and not winograd._supports(geom, groups):
-        raise ValueError(
-            f"{op} algorithm='winograd' needs an ungrouped 3x3 kernel with stride 1 and "
-            f"dilation 1, got kernel {geom.kernel}, stride {geom.stride}, "
-            f"dilation {geom.dilation}, groups {groups}"
-        )
-    if algorithm == "im2col" and groups != 1:
-        raise ValueError(f"{op} algorithm='im2col' needs groups=1, got groups={groups}")
-    if algorithm != "auto":
-        return algorithm
-    if gpu:
-        return (
-            "im2col"
-            if groups == 1 and c_in * geom.taps <= _tuning.GPU_IM2COL_MAX_DEPTH
-            else "direct"
-        )
-    if (
-        not integer
-        and winograd._supports(geom, groups)
-        and min(c_in, c_out) >= _tuning.WINOGRAD_MIN_CHANNELS
-        and min(geom.out_hw) >= _tuning.WINOGRAD_MIN_SIZE
-    ):
-        return "winograd"
-    if groups == 1 and c_in * geom.taps <= _tuning.IM2COL_MAX_DEPTH:
-        return "im2col"
-    return "direct"
-
-
-def _weight_taps(weight, groups):
-    """OIHW -> ``(taps, groups, C_in/groups, C_out/groups)``: one matrix per tap and group."""
-    c_out, cg, kh, kw = weight.shape
-    w = weight.reshape(groups, c_out // groups, cg, kh, kw)
-    return jnp.transpose(w, (3, 4, 0, 2, 1)).reshape(kh * kw, groups, cg, c_out // groups)
-
-
-def _weight_from_taps(w_taps, kernel):
-    t, groups, cg, og = w_taps.shape
-    w = w_taps.reshape(kernel[0], kernel[1], groups, cg, og)
-    return jnp.transpose(w, (2, 4, 3, 0, 1)).reshape(groups * og, cg, *kernel)
+    cuda = None if a.gpu_method in (None, a.method) else PORTABLE[a.gpu_method]
+    on_chip = jnp.issubdtype(a.x.dtype, jnp.floating)
+    return dispatch.program(
+        "conv2d", PORTABLE[a.method], on_chip=on_chip, cuda_portable=cuda, geom=a.geom,
+        groups=a.groups,
+    )  # fmt: skip
 
 
 def _tap_product(xw, wt):
@@ -416,50 +257,78 @@ def conv_backward_tap(t, carry, xph, g, w_taps, geom):
 
 
 # ------------------------------------------------------------------ the two tap loops
+#
+# Each runs one batch chunk (rows ``i::chunks``, ``win.batch_chunk``) through all the
+# taps, and writes its result into rows ``i::chunks`` of the carry: the body of the
+# ``lax.fori_loop`` over chunks (``win.chunk_loop_fn``).
 
 
-def _forward_loop(xph, w_taps, geom, gm=None, dw=None):
-    """``out = sum_t window(xph, t) @ w[t]``: input side -> output side.
+def _forward_loop(i, carry, *, x, w_taps, geom, chunks, g=None):
+    """``y = sum_t window(x, t) @ w[t]`` on chunk ``i``: input side -> output side.
 
-    The forward pass of ``conv2d``, and the input gradient of ``conv_transpose2d``.
-    Given an output-side ``gm``, the same windows also accumulate the weight gradient
-    ``dw[t] += window(xph, t).T @ gm`` (``conv_transpose2d``'s, with ``xph`` its output
-    gradient and ``gm`` its input); returns ``(out, dw)`` then.
+    The forward pass of ``conv2d`` (``carry = y``), and the input gradient of
+    ``conv_transpose2d``: given its input ``g`` (an output side, in ``geom.layout``), the
+    same windows also accumulate the weight gradient ``dw[t] += window(x, t).T @ g``
+    (``conv_transpose2d``'s, with ``x`` its output gradient), ``carry = (dx, dw)``.
     """
-    m = xph.shape[0] * geom.out_hw[0] * geom.out_hw[1]
-    out = jnp.zeros((m, w_taps.shape[1], w_taps.shape[-1]), win.accum_dtype(xph.dtype))
-    if gm is None:
+    n, c = x.shape[0] // chunks, w_taps.shape[1] * w_taps.shape[-1]
+    m = n * geom.out_hw[0] * geom.out_hw[1]
+    if g is None:
+        xph = win.to_phases(win.to_nhwc(win.batch_chunk(x, i, chunks), geom.layout), geom, 0)
+        out = jnp.zeros((m, w_taps.shape[1], w_taps.shape[-1]), win.accum_dtype(xph.dtype))
         tap = partial(conv_tap, xph=xph, w_taps=w_taps, geom=geom)
-        return win.tap_loop(geom.taps, tap, out, _tuning.CONV_UNROLL)
+        out = win.tap_loop_fn(geom.taps, tap, _tuning.CONV_UNROLL)(out)
+        out = win.from_nhwc(out.reshape(n, *geom.out_hw, c), geom.layout)
+        return win.set_batch_chunk(carry, i, out, chunks)
+    y, dw = carry
+    gc, xc = win.batch_chunk(g, i, chunks), win.batch_chunk(x, i, chunks)
+    xph = win.to_phases(win.to_nhwc(xc.astype(g.dtype), geom.layout), geom, 0)
+    gm = _output_side(gc, w_taps.shape[1], geom.layout)
+    out = jnp.zeros((m, w_taps.shape[1], w_taps.shape[-1]), win.accum_dtype(xph.dtype))
+    tap = partial(_tap_and_weight_grad, xph=xph, g=gm, w_taps=w_taps, geom=geom)
+    out, dw = win.tap_loop_fn(geom.taps, tap, _tuning.CONV_UNROLL)((out, dw))
+    out = win.from_nhwc(out.reshape(n, *geom.out_hw, c), geom.layout)
+    return win.set_batch_chunk(y, i, out, chunks), dw
 
-    def tap_and_grad(t, carry):
-        out, dw = carry
-        dw = conv_weight_grad_tap(t, dw, xph, gm, geom)
-        return conv_tap(t, out, xph, w_taps, geom), dw
 
-    return win.tap_loop(geom.taps, tap_and_grad, (out, dw), _tuning.CONV_UNROLL)
+def _tap_and_weight_grad(t, carry, xph, g, w_taps, geom):
+    """``conv_tap`` and ``conv_weight_grad_tap`` from one window (``conv_transpose2d``'s
+    backward pass: its input gradient and its weight gradient)."""
+    out, dw = carry
+    dw = conv_weight_grad_tap(t, dw, xph, g, geom)
+    return conv_tap(t, out, xph, w_taps, geom), dw
 
 
-def _input_grad_loop(gm, w_taps, geom, phased_shape, xph=None, dw=None):
-    """``dxph[window t] += gm @ w[t].T`` for every tap: output side -> input side.
+def _input_grad_loop(i, carry, *, g, w_taps, geom, chunks, x=None):
+    """``dx[window t] += g @ w[t].T`` for every tap, on chunk ``i``: output side -> input side.
 
-    The input gradient of ``conv2d``, and the forward pass of ``conv_transpose2d``:
-    each output pixel's vector goes back through the weights to every input cell its
-    window touched, where overlapping windows add up. Given the input side ``xph``,
-    the loop also accumulates ``conv2d``'s weight gradient ``window(xph, t).T @ gm``
-    and returns ``(dxph, dw)``.
+    The input gradient of ``conv2d``, and the forward pass of ``conv_transpose2d``
+    (``carry = y``, ``g`` its input): each output pixel's vector goes back through the
+    weights to every input cell its window touched, where overlapping windows add up.
+    Given ``conv2d``'s input ``x``, the loop also accumulates its weight gradient
+    ``window(x, t).T @ g``: ``carry = (dx, dw)``.
     """
-    dxph = jnp.zeros(phased_shape, win.accum_dtype(gm.dtype))
-    if xph is None:
+    groups = w_taps.shape[1]
+    c = groups * w_taps.shape[2]
+    n = g.shape[0] // chunks
+    if x is None:
+        gm = _output_side(win.batch_chunk(g, i, chunks), groups, geom.layout)
+        dxph = jnp.zeros(win.phased_shape(n, c, geom), win.accum_dtype(gm.dtype))
         tap = partial(conv_transpose_tap, g=gm, w_taps=w_taps, geom=geom)
-        return win.tap_loop(geom.taps, tap, dxph, _tuning.CONV_UNROLL, _tuning.GPU_UNROLL_SCATTER)
+        unroll = (_tuning.CONV_UNROLL, _tuning.GPU_UNROLL_SCATTER)
+        dxph = win.tap_loop_fn(geom.taps, tap, *unroll)(dxph)
+        out = win.from_nhwc(win.from_phases(dxph, geom), geom.layout)
+        return win.set_batch_chunk(carry, i, out, chunks)
+    dx, dw = carry
+    xc, gc = win.batch_chunk(x, i, chunks), win.batch_chunk(g, i, chunks)
+    xph = win.to_phases(win.to_nhwc(xc, geom.layout), geom, 0)
+    gm = _output_side(gc.astype(x.dtype), groups, geom.layout)
+    dxph = jnp.zeros(win.phased_shape(n, c, geom), win.accum_dtype(gm.dtype))
     tap = partial(conv_backward_tap, xph=xph, g=gm, w_taps=w_taps, geom=geom)
-    return win.tap_loop(geom.taps, tap, (dxph, dw), _tuning.CONV_UNROLL, _tuning.GPU_UNROLL_SCATTER)
-
-
-def _phased_shape(n, c, geom):
-    """Shape of ``win.to_phases`` of an ``(n, H, W, c)`` input of ``geom``."""
-    return (n, geom._phased(0), geom.stride[0], geom._phased(1), geom.stride[1], c)
+    unroll = (_tuning.CONV_UNROLL, _tuning.GPU_UNROLL_SCATTER)
+    dxph, dw = win.tap_loop_fn(geom.taps, tap, *unroll)((dxph, dw))
+    out = win.from_nhwc(win.from_phases(dxph, geom), geom.layout)
+    return win.set_batch_chunk(dx, i, out, chunks), dw
 
 
 def _output_side(a, groups, layout="NCHW"):
@@ -470,327 +339,35 @@ def _output_side(a, groups, layout="NCHW"):
     return a.reshape(n * h * w, groups, c // groups)
 
 
-def _chunks(n, geom):
-    """Batch chunks of the direct and im2col loops (rows: the chunk's output pixels)."""
-    rows = geom.out_hw[0] * geom.out_hw[1]
-    return win.batch_chunks(n, rows, _tuning.CONV_MIN_CHUNK_ROWS, _tuning.CONV_MAX_CHUNKS)
-
-
-def _transpose_chunks(n, geom):
-    """Batch chunks of ``conv_transpose2d``: its large buffers (the output and, backward,
-    the phased output gradient) have the size of ``geom.in_hw``, so its pixels set them."""
-    rows = geom.in_hw[0] * geom.in_hw[1]
-    return win.batch_chunks(n, rows, _tuning.CONV_MIN_CHUNK_ROWS, _tuning.CONV_MAX_CHUNKS)
-
-
 # ---------------------------------------------------------------------------- direct
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv_direct(x, weight, geom, groups):
-    return _conv_fwd(x, weight, geom, groups)[0]
-
-
-def _conv_fwd(x, weight, geom, groups):
+    """``conv2d`` by the tap loop: ``x`` in ``geom.layout``, OIHW ``weight`` -> the output in
+    ``geom.layout``, in the accumulation dtype. Its derivatives: ``_conv_bwd``."""
     n, c_out = x.shape[0], weight.shape[0]
-    ho, wo = geom.out_hw
-    w_taps = _weight_taps(weight, groups)
-
-    def chunk(inputs, carry):
-        xph = win.to_phases(win.to_nhwc(inputs[0], geom.layout), geom, 0)
-        out = _forward_loop(xph, w_taps, geom)
-        return (win.from_nhwc(out.reshape(xph.shape[0], ho, wo, c_out), geom.layout),), carry
-
-    y = jnp.zeros(win.image_shape(n, c_out, (ho, wo), geom.layout), win.accum_dtype(x.dtype))
-    (y,), _ = win.over_batch_chunks(chunk, _chunks(n, geom), [x], [y])
-    return y, (x, weight)
+    w_taps = win.weight_taps(weight, groups)
+    y = jnp.zeros(win.image_shape(n, c_out, geom.out_hw, geom.layout), win.accum_dtype(x.dtype))
+    loop = partial(_forward_loop, x=x, w_taps=w_taps, geom=geom)
+    return win.chunk_loop_fn(win.conv_chunks(n, geom.out_hw), loop)(y)
 
 
 def _conv_bwd(geom, groups, residuals, g):
     x, weight = residuals
-    n, c = x.shape[0], x.shape[_args.channel_axis(geom.layout)]
-    w_taps = _weight_taps(weight, groups)
-
-    def chunk(inputs, dw):
-        xc, gc = inputs
-        xph = win.to_phases(win.to_nhwc(xc, geom.layout), geom, 0)
-        gm = _output_side(gc.astype(x.dtype), groups, geom.layout)
-        shape = _phased_shape(xc.shape[0], c, geom)
-        dxph, dw = _input_grad_loop(gm, w_taps, geom, shape, xph, dw)
-        return (win.from_nhwc(win.from_phases(dxph, geom), geom.layout),), dw
-
+    w_taps = win.weight_taps(weight, groups)
     dw = jnp.zeros(w_taps.shape, win.accum_dtype(x.dtype))
-    (dx,), dw = win.over_batch_chunks(chunk, _chunks(n, geom), [x, g], [jnp.zeros_like(x)], dw)
-    return dx, _weight_from_taps(dw, geom.kernel).astype(weight.dtype)
+    loop = partial(_input_grad_loop, g=g, w_taps=w_taps, geom=geom, x=x)
+    chunks = win.conv_chunks(x.shape[0], geom.out_hw)
+    dx, dw = win.chunk_loop_fn(chunks, loop)((jnp.zeros_like(x), dw))
+    return dx, win.weight_from_taps(dw, geom.kernel).astype(weight.dtype)
 
 
 defbilinear(_conv_direct, _conv_bwd)
 
-
-# ---------------------------------------------------------------------------- im2col
-#
-# For a layer with few input channels (the first layer: C_in = 3) each per-tap product
-# has a depth of 3, which no matrix unit likes. The same loop over taps can instead copy
-# each window into its own column block of one matrix (the classic im2col), and a single
-# product of depth C_in * kh * kw does the whole convolution.
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _conv_im2col(x, weight, geom):
-    return _im2col_fwd(x, weight, geom)[0]
-
-
-def _im2col(x, geom):
-    """``(N, H, W, C)`` -> ``(N * H_out * W_out, taps, C)``, one window per tap."""
-    n, c = x.shape[0], x.shape[-1]
-    m = n * geom.out_hw[0] * geom.out_hw[1]
-    xph = win.to_phases(x, geom, 0)
-
-    def tap(t, cols):
-        block = win.window(xph, t, geom).reshape(m, 1, c)
-        return lax.dynamic_update_slice_in_dim(cols, block, t, axis=1)
-
-    return win.tap_loop(geom.taps, tap, jnp.zeros((m, geom.taps, c), x.dtype))
-
-
-def _im2col_fwd(x, weight, geom):
-    # The columns hold every pixel kh * kw times: built one batch chunk at a time.
-    n, c = x.shape[0], x.shape[_args.channel_axis(geom.layout)]
-    w = _weight_taps(weight, 1).reshape(geom.taps * c, -1)
-    acc = win.accum_dtype(x.dtype)
-
-    def chunk(inputs, carry):
-        cols = _im2col(win.to_nhwc(inputs[0], geom.layout), geom).reshape(-1, geom.taps * c)
-        y = jnp.dot(cols, w, preferred_element_type=acc)
-        return (win.from_nhwc(y.reshape(-1, *geom.out_hw, w.shape[1]), geom.layout),), carry
-
-    y = jnp.zeros(win.image_shape(n, w.shape[1], geom.out_hw, geom.layout), acc)
-    (y,), _ = win.over_batch_chunks(chunk, _chunks(n, geom), [x], [y])
-    return y, (x, weight)
-
-
-def _im2col_bwd(geom, residuals, g):
-    x, weight = residuals
-    n, c = x.shape[0], x.shape[_args.channel_axis(geom.layout)]
-    acc = win.accum_dtype(x.dtype)
-    w = _weight_taps(weight, 1).reshape(geom.taps * c, -1)
-
-    def chunk(inputs, dw):
-        xc, gc = (win.to_nhwc(a, geom.layout) for a in inputs)
-        cols = _im2col(xc, geom).reshape(-1, geom.taps * c)
-        gm = gc.reshape(cols.shape[0], gc.shape[-1]).astype(x.dtype)
-        dw = dw + jnp.dot(cols.T, gm, preferred_element_type=acc)
-        dcols = jnp.dot(gm, w.T, preferred_element_type=acc)
-        dcols = dcols.reshape(xc.shape[0], *geom.out_hw, geom.taps, c)
-
-        def tap(t, dxph):  # each column block goes back through its window
-            block = lax.dynamic_index_in_dim(dcols, t, axis=3, keepdims=False)
-            return win.add_to_window(dxph, t, block, geom)
-
-        dxph = win.to_phases(jnp.zeros(xc.shape, acc), geom, 0)
-        dxph = win.tap_loop(geom.taps, tap, dxph)
-        return (win.from_nhwc(win.from_phases(dxph, geom), geom.layout),), dw
-
-    dw = jnp.zeros(w.shape, acc)
-    (dx,), dw = win.over_batch_chunks(chunk, _chunks(n, geom), [x, g], [jnp.zeros_like(x)], dw)
-    dw = _weight_from_taps(dw.reshape(geom.taps, 1, c, -1), geom.kernel)
-    return dx, dw.astype(weight.dtype)
-
-
-defbilinear(_conv_im2col, _im2col_bwd)
-
-
-# -------------------------------------------------------------------- conv_transpose2d
-
-
-def conv_transpose2d(
-    x: ArrayLike,
-    weight: ArrayLike,
-    bias: ArrayLike | None = None,
-    stride: IntOrPair = 1,
-    padding: IntOrPair = 0,
-    output_padding: IntOrPair = 0,
-    groups: int = 1,
-    dilation: IntOrPair = 1,
-    *,
-    data_format: str = "NCHW",
-) -> jax.Array:
-    """2-D transposed convolution, ``torch.nn.functional.conv_transpose2d``.
-
-    A transposed convolution is the input gradient of a convolution, run as an op.
-    Take the ``conv2d`` with this ``weight`` read as OIHW (``C_in`` outputs,
-    ``C_out // groups`` inputs per group), this stride, padding and dilation, whose
-    *output* has ``x``'s shape: ``conv_transpose2d(x, w)`` is that convolution's
-    backward pass with ``x`` as the output gradient. So its forward is ``conv2d``'s
-    input-gradient loop (every input pixel's vector ``x[p] @ w[t].T`` is added into
-    the output cells of tap ``t``'s window), its input gradient is ``conv2d``'s
-    forward loop on the output gradient (``dx = conv2d(dy, w)``), and its weight
-    gradient is ``conv2d``'s weight-gradient loop with the two roles swapped
-    (``window(dy, t).T @ x``). Stride ``s`` spreads the input pixels ``s`` apart, which
-    is why it upsamples: ``H_out = (H - 1) * s - 2 * padding + dilation * (kh - 1)
-    + output_padding + 1``.
-
-    See also: the loop body, ``jspatial.conv.conv_transpose_tap``; ``jspatial.steps``
-    runs it tap by tap and ``jspatial.loop_jaxpr`` prints it as compiled;
-    ``jspatial.reference.conv_transpose2d``.
-
-    Args:
-        x: input ``(N, C_in, H, W)`` (``(N, H, W, C_in)`` in ``'NHWC'``), a floating
-            dtype; ``N`` may be 0. Unbatched ``(C_in, H, W)`` (``(H, W, C_in)``) too.
-        weight: ``(C_in, C_out // groups, kh, kw)``, torch's layout for the transpose, in
-            both layouts.
-        bias: optional ``(C_out,)``.
-        stride: int or ``(sh, sw)``.
-        padding: int or ``(ph, pw)``: ``dilation * (k - 1) - padding`` zeros are
-            implied on each side; equivalently, ``padding`` rows are cropped from each
-            side of the full output.
-        output_padding: int or ``(oh, ow)``, extra rows/columns at the bottom/right
-            (each must be smaller than the stride or the dilation on its axis): picks
-            among the input sizes that a strided ``conv2d`` maps to the same size.
-        groups: independent channel groups, dividing ``C_in`` (and ``C_out``).
-        dilation: int or ``(dh, dw)``.
-        data_format: keyword only, not in torch. ``'NCHW'`` (torch's) or ``'NHWC'``
-            (channels last): the layout of ``x`` and of the result.
-
-    Returns:
-        ``(N, C_out, H_out, W_out)`` (``(N, H_out, W_out, C_out)`` in ``'NHWC'``) in the
-        dtype of ``x`` (accumulated in float32).
-
-    Cost: ``N * C_in * H * W * C_out / groups * kh * kw`` multiply-accumulates, those
-    of the ``conv2d`` it transposes.
-
-    Example:
-        >>> import jax.numpy as jnp, jspatial as js
-        >>> x = jnp.ones((2, 256, 8, 8)); w = jnp.ones((256, 128, 3, 3))
-        >>> js.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1).shape
-        (2, 128, 16, 16)
-        >>> y = js.conv_transpose2d(jnp.ones((1, 1, 2, 2)), jnp.ones((1, 1, 2, 2)))
-        >>> y[0, 0]  # four 2x2 stamps, overlapping in the centre
-        Array([[1., 2., 1.],
-               [2., 4., 2.],
-               [1., 2., 1.]], dtype=float32)
-        >>> js.conv_transpose2d(jnp.ones((2, 8, 8, 256)), w, stride=2, padding=1,
-        ...                     output_padding=1, data_format="NHWC").shape
-        (2, 16, 16, 128)
-    """
-    return _conv_transpose2d_checked(
-        x, weight, bias, stride, padding, output_padding, groups, dilation,
-        op="conv_transpose2d", data_format=data_format,
-    )  # fmt: skip
-
-
-@_args.unbatched(0)
-def _conv_transpose2d_checked(
-    x, weight, bias, stride, padding, output_padding, groups, dilation, *, op, dtype=None,
-    data_format="NCHW",
-):  # fmt: skip
-    """``conv_transpose2d`` with errors attributed to ``op`` (the layer's path too):
-    validated here, outside the jit, before the cast to ``dtype``."""
-    x, weight, bias, geom, groups = _check_conv_transpose2d(
-        x, weight, bias, stride, padding, output_padding, groups, dilation, op, data_format
-    )
-    if dtype is not None:
-        x, weight = x.astype(dtype), weight.astype(dtype)
-        bias = None if bias is None else bias.astype(dtype)
-    return _conv_transpose2d(x, weight, bias, geom, groups)
-
-
-def _check_conv_transpose2d(
-    x, weight, bias, stride, padding, output_padding, groups, dilation, op, data_format="NCHW"
-):
-    """Every check of ``conv_transpose2d`` (``jspatial.steps`` runs them too)."""
-    data_format = _args.check_data_format(data_format, op)
-    x = _args.check_input(x, op, integers=True, data_format=data_format)
-    weight = _args.check_operand(weight, x, op, "weight")
-    bias = _args.check_bias(bias, op, x)
-    geom, groups = _conv_transpose_geometry(
-        x, weight, bias, stride, padding, output_padding, groups, dilation, op, data_format
-    )
-    return x, weight, bias, geom, groups
-
-
-def _conv_transpose_geometry(
-    x, weight, bias, stride, padding, output_padding, groups, dilation, op, data_format="NCHW"
-):
-    """Validate ``conv_transpose2d``'s arguments; return the window geometry of the
-    transposed ``conv2d`` (its input: our output, its output: our input) and ``groups``."""
-    w_shape = _check_weight_shape(weight, op, "(in_channels, out_channels // groups, kh, kw)")
-    c_in = x.shape[_args.channel_axis(data_format)]
-    h, w = _args.spatial_shape(x.shape, data_format)
-    w_in, c_per_group, kh, kw = w_shape
-    if w_in != c_in:
-        raise ValueError(
-            f"{op} expected {w_in} input channels (weight {w_shape} is (in_channels, "
-            f"out_channels // groups, kh, kw)), got {c_in} (input {tuple(x.shape)})"
-        )
-    groups = _args.positive_int(groups, op, "groups")
-    if c_in % groups:  # C_out = (C_out // groups) * groups is always divisible
-        raise ValueError(f"{op} groups={groups} must divide in_channels={c_in}")
-    c_out = c_per_group * groups
-    if bias is not None and tuple(bias.shape) != (c_out,):
-        raise ValueError(f"{op} expected bias of shape ({c_out},), got {tuple(bias.shape)}")
-    kernel = (kh, kw)
-    strides = _args.pair(stride, op, "stride")
-    dil = _args.pair(dilation, op, "dilation")
-    pads = _args.pair(padding, op, "padding", minimum=0)
-    out_pads = _args.output_padding(output_padding, strides, dil, op)
-    out_hw = tuple(map(transposed_size, (h, w), kernel, strides, pads, out_pads, dil))
-    if min(out_hw) < 1:
-        raise ValueError(
-            f"{op} output size {out_hw} is too small: input {(h, w)}, kernel {kernel}, "
-            f"stride {strides}, padding {pads}, output_padding {out_pads}, dilation {dil}"
-        )
-    pads = tuple((p, p) for p in pads)
-    return win.Geometry(out_hw, (h, w), kernel, strides, dil, pads, data_format), groups
-
-
-@partial(jax.jit, static_argnums=(3, 4))
-def _conv_transpose2d(x, weight, bias, geom, groups):
-    y = _conv_transpose(x, weight.astype(x.dtype), geom, groups)
-    return _add_bias(y, bias, geom.layout).astype(x.dtype)
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _conv_transpose(x, weight, geom, groups):
-    return _conv_transpose_fwd(x, weight, geom, groups)[0]
-
-
-def _conv_transpose_fwd(x, weight, geom, groups):
-    # conv2d's input-gradient loop, with x as the output gradient.
-    n = x.shape[0]
-    c_out = weight.shape[1] * groups
-    w_taps = _weight_taps(weight, groups)
-
-    def chunk(inputs, carry):
-        xm = _output_side(inputs[0], groups, geom.layout)
-        shape = _phased_shape(inputs[0].shape[0], c_out, geom)
-        yph = _input_grad_loop(xm, w_taps, geom, shape)
-        return (win.from_nhwc(win.from_phases(yph, geom), geom.layout),), carry
-
-    y = jnp.zeros(win.image_shape(n, c_out, geom.in_hw, geom.layout), win.accum_dtype(x.dtype))
-    (y,), _ = win.over_batch_chunks(chunk, _transpose_chunks(n, geom), [x], [y])
-    return y, (x, weight)
-
-
-def _conv_transpose_bwd(geom, groups, residuals, g):
-    # conv2d's forward loop on the output gradient gives the input gradient; its
-    # windows, against x, give the weight gradient.
-    x, weight = residuals
-    n, c_in = x.shape[0], x.shape[_args.channel_axis(geom.layout)]
-    h, w = geom.out_hw
-    w_taps = _weight_taps(weight, groups)
-
-    def chunk(inputs, dw):
-        xc, gc = inputs
-        gph = win.to_phases(win.to_nhwc(gc.astype(x.dtype), geom.layout), geom, 0)
-        dx, dw = _forward_loop(gph, w_taps, geom, _output_side(xc, groups, geom.layout), dw)
-        return (win.from_nhwc(dx.reshape(xc.shape[0], h, w, c_in), geom.layout),), dw
-
-    dw = jnp.zeros(w_taps.shape, win.accum_dtype(x.dtype))
-    (dx,), dw = win.over_batch_chunks(
-        chunk, _transpose_chunks(n, geom), [x, g], [jnp.zeros_like(x)], dw
-    )
-    return dx, _weight_from_taps(dw, geom.kernel).astype(weight.dtype)
-
-
-defbilinear(_conv_transpose, _conv_transpose_bwd)
+# Each algorithm's custom-derivative function, compiled once per shape and geometry.
+PORTABLE = {
+    "direct": jax.jit(_conv_direct, static_argnames=("geom", "groups")),
+    "im2col": jax.jit(im2col._conv_im2col, static_argnames=("geom", "groups")),
+    "winograd": jax.jit(winograd._conv3x3, static_argnames=("geom", "groups")),
+}

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from jspatial import _args, conv, pool
+from jspatial import _args, _conv_args, conv, conv_transpose, pool
 from jspatial import _windows as win
 
 
@@ -264,7 +264,7 @@ def _conv_transpose_out(yph, bias, geom, dtype):
 
 def _finish(y, bias, dtype, layout):
     """As the ops end: add the bias in the accumulator's dtype, then cast."""
-    return conv._add_bias(y, bias, layout).astype(dtype)
+    return _conv_args.add_bias(y, bias, layout).astype(dtype)
 
 
 @partial(jax.jit, static_argnames=("dtype", "layout"))
@@ -288,19 +288,20 @@ def _tap_weight(w, i, j):
 def _conv2d_steps(
     x, weight, bias, stride, padding, dilation, groups, algorithm, data_format="NCHW"
 ):
-    x, weight, bias, geom, groups, _ = conv._check_conv2d(
-        x, weight, bias, stride, padding, dilation, groups, algorithm, "conv2d",
+    _args.check_input(x, "conv2d", integers=True, data_format=data_format)
+    a = _conv_args.conv2d_args(
+        x, weight, bias, stride, padding, dilation, groups, op="conv2d", algorithm=algorithm,
         data_format=data_format,
     )  # fmt: skip
     if algorithm not in ("auto", "direct"):
         raise ValueError(f"steps runs conv2d's tap loop (algorithm='direct'), got {algorithm!r}")
-    return _conv_loop(x, weight.astype(x.dtype), bias, geom, groups)
+    return _conv_loop(a.x, a.weight, a.bias, a.geom, a.groups)
 
 
 def _conv_loop(x, w, bias, geom, groups):
     n, c_out = x.shape[0], w.shape[0]
     xph = win.to_phases(win.to_nhwc(x, geom.layout), geom, 0)
-    w_taps = conv._weight_taps(w, groups)
+    w_taps = win.weight_taps(w, groups)
     y = jnp.zeros((n * geom.out_hw[0] * geom.out_hw[1], groups, c_out // groups))
     y = y.astype(win.accum_dtype(x.dtype))
     for t in range(geom.taps):
@@ -313,17 +314,18 @@ def _conv_loop(x, w, bias, geom, groups):
 def _conv_transpose2d_steps(
     x, weight, bias, stride, padding, output_padding, groups, dilation, data_format="NCHW"
 ):
-    x, weight, bias, geom, groups = conv._check_conv_transpose2d(
-        x, weight, bias, stride, padding, output_padding, groups, dilation, "conv_transpose2d",
-        data_format=data_format,
+    _args.check_input(x, "conv_transpose2d", integers=True, data_format=data_format)
+    a = _conv_args.conv_transpose2d_args(
+        x, weight, bias, stride, padding, output_padding, groups, dilation,
+        op="conv_transpose2d", data_format=data_format,
     )  # fmt: skip
-    return _conv_transpose_loop(x, weight.astype(x.dtype), bias, geom, groups)
+    return _conv_transpose_loop(a.x, a.weight, a.bias, a.geom, a.groups)
 
 
 def _conv_transpose_loop(x, w, bias, geom, groups):
-    shape = conv._phased_shape(x.shape[0], w.shape[1] * groups, geom)
+    shape = win.phased_shape(x.shape[0], w.shape[1] * groups, geom)
     yph = jnp.zeros(shape, win.accum_dtype(x.dtype))
-    w_taps = conv._weight_taps(w, groups)
+    w_taps = win.weight_taps(w, groups)
     xm = conv._output_side(x, groups, geom.layout)
     for t in range(geom.taps):
         yph = _compiled(conv.conv_transpose_tap)(t, yph, xm, w_taps, geom=geom)
@@ -375,7 +377,7 @@ def _avg_pool_loop(x, geom, divisor):
 
 _RUNNERS = {
     conv.conv2d: _conv2d_steps,
-    conv.conv_transpose2d: _conv_transpose2d_steps,
+    conv_transpose.conv_transpose2d: _conv_transpose2d_steps,
     pool.max_pool2d: _max_pool2d_steps,
     pool.avg_pool2d: _avg_pool2d_steps,
 }

@@ -148,17 +148,47 @@ def _weight_transform_transpose(du, c_out, c_in):
     return jnp.einsum("ia,jb,ijco->ocab", _G, _G, du)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _conv3x3(x, weight, geom):
-    """Winograd convolution of ``x`` (in ``geom.layout``, NCHW or NHWC) with OIHW ``weight``;
-    ``geom`` from ``_conv_geometry``.
+def _forward_loop(i, y, *, x, u, geom, chunks):
+    """Batch chunk ``i``: transform its tiles, the 16 products, back to outputs."""
+    tg = _tile_geometry(geom)
+    acc = y.dtype
+    xc = win.to_nhwc(win.batch_chunk(x, i, chunks), geom.layout)
+    v = _input_transform(xc.astype(acc), tg).astype(x.dtype)
+    yc = _output_transform(_products(v, u, acc), xc.shape[0], geom, tg)
+    return win.set_batch_chunk(y, i, win.from_nhwc(yc, geom.layout), chunks)
+
+
+def _backward_loop(i, carry, *, x, g, u, geom, chunks):
+    """Batch chunk ``i`` of both gradients, the three steps transposed."""
+    dx, du = carry
+    tg = _tile_geometry(geom)
+    acc = du.dtype
+    xc, gc = win.batch_chunk(x, i, chunks), win.batch_chunk(g, i, chunks)
+    xc, gc = win.to_nhwc(xc, geom.layout), win.to_nhwc(gc, geom.layout)
+    v = _input_transform(xc.astype(acc), tg).astype(x.dtype)
+    dm = _output_transform_transpose(gc.astype(acc), geom, tg).astype(x.dtype)
+    # _products transposed, for each k: dU[k] += V[k].T @ dM[k], dV[k] = dM[k] @ U[k].T.
+    du = du + jnp.einsum("ktc,kto->kco", v, dm, preferred_element_type=acc)
+    dv = jnp.einsum("kto,kco->ktc", dm, u, preferred_element_type=acc)
+    out = win.from_nhwc(_input_transform_transpose(dv, xc.shape, tg), geom.layout)
+    return win.set_batch_chunk(dx, i, out, chunks), du
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv3x3(x, weight, geom, groups=1):
+    """Winograd convolution of ``x`` (in ``geom.layout``, NCHW or NHWC) with OIHW ``weight``
+    (``groups`` must be 1); ``geom`` from ``jspatial._conv_args``.
 
     Returns ``geom.layout`` in the accumulation dtype. The batch is processed in chunks
     (``jspatial._windows.batch_chunks``): the transformed tiles take four times the
     memory of the input, and the products four times that of the output, so they are
     only ever held for one chunk.
     """
-    return _fwd(x, weight, geom)[0]
+    acc = win.accum_dtype(x.dtype)
+    u = _weight_transform(weight).astype(x.dtype)
+    y = jnp.zeros(win.image_shape(x.shape[0], weight.shape[0], geom.out_hw, geom.layout), acc)
+    loop = partial(_forward_loop, x=x, u=u, geom=geom)
+    return win.chunk_loop_fn(_chunks(x.shape[0], _tile_geometry(geom)), loop)(y)
 
 
 def _chunks(n, tg):
@@ -177,42 +207,14 @@ def _products(v, u, acc):
     return jnp.einsum("ktc,kco->kto", v, u, preferred_element_type=acc)
 
 
-def _fwd(x, weight, geom):
-    tg = _tile_geometry(geom)
-    acc = win.accum_dtype(x.dtype)
-    u = _weight_transform(weight).astype(x.dtype)
-
-    def chunk(inputs, carry):
-        xc = win.to_nhwc(inputs[0], geom.layout)
-        v = _input_transform(xc.astype(acc), tg).astype(x.dtype)
-        yc = _output_transform(_products(v, u, acc), xc.shape[0], geom, tg)
-        return (win.from_nhwc(yc, geom.layout),), carry
-
-    y = jnp.zeros(win.image_shape(x.shape[0], weight.shape[0], geom.out_hw, geom.layout), acc)
-    (y,), _ = win.over_batch_chunks(chunk, _chunks(x.shape[0], tg), [x], [y])
-    return y, (x, weight)
-
-
-def _bwd(geom, residuals, g):
+def _bwd(geom, groups, residuals, g):
     x, weight = residuals
-    tg = _tile_geometry(geom)
     acc = win.accum_dtype(x.dtype)
     u = _weight_transform(weight).astype(x.dtype)
-
-    def chunk(inputs, du):
-        xc, gc = (win.to_nhwc(a, geom.layout) for a in inputs)
-        v = _input_transform(xc.astype(acc), tg).astype(x.dtype)
-        dm = _output_transform_transpose(gc.astype(acc), geom, tg).astype(x.dtype)
-
-        # _products transposed, for each k: dU[k] += V[k].T @ dM[k], dV[k] = dM[k] @ U[k].T.
-        du = du + jnp.einsum("ktc,kto->kco", v, dm, preferred_element_type=acc)
-        dv = jnp.einsum("kto,kco->ktc", dm, u, preferred_element_type=acc)
-        return (win.from_nhwc(_input_transform_transpose(dv, xc.shape, tg), geom.layout),), du
-
     du = jnp.zeros(u.shape, acc)
-    (dx,), du = win.over_batch_chunks(
-        chunk, _chunks(x.shape[0], tg), [x, g], [jnp.zeros_like(x)], du
-    )
+    loop = partial(_backward_loop, x=x, g=g, u=u, geom=geom)
+    chunks = _chunks(x.shape[0], _tile_geometry(geom))
+    dx, du = win.chunk_loop_fn(chunks, loop)((jnp.zeros_like(x), du))
     dw = _weight_transform_transpose(du, weight.shape[0], weight.shape[1])
     return dx, dw.astype(weight.dtype)
 

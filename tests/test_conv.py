@@ -19,6 +19,8 @@ from jax import lax
 
 import jspatial as js
 from jspatial import reference
+from jspatial._conv_args import conv2d_args
+from jspatial.conv import conv2d_program
 from tests.tolerances import assert_close, fast_jit
 
 
@@ -54,6 +56,13 @@ CASES = {
     "same_even_2x4_dilated": Case((2, 2, 5, 5), (3, 2, 2, 4), padding="same", dilation=(3, 1)),
     "asymmetric_pad_groups": Case((2, 4, 7, 9), (4, 2, 3, 2), padding=((1, 0), (2, 1)), groups=2),
 }
+
+
+def conv2d_as_layer(x, w, b, stride, padding, dilation, groups, **kwargs):
+    """``conv2d`` on the layers' path: the checked arguments (``op``, ``padding_mode``,
+    ``dtype``), then the program that runs them."""
+    a = conv2d_args(x, w, b, stride, padding, dilation, groups, **kwargs)
+    return a.finish(conv2d_program(a)(a.x, a.weight))
 
 
 def explicit_pads(case: Case):
@@ -395,7 +404,7 @@ def test_conv2d_padding_mode_nhwc_matches_torch(padding_mode):
     pads = ((1, 1), (2, 1))  # 'same' for a 3x2 kernel, asymmetric
     tx = torch.nn.functional.pad(torch.tensor(x), (2, 1, 1, 1), mode=padding_mode)
     y_ref = torch.nn.functional.conv2d(tx, torch.tensor(w), torch.tensor(b)).numpy()
-    y = js.conv._conv2d_checked(
+    y = conv2d_as_layer(
         to_nhwc(x), w, b, 1, pads, 1, 1, op="Conv2d", padding_mode=padding_mode,
         data_format="NHWC",
     )  # fmt: skip
@@ -628,7 +637,7 @@ OPS = {
         (2, 2, 4, 5),
     ),
     "conv2d_padding_mode": (
-        lambda x: js.conv._conv2d_checked(
+        lambda x: conv2d_as_layer(
             x, jnp.ones((3, 2, 3, 3)), None, 1, 1, 1, 1, op="Conv2d", padding_mode="reflect"
         ),
         (2, 2, 5, 6),
@@ -642,7 +651,7 @@ OPS = {
         (2, 4, 5, 2),
     ),
     "conv2d_padding_mode_nhwc": (
-        lambda x: js.conv._conv2d_checked(
+        lambda x: conv2d_as_layer(
             x,
             jnp.ones((3, 2, 3, 3)),
             None,

@@ -11,8 +11,7 @@ import pytest
 from jax import lax
 
 import jspatial as js
-from jspatial import _tuning
-from jspatial import conv as conv_module
+from jspatial import _conv_args, _tuning
 from tests.tolerances import assert_close
 
 
@@ -135,10 +134,10 @@ def test_auto_picks_winograd_only_for_wide_layers():
 
     def picks(c_in, c_out, hw, **kwargs):
         x, w = jnp.ones((1, c_in, hw, hw)), jnp.ones((c_out, c_in, 3, 3))
-        geom, groups = conv_module._conv_geometry(
+        geom, groups = _conv_args._conv_geometry(
             x, w, None, kwargs.get("stride", 1), 1, 1, 1, "conv2d"
         )
-        method = conv_module._choose_method("auto", geom, groups, c_in, c_out, "conv2d")
+        method = _conv_args.choose_method("auto", geom, groups, c_in, c_out, "conv2d")
         return method == "winograd"
 
     assert picks(wide, wide, size)
@@ -190,8 +189,8 @@ def test_im2col_matches_xla(shape, kernel, stride, padding, dilation):
 
 def test_auto_picks_im2col_for_the_first_layer():
     x, w = jnp.ones((1, 3, 8, 8)), jnp.ones((16, 3, 3, 3))
-    geom, groups = conv_module._conv_geometry(x, w, None, 1, 1, 1, 1, "conv2d")
-    assert conv_module._choose_method("auto", geom, groups, 3, 16, "conv2d") == "im2col"
+    geom, groups = _conv_args._conv_geometry(x, w, None, 1, 1, 1, 1, "conv2d")
+    assert _conv_args.choose_method("auto", geom, groups, 3, 16, "conv2d") == "im2col"
     with pytest.raises(ValueError, match="algorithm='im2col' needs groups=1"):
         js.conv2d(jnp.ones((1, 4, 8, 8)), jnp.ones((4, 2, 3, 3)), groups=2, algorithm="im2col")
 

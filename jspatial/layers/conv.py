@@ -12,12 +12,14 @@ from flax import nnx
 
 from jspatial import _args
 from jspatial._args import IntOrPair, Padding
-from jspatial.conv import (
-    _ALGORITHMS,
-    _PADDING_MODES,
-    _conv2d_checked,
-    _conv_transpose2d_checked,
+from jspatial._conv_args import (
+    ALGORITHMS,
+    PADDING_MODES,
+    conv2d_args,
+    conv_transpose2d_args,
 )
+from jspatial.conv import conv2d_program
+from jspatial.conv_transpose import conv_transpose2d_program
 from jspatial.layers.module import Module
 from jspatial.shapes import transposed_size
 
@@ -119,7 +121,8 @@ class Conv2d(Module):
             ``'replicate'`` or ``'circular'`` (the other three pad the input with
             ``jspatial.pad`` and then convolve unpadded, as torch does).
         dtype: computation dtype (input and parameters are cast to it); ``None``
-            computes in the input's dtype. Sums are always accumulated in float32.
+            computes in the input's dtype. Sums are accumulated in float32 (float64 for
+            float64).
         param_dtype: dtype the parameters are stored in.
         kernel_init: ``kernel_init(key, shape, dtype)`` for ``weight``; default He normal.
         algorithm: ``'auto'``, ``'direct'``, ``'winograd'`` or ``'im2col'``, as in
@@ -175,8 +178,8 @@ class Conv2d(Module):
         self.padding = _args.conv_padding(padding, self.kernel_size, self.stride, self.dilation, op)
         self.groups = _args.check_groups(self.in_channels, self.out_channels, groups, op)
         _check_common(op, bias, rngs)
-        self.padding_mode = _args.one_of(padding_mode, _PADDING_MODES, op, "padding_mode")
-        self.algorithm = _args.one_of(algorithm, _ALGORITHMS, op, "algorithm")
+        self.padding_mode = _args.one_of(padding_mode, PADDING_MODES, op, "padding_mode")
+        self.algorithm = _args.one_of(algorithm, ALGORITHMS, op, "algorithm")
         self.data_format = _args.check_data_format(data_format, op)
         self.dtype = dtype
         self.param_dtype = param_dtype
@@ -189,12 +192,13 @@ class Conv2d(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)`` (channels last in ``'NHWC'``)."""
-        # _conv2d_checked is the one validating path (outside the jit, before the cast).
-        return _conv2d_checked(
+        # conv2d_args is conv2d's one validating path (outside the jit, before the cast).
+        a = conv2d_args(
             x, self.weight[...], None if self.bias is None else self.bias[...], self.stride,
             self.padding, self.dilation, self.groups, op=self._OP, algorithm=self.algorithm,
             dtype=self.dtype, padding_mode=self.padding_mode, data_format=self.data_format,
         )  # fmt: skip
+        return a.finish(conv2d_program(a)(a.x, a.weight))
 
     def extra_repr(self) -> str:
         return _conv_repr(
@@ -322,11 +326,12 @@ class ConvTranspose2d(Module):
         output_padding = self.output_padding
         if output_size is not None:
             output_padding = self._output_padding(x, output_size)
-        return _conv_transpose2d_checked(
+        a = conv_transpose2d_args(
             x, self.weight[...], None if self.bias is None else self.bias[...], self.stride,
             self.padding, output_padding, self.groups, self.dilation, op=self._OP,
             dtype=self.dtype, data_format=self.data_format,
         )  # fmt: skip
+        return a.finish(conv_transpose2d_program(a)(a.x, a.weight))
 
     def _output_padding(self, x, output_size):
         op = self._OP
