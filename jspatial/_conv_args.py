@@ -56,16 +56,19 @@ class ConvArgs(NamedTuple):
     def finish(self, y: jax.Array) -> jax.Array:
         """The op's result from its loop's: the bias added in the loop's dtype, cast to
         ``x``'s dtype, without the batch axis an unbatched input gained."""
-        y = add_bias(y, self.bias, self.geom.layout).astype(self.x.dtype)
+        y = output(y, self.bias, self.geom.layout, self.x.dtype)
         return _args.unbatch(y, self.unbatched)
 
 
-def add_bias(y, bias, layout):
-    """``y + bias`` over the channel axis of ``layout`` (the last one in NHWC)."""
-    if bias is None:
-        return y
-    bias = bias.astype(y.dtype)
-    return y + (bias[:, None, None] if layout == "NCHW" else bias)
+def output(y, bias, layout, dtype):
+    """A convolution's result from its loop's sum ``y`` (in the accumulation dtype): ``y +
+    bias`` over the channel axis of ``layout`` (the last one in NHWC), then cast to
+    ``dtype``. ``jspatial.steps`` ends its taps with this too, so that its last output is
+    the op's, bit for bit."""
+    if bias is not None:
+        bias = bias.astype(y.dtype)
+        y = y + (bias[:, None, None] if layout == "NCHW" else bias)
+    return y.astype(dtype)
 
 
 def conv2d_args(

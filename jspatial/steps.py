@@ -253,18 +253,13 @@ def _block(xph, t, geom):
 @partial(jax.jit, static_argnames=("shape", "dtype", "layout"))
 def _conv_out(y, bias, shape, dtype, layout):
     """The output-side sum ``(M, G, C/G)`` as the op returns it: its layout, bias, dtype."""
-    return _finish(win.from_nhwc(y.reshape(shape), layout), bias, dtype, layout)
+    return _conv_args.output(win.from_nhwc(y.reshape(shape), layout), bias, layout, dtype)
 
 
 @partial(jax.jit, static_argnames=("geom", "dtype"))
 def _conv_transpose_out(yph, bias, geom, dtype):
     y = win.from_nhwc(win.from_phases(yph, geom), geom.layout)
-    return _finish(y, bias, dtype, geom.layout)
-
-
-def _finish(y, bias, dtype, layout):
-    """As the ops end: add the bias in the accumulator's dtype, then cast."""
-    return _conv_args.add_bias(y, bias, layout).astype(dtype)
+    return _conv_args.output(y, bias, geom.layout, dtype)
 
 
 @partial(jax.jit, static_argnames=("dtype", "layout"))
