@@ -19,6 +19,7 @@ run on the caller's arrays as they are.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -283,3 +284,32 @@ def for_gpu(cpu, gpu, *operands):
     if not _tuning.STAGE_GPU:
         return cpu(*operands)
     return lax.platform_dependent(*operands, default=cpu, cuda=gpu)
+
+
+def phased_shape(n: int, c: int, geom: Geometry) -> tuple[int, ...]:
+    """The shape of ``to_phases`` of an ``(n, H, W, c)`` input of ``geom``: where a
+    backward pass gathers its gradient before ``from_phases``."""
+    return (n, geom._phased(0), geom.stride[0], geom._phased(1), geom.stride[1], c)
+
+
+def loop_over_taps(taps: int, unroll, gpu_unroll=None):
+    """``tap_loop(taps, body, init, unroll, gpu_unroll)`` as a function of ``(body, init)``.
+
+    It returns before the loop runs: where JAX's CUDA plugin is not installed it is
+    ``lax.fori_loop`` itself, so the op's loop function calls its tap body directly
+    (one frame in a debugger); elsewhere it is ``tap_loop``, which stages the GPU's
+    unrolling beside the CPU's.
+    """
+    if _tuning.STAGE_GPU:
+        return partial(tap_loop, taps, unroll=unroll, gpu_unroll=gpu_unroll)
+    return partial(lax.fori_loop, 0, taps, unroll=unroll)
+
+
+def takes_max(x, best, arg=None):
+    """Where ``x`` takes over from ``best`` under PyTorch's max rule: a larger value or a
+    NaN takes over (so a NaN wins its window, the last NaN if several), an equal one does
+    not (a tie stays with the first maximum in window order). ``arg``, the tap that won
+    so far (``-1``: none yet), lets the first cell of a window in whatever its value.
+    """
+    take = (x > best) | jnp.isnan(x)
+    return take if arg is None else take | (arg < 0)
