@@ -30,6 +30,7 @@ from jspatial import _windows as win
 from jspatial._accel import dispatch
 from jspatial._args import OutputSize
 from jspatial._linear import Fn, float0_zeros, linear_call, linear_jvp
+from jspatial.unpool import flat_indices, index_dtype
 
 
 class AdaptivePool2dArgs(NamedTuple):
@@ -174,7 +175,7 @@ def _empty_jit(x, *, out_hw, layout, return_indices):
     """An output with no cells: zeros of the output's shape (and indices)."""
     shape = win.image_shape(x.shape[0], x.shape[_args.channel_axis(layout)], out_hw, layout)
     y = jnp.zeros(shape, x.dtype)
-    return (y, jnp.zeros(y.shape, pool._index_dtype())) if return_indices else y
+    return (y, jnp.zeros(y.shape, index_dtype())) if return_indices else y
 
 
 def _plan(sizes):
@@ -302,7 +303,7 @@ def _adaptive_max_out(best, arg, sizes, layout, return_indices):
     if not return_indices:
         return win.from_nhwc(best, layout)
     (rows, _), (cols, _), (_, kw) = _plan(sizes)
-    indices = pool._flat_indices(arg, rows, cols, kw, (1, 1), sizes[0][1])
+    indices = flat_indices(arg, rows, cols, kw, (1, 1), sizes[0][1])
     return win.from_nhwc(best, layout), win.from_nhwc(indices, layout)
 
 

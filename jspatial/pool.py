@@ -44,6 +44,7 @@ from jspatial._accel import dispatch
 from jspatial._args import IntOrPair
 from jspatial._linear import Fn, float0_zeros, linear_call, linear_jvp
 from jspatial.shapes import output_hw
+from jspatial.unpool import flat_indices
 
 
 class MaxPool2dArgs(NamedTuple):
@@ -322,7 +323,7 @@ def _max_pool_out(best, arg, geom, return_indices):
     row0 = np.arange(geom.out_hw[0]) * sh - geom.padding[0][0]
     col0 = np.arange(geom.out_hw[1]) * sw - geom.padding[1][0]
     width = geom.in_hw[1]
-    indices = _flat_indices(arg, row0, col0, geom.kernel[1], geom.dilation, width)
+    indices = flat_indices(arg, row0, col0, geom.kernel[1], geom.dilation, width)
     if geom.reads_outside:
         # A window with no real cell keeps PyTorch's starting index: its first row
         # and column past the padding (which may lie outside the plane).
@@ -330,25 +331,6 @@ def _max_pool_out(best, arg, geom, return_indices):
         start = first(row0, dh)[:, None] * width + first(col0, dw)[None, :]
         indices = jnp.where(arg < 0, jnp.asarray(start, indices.dtype)[:, :, None], indices)
     return win.from_nhwc(best, geom.layout), win.from_nhwc(indices, geom.layout)
-
-
-def _flat_indices(arg, row0, col0, kw, step, width):
-    """PyTorch's indices ``h * W + w`` of the cells that won, from the winning taps.
-
-    ``arg: (N, H_out, W_out, C)`` holds tap numbers (row-major over windows ``kw``
-    wide); ``row0``/``col0`` the input row/column of each window's first tap;
-    ``step`` the spacing between taps. Int64 in JAX's 64-bit mode, int32 otherwise.
-    """
-    dtype = _index_dtype()
-    t = arg.astype(dtype)
-    rows = jnp.asarray(row0, dtype)[:, None, None] + (t // kw) * step[0]
-    cols = jnp.asarray(col0, dtype)[:, None] + (t % kw) * step[1]
-    return rows * width + cols
-
-
-def _index_dtype():
-    # PyTorch's indices are int64; JAX has 64-bit integers only in its 64-bit mode.
-    return jax.dtypes.canonicalize_dtype(jnp.int64)
 
 
 @_max_pool.defjvp

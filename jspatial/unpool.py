@@ -1,8 +1,9 @@
 """Max unpooling: the values of a max pool written back to the cells they came from.
 
 ``max_unpool2d`` takes ``max_pool2d``'s output and ``return_indices`` (PyTorch's flat
-``h * W + w``) and writes every value to its cell in a plane of zeros: one scatter per
-call, no window loop (``_scatter_planes``), and its gradient one gather.
+``h * W + w``, which ``flat_indices`` makes from the pools' winning taps) and writes
+every value to its cell in a plane of zeros: one scatter per call, no window loop
+(``_scatter_planes``), and its gradient one gather.
 """
 
 from __future__ import annotations
@@ -33,6 +34,25 @@ class MaxUnpool2dArgs(NamedTuple):
     def program(self):
         """The function of ``(x, indices)`` that runs the op."""
         return partial(_max_unpool2d, out_hw=self.out_hw, layout=self.layout)
+
+
+def flat_indices(arg, row0, col0, kw, step, width):
+    """PyTorch's indices ``h * W + w`` of the cells that won, from the winning taps.
+
+    ``arg: (N, H_out, W_out, C)`` holds tap numbers (row-major over windows ``kw``
+    wide); ``row0``/``col0`` the input row/column of each window's first tap;
+    ``step`` the spacing between taps. Int64 in JAX's 64-bit mode, int32 otherwise.
+    """
+    dtype = index_dtype()
+    t = arg.astype(dtype)
+    rows = jnp.asarray(row0, dtype)[:, None, None] + (t // kw) * step[0]
+    cols = jnp.asarray(col0, dtype)[:, None] + (t % kw) * step[1]
+    return rows * width + cols
+
+
+def index_dtype():
+    # PyTorch's indices are int64; JAX has 64-bit integers only in its 64-bit mode.
+    return jax.dtypes.canonicalize_dtype(jnp.int64)
 
 
 def max_unpool2d(
