@@ -6,8 +6,10 @@ Input is NCHW, weights are OIHW, and every op follows PyTorch's semantics
 - ``jspatial.conv``: ``conv2d`` and ``conv_transpose2d`` (``fori_loop``s over kernel
   taps, hand-written VJPs; each op's forward is the other's input gradient)
 - ``jspatial.pad``: ``pad`` (constant, reflect, replicate, circular), by slicing
-- ``jspatial.pool``: ``max_pool2d``, ``avg_pool2d``, ``adaptive_avg_pool2d``,
-  ``adaptive_max_pool2d``, ``max_unpool2d``, ``global_avg_pool2d``
+- ``jspatial.pool``: ``max_pool2d``, ``avg_pool2d`` (tap loops, one shared backward)
+- ``jspatial.adaptive``: ``adaptive_avg_pool2d``, ``adaptive_max_pool2d``,
+  ``global_avg_pool2d``
+- ``jspatial.unpool``: ``max_unpool2d``
 - ``jspatial.norm``: ``batch_norm``
 - ``jspatial.shapes``: output shapes, parameter counts, MACs, memory, receptive fields
 - ``jspatial.steps``: ``steps(op, ...)`` runs an op tap by tap, eagerly, to watch it;
@@ -18,16 +20,15 @@ Input is NCHW, weights are OIHW, and every op follows PyTorch's semantics
 """
 
 from jspatial import reference as reference
+from jspatial.adaptive import adaptive_avg_pool2d as adaptive_avg_pool2d
+from jspatial.adaptive import adaptive_max_pool2d as adaptive_max_pool2d
+from jspatial.adaptive import global_avg_pool2d as global_avg_pool2d
 from jspatial.conv import conv2d as conv2d
 from jspatial.conv_transpose import conv_transpose2d as conv_transpose2d
 from jspatial.norm import batch_norm as batch_norm
 from jspatial.pad import pad as pad
-from jspatial.pool import adaptive_avg_pool2d as adaptive_avg_pool2d
-from jspatial.pool import adaptive_max_pool2d as adaptive_max_pool2d
 from jspatial.pool import avg_pool2d as avg_pool2d
-from jspatial.pool import global_avg_pool2d as global_avg_pool2d
 from jspatial.pool import max_pool2d as max_pool2d
-from jspatial.pool import max_unpool2d as max_unpool2d
 from jspatial.shapes import activation_bytes as activation_bytes
 from jspatial.shapes import adaptive_pool2d_output_shape as adaptive_pool2d_output_shape
 from jspatial.shapes import conv2d_macs as conv2d_macs
@@ -43,6 +44,7 @@ from jspatial.steps import Step as Step
 from jspatial.steps import loop_jaxpr as loop_jaxpr
 from jspatial.steps import steps as steps
 from jspatial.summary import summary as summary
+from jspatial.unpool import max_unpool2d as max_unpool2d
 
 __version__ = "0.1.0"
 

@@ -286,19 +286,10 @@ def for_gpu(cpu, gpu, *operands):
     return lax.platform_dependent(*operands, default=cpu, cuda=gpu)
 
 
-# The loop drivers below return the function to call instead of calling it, so that on a
-# CPU-only installation the op's own code calls ``lax.fori_loop`` (through a
-# ``functools.partial``, which a debugger steps over) and the stack from an op to its tap
-# body holds only the op's functions.
-
-
-def tap_loop_fn(taps: int, body, unroll=1, gpu_unroll=None):
-    """``init -> tap_loop(taps, body, init, unroll, gpu_unroll)``, as a function."""
-    gpu_unroll = _tuning.GPU_UNROLL if gpu_unroll is None else gpu_unroll
-    per_iteration = lambda u: taps if u is True else min(u, taps)  # noqa: E731 (True == 1)
-    if not _tuning.STAGE_GPU or per_iteration(unroll) in (taps, per_iteration(gpu_unroll)):
-        return partial(lax.fori_loop, 0, taps, body, unroll=unroll)
-    return partial(tap_loop, taps, body, unroll=unroll, gpu_unroll=gpu_unroll)
+# The loop drivers below (chunk_loop_fn, loop_over_taps) return the function to call
+# instead of calling it, so that on a CPU-only installation the op's own code calls
+# ``lax.fori_loop`` (through a ``functools.partial``, which a debugger steps over) and the
+# stack from an op to its tap body holds only the op's functions.
 
 
 def chunk_loop_fn(chunks: int, loop):
@@ -313,11 +304,6 @@ def chunk_loop_fn(chunks: int, loop):
     if chunks == 1 or not _tuning.STAGE_GPU:
         return cpu
     return partial(for_gpu, cpu, partial(loop, 0, chunks=1))
-
-
-def phased_shape(n: int, c: int, geom: Geometry) -> tuple[int, ...]:
-    """Shape of ``to_phases`` of an ``(n, H, W, c)`` input of ``geom``."""
-    return (n, geom._phased(0), geom.stride[0], geom._phased(1), geom.stride[1], c)
 
 
 def conv_chunks(n: int, hw: Pair) -> int:
@@ -338,3 +324,32 @@ def weight_from_taps(w_taps, kernel: Pair):
     t, groups, cg, og = w_taps.shape
     w = w_taps.reshape(kernel[0], kernel[1], groups, cg, og)
     return jnp.transpose(w, (2, 4, 3, 0, 1)).reshape(groups * og, cg, *kernel)
+
+
+def phased_shape(n: int, c: int, geom: Geometry) -> tuple[int, ...]:
+    """The shape of ``to_phases`` of an ``(n, H, W, c)`` input of ``geom``: where a
+    backward pass gathers its gradient before ``from_phases``."""
+    return (n, geom._phased(0), geom.stride[0], geom._phased(1), geom.stride[1], c)
+
+
+def loop_over_taps(taps: int, unroll, gpu_unroll=None):
+    """``tap_loop(taps, body, init, unroll, gpu_unroll)`` as a function of ``(body, init)``.
+
+    It returns before the loop runs: where JAX's CUDA plugin is not installed it is
+    ``lax.fori_loop`` itself, so the op's loop function calls its tap body directly
+    (one frame in a debugger); elsewhere it is ``tap_loop``, which stages the GPU's
+    unrolling beside the CPU's.
+    """
+    if _tuning.STAGE_GPU:
+        return partial(tap_loop, taps, unroll=unroll, gpu_unroll=gpu_unroll)
+    return partial(lax.fori_loop, 0, taps, unroll=unroll)
+
+
+def takes_max(x, best, arg=None):
+    """Where ``x`` takes over from ``best`` under PyTorch's max rule: a larger value or a
+    NaN takes over (so a NaN wins its window, the last NaN if several), an equal one does
+    not (a tie stays with the first maximum in window order). ``arg``, the tap that won
+    so far (``-1``: none yet), lets the first cell of a window in whatever its value.
+    """
+    take = (x > best) | jnp.isnan(x)
+    return take if arg is None else take | (arg < 0)

@@ -277,7 +277,7 @@ def _forward_loop(i, carry, *, x, w_taps, geom, chunks, g=None):
         xph = win.to_phases(win.to_nhwc(win.batch_chunk(x, i, chunks), geom.layout), geom, 0)
         out = jnp.zeros((m, w_taps.shape[1], w_taps.shape[-1]), win.accum_dtype(xph.dtype))
         tap = partial(conv_tap, xph=xph, w_taps=w_taps, geom=geom)
-        out = win.tap_loop_fn(geom.taps, tap, _tuning.CONV_UNROLL)(out)
+        out = win.loop_over_taps(geom.taps, _tuning.CONV_UNROLL)(tap, out)
         out = win.from_nhwc(out.reshape(n, *geom.out_hw, c), geom.layout)
         return win.set_batch_chunk(carry, i, out, chunks)
     y, dw = carry
@@ -286,7 +286,7 @@ def _forward_loop(i, carry, *, x, w_taps, geom, chunks, g=None):
     gm = _output_side(gc, w_taps.shape[1], geom.layout)
     out = jnp.zeros((m, w_taps.shape[1], w_taps.shape[-1]), win.accum_dtype(xph.dtype))
     tap = partial(_tap_and_weight_grad, xph=xph, g=gm, w_taps=w_taps, geom=geom)
-    out, dw = win.tap_loop_fn(geom.taps, tap, _tuning.CONV_UNROLL)((out, dw))
+    out, dw = win.loop_over_taps(geom.taps, _tuning.CONV_UNROLL)(tap, (out, dw))
     out = win.from_nhwc(out.reshape(n, *geom.out_hw, c), geom.layout)
     return win.set_batch_chunk(y, i, out, chunks), dw
 
@@ -316,7 +316,7 @@ def _input_grad_loop(i, carry, *, g, w_taps, geom, chunks, x=None):
         dxph = jnp.zeros(win.phased_shape(n, c, geom), win.accum_dtype(gm.dtype))
         tap = partial(conv_transpose_tap, g=gm, w_taps=w_taps, geom=geom)
         unroll = (_tuning.CONV_UNROLL, _tuning.GPU_UNROLL_SCATTER)
-        dxph = win.tap_loop_fn(geom.taps, tap, *unroll)(dxph)
+        dxph = win.loop_over_taps(geom.taps, *unroll)(tap, dxph)
         out = win.from_nhwc(win.from_phases(dxph, geom), geom.layout)
         return win.set_batch_chunk(carry, i, out, chunks)
     dx, dw = carry
@@ -326,7 +326,7 @@ def _input_grad_loop(i, carry, *, g, w_taps, geom, chunks, x=None):
     dxph = jnp.zeros(win.phased_shape(n, c, geom), win.accum_dtype(gm.dtype))
     tap = partial(conv_backward_tap, xph=xph, g=gm, w_taps=w_taps, geom=geom)
     unroll = (_tuning.CONV_UNROLL, _tuning.GPU_UNROLL_SCATTER)
-    dxph, dw = win.tap_loop_fn(geom.taps, tap, *unroll)((dxph, dw))
+    dxph, dw = win.loop_over_taps(geom.taps, *unroll)(tap, (dxph, dw))
     out = win.from_nhwc(win.from_phases(dxph, geom), geom.layout)
     return win.set_batch_chunk(dx, i, out, chunks), dw
 

@@ -51,7 +51,7 @@ def _forward_loop(i, y, *, x, w, geom, chunks):
     m = n * geom.out_hw[0] * geom.out_hw[1]
     xph = win.to_phases(xc, geom, 0)
     tap = partial(im2col_tap, xph=xph, geom=geom)
-    cols = win.tap_loop_fn(geom.taps, tap)(jnp.zeros((m, geom.taps, c), xc.dtype))
+    cols = win.loop_over_taps(geom.taps, 1)(tap, jnp.zeros((m, geom.taps, c), xc.dtype))
     out = jnp.dot(cols.reshape(-1, geom.taps * c), w, preferred_element_type=y.dtype)
     out = win.from_nhwc(out.reshape(-1, *geom.out_hw, w.shape[1]), geom.layout)
     return win.set_batch_chunk(y, i, out, chunks)
@@ -66,14 +66,14 @@ def _backward_loop(i, carry, *, x, g, w, geom, chunks):
     m = n * geom.out_hw[0] * geom.out_hw[1]
     xph = win.to_phases(xc, geom, 0)
     tap = partial(im2col_tap, xph=xph, geom=geom)
-    cols = win.tap_loop_fn(geom.taps, tap)(jnp.zeros((m, geom.taps, c), xc.dtype))
+    cols = win.loop_over_taps(geom.taps, 1)(tap, jnp.zeros((m, geom.taps, c), xc.dtype))
     cols = cols.reshape(-1, geom.taps * c)
     gm = gc.reshape(cols.shape[0], gc.shape[-1]).astype(x.dtype)
     dw = dw + jnp.dot(cols.T, gm, preferred_element_type=dw.dtype)
     dcols = jnp.dot(gm, w.T, preferred_element_type=dw.dtype)
     dcols = dcols.reshape(n, *geom.out_hw, geom.taps, c)
     dxph = win.to_phases(jnp.zeros(xc.shape, dw.dtype), geom, 0)
-    dxph = win.tap_loop_fn(geom.taps, partial(col2im_tap, dcols=dcols, geom=geom))(dxph)
+    dxph = win.loop_over_taps(geom.taps, 1)(partial(col2im_tap, dcols=dcols, geom=geom), dxph)
     out = win.from_nhwc(win.from_phases(dxph, geom), geom.layout)
     return win.set_batch_chunk(dx, i, out, chunks), dw
 

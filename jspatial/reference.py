@@ -23,8 +23,8 @@ import numpy as np
 
 from jspatial import _args
 from jspatial.pad import _check_pad
-from jspatial.pool import _unpool_params
 from jspatial.shapes import conv_output_size
+from jspatial.unpool import _unpool_params
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):

@@ -332,12 +332,11 @@ def _conv_transpose_loop(x, w, bias, geom, groups):
 def _max_pool2d_steps(
     x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, data_format="NCHW"
 ):
-    op = "max_pool2d"
-    x, geom = pool._pool_geometry(
-        x, kernel_size, stride, padding, dilation, ceil_mode, op, data_format=data_format
-    )
-    _args.check_bool(return_indices, op, "return_indices")
-    return _max_pool_loop(x, geom)
+    a = pool.max_pool2d_args(
+        x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+        op="max_pool2d", data_format=data_format,
+    )  # fmt: skip
+    return _max_pool_loop(a.x, a.geom)
 
 
 def _max_pool_loop(x, geom):
@@ -352,11 +351,11 @@ def _avg_pool2d_steps(
     x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
     data_format="NCHW",
 ):  # fmt: skip
-    x, geom, divisor = pool._check_avg_pool2d(
+    a = pool.avg_pool2d_args(
         x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
-        "avg_pool2d", data_format=data_format,
+        op="avg_pool2d", data_format=data_format,
     )  # fmt: skip
-    return _avg_pool_loop(x, geom, divisor)
+    return _avg_pool_loop(a.x, a.geom, a.divisor)
 
 
 def _avg_pool_loop(x, geom, divisor):

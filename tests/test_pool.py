@@ -796,3 +796,41 @@ def test_nhwc_is_a_tap_loop_without_transposes(op):
     assert forward & {"while", "scan"}, forward
     assert "transpose" not in forward, forward
     assert backward & {"while", "scan"}, backward
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_tpu_kernel_forward_mode_takes_each_winners_tangent(layout):
+    # The kernel's forward mode finds the winners itself (no import of jspatial.pool):
+    # the same tangents as the portable loop, ties and NaNs included. Pallas interpreted.
+    from jspatial import _windows as win
+    from jspatial._accel.tpu import pool as apool
+
+    x = np.array(jax.random.normal(jax.random.key(3), (2, 3, 6, 7)), np.float32)
+    x[0, 0, 0, :2] = 3.0  # a tie: the first maximum's tangent
+    x[1, 2, 2:4, 2:4] = [[np.nan, 1.0], [np.nan, 5.0]]  # two NaNs: the last one's tangent
+    dx = np.array(jax.random.normal(jax.random.key(4), x.shape), np.float32)
+    if layout == "NHWC":
+        x, dx = np.transpose(x, (0, 2, 3, 1)), np.transpose(dx, (0, 2, 3, 1))
+    hw = x.shape[2:] if layout == "NCHW" else x.shape[1:3]
+    geom = win.Geometry(hw, (3, 3), (2, 2), (2, 2), (1, 1), ((0, 0), (0, 0)), layout)
+    assert apool.supports(geom) and not apool.supports(geom, return_indices=True)
+    _, dy = jax.jvp(lambda a: apool.max_pool2d(a, geom, True), (x,), (dx,))
+    _, want = jax.jvp(lambda a: js.max_pool2d(a, 2, data_format=layout), (x,), (dx,))
+    np.testing.assert_array_equal(np.asarray(dy), np.asarray(want))
+
+
+def test_tpu_kernel_does_not_import_the_portable_pool():
+    import ast
+    import inspect
+
+    from jspatial._accel.tpu import pool as apool
+
+    tree = ast.parse(inspect.getsource(apool))
+    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {
+        f"{n.module}.{a.name}"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module
+        for a in n.names
+    }
+    assert not {m for m in modules if m.startswith("jspatial.pool")}

@@ -1,8 +1,9 @@
 """Parameter-free layers: max, average and adaptive pooling, unpooling, ``Flatten``.
 
 Each one validates its hyper-parameters at construction (a typo fails where it
-is written, not at the first batch) and calls the matching ``jspatial.pool``
-function with its own name, so errors read ``MaxPool2d expected 4D input ...``.
+is written, not at the first batch) and calls the matching op's checks
+(``jspatial.pool.max_pool2d_args`` ...) with its own name, so errors read
+``MaxPool2d expected 4D input ...``, then the program those checks chose.
 
 Every layer takes a keyword-only ``data_format``: ``'NCHW'`` (PyTorch's, the default)
 or ``'NHWC'`` (channels last), an addition to PyTorch's signatures. A ``(N, C, H, W)``
@@ -20,16 +21,10 @@ import jax
 
 from jspatial import _args
 from jspatial._args import IntOrPair, OutputSize
+from jspatial.adaptive import adaptive_pool2d_args, global_avg_pool2d_args
 from jspatial.layers.module import Module
-from jspatial.pool import (
-    _adaptive_avg_pool2d_checked,
-    _adaptive_max_pool2d_checked,
-    _avg_pool2d_checked,
-    _global_avg_pool2d_checked,
-    _max_pool2d_checked,
-    _max_unpool2d_checked,
-    _unpool_params,
-)
+from jspatial.pool import avg_pool2d_args, max_pool2d_args
+from jspatial.unpool import _unpool_params, max_unpool2d_args
 
 
 def _pool_repr(layer: Any, extra: dict[str, tuple[Any, Any]]) -> str:
@@ -94,10 +89,11 @@ class MaxPool2d(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``, and the indices with ``return_indices``."""
-        return _max_pool2d_checked(
+        a = max_pool2d_args(
             x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
             self.return_indices, op=type(self).__name__, data_format=self.data_format,
         )  # fmt: skip
+        return _args.unbatch(a.program()(a.x), a.unbatched)
 
     def extra_repr(self) -> str:
         return _pool_repr(
@@ -161,11 +157,12 @@ class AvgPool2d(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
-        return _avg_pool2d_checked(
+        a = avg_pool2d_args(
             x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
             self.count_include_pad, self.divisor_override, op=type(self).__name__,
             data_format=self.data_format,
         )  # fmt: skip
+        return _args.unbatch(a.program()(a.x), a.unbatched)
 
     def extra_repr(self) -> str:
         return _pool_repr(
@@ -210,9 +207,10 @@ class AdaptiveAvgPool2d(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
-        return _adaptive_avg_pool2d_checked(
-            x, self.output_size, op=type(self).__name__, data_format=self.data_format
+        a = adaptive_pool2d_args(
+            x, self.output_size, "avg", op=type(self).__name__, data_format=self.data_format
         )
+        return _args.unbatch(a.program()(a.x), a.unbatched)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}" + _layout_repr(self)
@@ -249,10 +247,11 @@ class AdaptiveMaxPool2d(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``, and the indices with ``return_indices``."""
-        return _adaptive_max_pool2d_checked(
-            x, self.output_size, self.return_indices, op=type(self).__name__,
+        a = adaptive_pool2d_args(
+            x, self.output_size, "max", self.return_indices, op=type(self).__name__,
             data_format=self.data_format,
         )  # fmt: skip
+        return _args.unbatch(a.program()(a.x), a.unbatched)
 
     def extra_repr(self) -> str:
         text = f"output_size={self.output_size}"
@@ -306,10 +305,11 @@ class MaxUnpool2d(Module):
         self, x: jax.Array, indices: jax.Array, output_size: Sequence[int] | None = None
     ) -> jax.Array:
         """``(N, C, H_in, W_in)`` and its indices ``-> (N, C, H, W)``."""
-        return _max_unpool2d_checked(
+        a = max_unpool2d_args(
             x, indices, self.kernel_size, self.stride, self.padding, output_size,
             op=type(self).__name__, data_format=self.data_format,
         )  # fmt: skip
+        return _args.unbatch(a.program()(a.x, a.indices), a.unbatched)
 
     def extra_repr(self) -> str:
         return _pool_repr(self, {"padding": (self.padding, (0, 0))})
@@ -334,7 +334,8 @@ class GlobalAvgPool2d(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(N, C, H, W) -> (N, C)``."""
-        return _global_avg_pool2d_checked(x, op=type(self).__name__, data_format=self.data_format)
+        a = global_avg_pool2d_args(x, op=type(self).__name__, data_format=self.data_format)
+        return a.program()(a.x)
 
     def extra_repr(self) -> str:
         return _layout_repr(self).removeprefix(", ")

@@ -31,7 +31,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from jspatial import _windows as win
-from jspatial import pool as _portable
 from jspatial._linear import Fn, linear_call
 
 # Bytes of one grid step's input and output blocks together. Channels go in blocks of 8
@@ -46,10 +45,13 @@ _PARAMS = pltpu.CompilerParams(
 )
 
 
-def supports(geom: win.Geometry) -> bool:
+def supports(geom: win.Geometry, return_indices: bool = False) -> bool:
+    """Whether the kernel runs this ``max_pool2d``: no indices, and windows that do not
+    overlap (stride equal to the kernel, no padding, no dilation, floor mode)."""
     kh, kw = geom.kernel
     return (
-        geom.stride == geom.kernel
+        not return_indices
+        and geom.stride == geom.kernel
         and geom.dilation == (1, 1)
         and geom.padding == ((0, 0), (0, 0))
         and geom.out_hw == (geom.in_hw[0] // kh, geom.in_hw[1] // kw)
@@ -73,14 +75,14 @@ def _window(ref, t, geom):
 
 
 def _winners(x_ref, geom):
-    """``(best, arg)`` over the taps, PyTorch's rule: larger or NaN takes over."""
+    """``(best, arg)`` over the taps, PyTorch's rule (``win.takes_max``)."""
     rows, cols = _window(x_ref, 0, geom)
     best = x_ref[rows, cols]
     arg = jnp.zeros(best.shape, jnp.int32)
     for t in range(1, geom.taps):  # a handful of taps: unrolled
         rows, cols = _window(x_ref, t, geom)
         window = x_ref[rows, cols]
-        take = (window > best) | jnp.isnan(window)
+        take = win.takes_max(window, best)
         best, arg = jnp.where(take, window, best), jnp.where(take, t, arg)
     return best, arg
 
@@ -158,10 +160,15 @@ def max_pool2d(x, geom: win.Geometry, interpret=False):
 
 
 def _tangent(geom, res, tangents):
-    # Forward mode: the tangent of each window's winner, found by the portable loop.
-    x, dx = (win.to_nhwc(a, geom.layout) for a in (res[0], tangents[0]))
-    arg = _portable._max_fwd(x, geom)[1]
-    return [win.from_nhwc(_portable._max_tangent(geom, [arg], [dx])[0], geom.layout)]
+    # Forward mode: the tangent of each window's winner, the winner found by the kernel's
+    # comparison, in plain JAX over the same handful of taps (no padding: fill 0 is unread).
+    x, dx = (win.to_phases(win.to_nhwc(a, geom.layout), geom, 0) for a in (res[0], tangents[0]))
+    best, dy = win.window(x, 0, geom), win.window(dx, 0, geom)
+    for t in range(1, geom.taps):
+        xw = win.window(x, t, geom)
+        take = win.takes_max(xw, best)
+        best, dy = jnp.where(take, xw, best), jnp.where(take, win.window(dx, t, geom), dy)
+    return [win.from_nhwc(dy, geom.layout)]
 
 
 def _bwd(geom, interpret, res, cotangents):
