@@ -20,6 +20,7 @@ Input is NCHW, weights are OIHW, and every op follows PyTorch's semantics
 from jspatial import reference as reference
 from jspatial.conv import conv2d as conv2d
 from jspatial.conv import conv_transpose2d as conv_transpose2d
+from jspatial.layers.summary import summary as summary
 from jspatial.norm import batch_norm as batch_norm
 from jspatial.pad import pad as pad
 from jspatial.pool import adaptive_avg_pool2d as adaptive_avg_pool2d
@@ -42,7 +43,6 @@ from jspatial.shapes import receptive_field as receptive_field
 from jspatial.steps import Step as Step
 from jspatial.steps import loop_jaxpr as loop_jaxpr
 from jspatial.steps import steps as steps
-from jspatial.summary import summary as summary
 
 __version__ = "0.1.0"
 
