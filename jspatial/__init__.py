@@ -12,7 +12,8 @@ Input is NCHW, weights are OIHW, and every op follows PyTorch's semantics
 - ``jspatial.shapes``: output shapes, parameter counts, MACs, memory, receptive fields
 - ``jspatial.steps``: ``steps(op, ...)`` runs an op tap by tap, eagerly, to watch it;
   ``loop_jaxpr(op, ...)`` shows one tap of its compiled loop
-- ``jspatial.summary``: ``summary(model, input_shape)``, the per-layer table of all of those
+- ``jspatial.layers.summary``: ``summary(model, input_shape)`` (``js.summary``), the per-layer
+  table of all of those
 - ``jspatial.reference``: every op as nested NumPy loops, for tiny inputs
 - ``jspatial.layers``: Flax NNX modules with the PyTorch API
 """
