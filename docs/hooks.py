@@ -47,7 +47,7 @@ def public_names() -> dict[str, dict[str, object]]:
         obj = getattr(jspatial, name)
         if isinstance(obj, types.ModuleType):
             group = "modules"
-        elif getattr(obj, "__module__", "") == "jspatial.shapes":
+        elif getattr(obj, "__module__", "").startswith("jspatial.shapes."):  # its three modules
             group = "calculators"
         else:
             group = "ops"

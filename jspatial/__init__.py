@@ -3,8 +3,10 @@
 Input is NCHW, weights are OIHW, and every op follows PyTorch's semantics
 (``torch.nn.functional``). Each op lives in one short file:
 
-- ``jspatial.conv``: ``conv2d`` and ``conv_transpose2d`` (``fori_loop``s over kernel
-  taps, hand-written VJPs; each op's forward is the other's input gradient)
+- ``jspatial.conv``: ``conv2d`` (a ``fori_loop`` over kernel taps, its hand-written
+  backward loop); ``jspatial.conv_transpose``: ``conv_transpose2d``, the same two loops
+  the other way round; ``jspatial.im2col`` and ``jspatial.winograd``, the other two
+  algorithms of ``conv2d``
 - ``jspatial.pad``: ``pad`` (constant, reflect, replicate, circular), by slicing
 - ``jspatial.pool``: ``max_pool2d``, ``avg_pool2d`` (tap loops, one shared backward)
 - ``jspatial.adaptive``: ``adaptive_avg_pool2d``, ``adaptive_max_pool2d``,
@@ -14,7 +16,8 @@ Input is NCHW, weights are OIHW, and every op follows PyTorch's semantics
 - ``jspatial.shapes``: output shapes, parameter counts, MACs, memory, receptive fields
 - ``jspatial.steps``: ``steps(op, ...)`` runs an op tap by tap, eagerly, to watch it;
   ``loop_jaxpr(op, ...)`` shows one tap of its compiled loop
-- ``jspatial.summary``: ``summary(model, input_shape)``, the per-layer table of all of those
+- ``jspatial.layers.summary``: ``summary(model, input_shape)`` (``js.summary``), the per-layer
+  table of all of those
 - ``jspatial.reference``: every op as nested NumPy loops, for tiny inputs
 - ``jspatial.layers``: Flax NNX modules with the PyTorch API
 """
@@ -25,6 +28,7 @@ from jspatial.adaptive import adaptive_max_pool2d as adaptive_max_pool2d
 from jspatial.adaptive import global_avg_pool2d as global_avg_pool2d
 from jspatial.conv import conv2d as conv2d
 from jspatial.conv_transpose import conv_transpose2d as conv_transpose2d
+from jspatial.layers.summary import summary as summary
 from jspatial.norm import batch_norm as batch_norm
 from jspatial.pad import pad as pad
 from jspatial.pool import avg_pool2d as avg_pool2d
@@ -43,7 +47,6 @@ from jspatial.shapes import receptive_field as receptive_field
 from jspatial.steps import Step as Step
 from jspatial.steps import loop_jaxpr as loop_jaxpr
 from jspatial.steps import steps as steps
-from jspatial.summary import summary as summary
 from jspatial.unpool import max_unpool2d as max_unpool2d
 
 __version__ = "0.1.0"

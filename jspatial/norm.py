@@ -20,25 +20,30 @@ The channels are the second axis, ``(N, C, *)`` (PyTorch's layout), or with
 ``data_format='NHWC'`` the last, ``(N, *, C)``: the same statistics and the same code,
 reduced over the other axes, with no transposes.
 
-The loop bodies (``chunk_stats``, ``merge_stats``) are public for reading (the notebook
-prints them); the API is ``jspatial.__all__``, and the names with a leading underscore
-are internal.
+A call travels ``batch_norm`` (its checks, ``batch_norm_args``) -> ``_bn_train`` (the
+``custom_jvp`` function: the loop and the normalisation) -> ``_stats_step`` (one batch
+chunk) -> ``chunk_stats`` and ``merge_stats``. The normalisation given the statistics, its
+tangent and its hand-written backward are ``jspatial._normalise``'s, shared with the TPU
+kernel. The loop bodies (``chunk_stats``, ``merge_stats``) are public for reading (the
+notebook prints them); the API is ``jspatial.__all__``, and the names with a leading
+underscore are internal.
 """
 
 from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from jspatial import _args, _tuning
+from jspatial import _args, _normalise, _tuning
 from jspatial import _windows as win
 from jspatial._accel import dispatch
-from jspatial._linear import Fn, linear_call
+from jspatial._normalise import channels, per_channel, per_channel_axes, reduced
 
 
 def batch_norm(
@@ -103,13 +108,88 @@ def batch_norm(
         >>> bool((y_last == jnp.moveaxis(y, 1, -1)).all())
         True
     """
-    return _batch_norm_checked(
+    a = batch_norm_args(
         x, running_mean, running_var, weight, bias, training, momentum, eps, op="batch_norm",
         data_format=data_format,
     )  # fmt: skip
+    if not a.batch_stats:  # evaluation, or an empty batch: no loop
+        return a.fixed()
+    return a.finish(*batch_norm_program(a)(a.x, a.weight, a.bias))
 
 
-def _batch_norm_checked(
+def batch_norm_program(a: BatchNormArgs):
+    """The function ``(x, weight, bias) -> (y, mean, var)`` that runs training-mode batch
+    norm ``a``: ``_bn_train`` itself on a CPU-only installation, else a program that
+    lowers for a TPU to its fused kernel (``jspatial._accel.dispatch``)."""
+    return dispatch.program("bn_train", _bn_train_jit, eps=a.eps, layout=a.layout)
+
+
+class BatchNormArgs(NamedTuple):
+    """A checked batch norm, ready for its loop (``batch_norm_args``).
+
+    Attributes:
+        x: the input as the 4-D array it is normalised as (``_as_4d``: ``(N, C, H, W)``,
+            or ``(N, H, W, C)`` in ``'NHWC'``), in the compute dtype.
+        running_mean, running_var: ``(C,)``, or ``None`` (training without tracking).
+        weight, bias: ``(C,)`` in the accumulation dtype (``_windows.accum_dtype``): ones
+            and zeros where none was given.
+        training: normalise with the batch statistics (and update the running ones).
+        momentum: a number (static: ``1 - momentum`` folds as written) or a 0-d array
+            (traced: a new value does not recompile).
+        eps: added to the variance, ``> 0``.
+        layout: ``'NCHW'`` or ``'NHWC'``.
+        shape: the caller's input shape, which ``y`` gets back.
+    """
+
+    x: Any
+    running_mean: Any
+    running_var: Any
+    weight: Any
+    bias: Any
+    training: bool
+    momentum: Any
+    eps: float
+    layout: str
+    shape: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        """The number of values per channel the statistics are over."""
+        return math.prod(per_channel_axes(self.x.shape, self.layout))
+
+    @property
+    def batch_stats(self) -> bool:
+        """Whether the op gathers batch statistics: training on a non-empty batch."""
+        return self.training and self.count > 0
+
+    def fixed(self) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        """The result without batch statistics: evaluation normalises with the running
+        statistics; an empty batch in training has nothing to normalise and no statistics
+        to fold in (PyTorch's behaviour). The running statistics come back as they were."""
+        if self.training:
+            y = _normalise.affine(self.x, self.weight, self.bias, self.layout)
+        else:
+            y = _bn_eval(self.x, self.running_mean, self.running_var, self.weight, self.bias,
+                         eps=self.eps, layout=self.layout)  # fmt: skip
+        return self._shaped(y), self.running_mean, self.running_var
+
+    def finish(self, y, mean, var) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        """The op's ``(y, new_running_mean, new_running_var)`` from the loop's ``y`` and
+        batch statistics (``mean`` and the biased ``var``, ``(C,)``)."""
+        if self.running_mean is None:
+            return self._shaped(y), None, None
+        # A number momentum is static, an array one traced (``_running_stats``).
+        static = isinstance(self.momentum, (int, float))
+        update = _running_stats_static if static else _running_stats_traced
+        new_mean, new_var = update(self.running_mean, self.running_var, mean, var,
+                                   momentum=self.momentum, count=self.count)  # fmt: skip
+        return self._shaped(y), new_mean, new_var
+
+    def _shaped(self, y):
+        return y if tuple(y.shape) == self.shape else y.reshape(self.shape)
+
+
+def batch_norm_args(
     x,
     running_mean,
     running_var,
@@ -124,8 +204,9 @@ def _batch_norm_checked(
     dtype=None,
     ndims=None,
     data_format="NCHW",
-):
-    """``batch_norm`` with errors attributed to ``op`` (the layers use their names).
+) -> BatchNormArgs:
+    """``batch_norm``'s arguments checked, with errors attributed to ``op`` (the layers pass
+    their names).
 
     ``num_features`` is the channel count the caller expects (the layer's), ``dtype``
     the dtype ``x`` is cast to once checked (the layer's compute dtype) and ``ndims``
@@ -142,7 +223,7 @@ def _batch_norm_checked(
     momentum = _args.check_momentum(momentum, op)
     eps = _args.check_eps(eps, op)
     shape = tuple(x.shape)
-    if training and math.prod(_per_channel_axes(shape, layout)) == 1:
+    if training and math.prod(per_channel_axes(shape, layout)) == 1:
         # PyTorch's rule: one value has no variance (an empty batch is fine).
         raise ValueError(
             f"{op} expected more than 1 value per channel when training, got input {shape}"
@@ -154,14 +235,13 @@ def _batch_norm_checked(
     four_d = _as_4d(shape, layout)
     if four_d != shape:
         x = x.reshape(four_d)
-    y, new_mean, new_var = _batch_norm(
-        x, running_mean, running_var, weight, bias, training, momentum, eps, layout
+    c = channels(four_d, layout)
+    acc = win.accum_dtype(x.dtype)
+    weight = jnp.ones((c,), acc) if weight is None else weight.astype(acc)
+    bias = jnp.zeros((c,), acc) if bias is None else bias.astype(acc)
+    return BatchNormArgs(
+        x, running_mean, running_var, weight, bias, training, momentum, eps, layout, shape
     )
-    if four_d != shape:
-        y = y.reshape(shape)
-    if not training:  # the very same arrays come back: evaluation changes nothing
-        return y, running_mean, running_var
-    return y, new_mean, new_var
 
 
 def _as_4d(shape, layout="NCHW"):
@@ -183,106 +263,81 @@ def _as_4d(shape, layout="NCHW"):
     return (shape[0], shape[1], math.prod(shape[2:-1]), shape[-1])
 
 
-def _channels(shape, layout="NCHW"):
-    """The channel count of an input of ``shape`` (0 for PyTorch's empty ``(0,)``)."""
-    if len(shape) < 2:
-        return 0
-    return shape[1] if layout == "NCHW" else shape[-1]
+@partial(jax.jit, static_argnames=("eps", "layout"))
+def _bn_eval(x, running_mean, running_var, weight, bias, *, eps, layout):
+    """Evaluation: ``x`` normalised with the running statistics, one affine map per channel."""
+    acc = weight.dtype
+    scale = weight * lax.rsqrt(running_var.astype(acc) + eps)
+    shift = bias - running_mean.astype(acc) * scale
+    return _normalise.affine(x, scale, shift, layout)
 
 
-def _per_channel_axes(shape, layout="NCHW"):
-    """The sizes of the axes the statistics reduce over: every axis but the channels."""
-    if len(shape) < 2:
-        return shape
-    return shape[:1] + shape[2:] if layout == "NCHW" else shape[:-1]
-
-
-def _reduced(layout):
-    """The axes of the 4-D array the statistics reduce over."""
-    return (0, 2, 3) if layout == "NCHW" else (0, 1, 2)
-
-
-def _per_channel(v, layout):
-    """A ``(C,)`` vector broadcastable against the 4-D array in ``layout``."""
-    return v[None, :, None, None] if layout == "NCHW" else v[None, None, None, :]
-
-
-def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, layout):
-    # Compiled once per shape and configuration, so eager calls do not re-trace the loop.
-    # A number ``momentum`` is static, so ``1 - momentum`` is folded in double precision as
-    # written; an array one (``BatchNorm2d(momentum=None)`` changes it every step) is traced
-    # and does not recompile.
-    static = isinstance(momentum, (int, float))
-    core = _batch_norm_static if static else _batch_norm_traced
-    return core(x, running_mean, running_var, weight, bias, training, momentum, eps, layout)
-
-
-def _batch_norm_core(x, running_mean, running_var, weight, bias, training, momentum, eps, layout):
-    c = _channels(x.shape, layout)
-    acc = win.accum_dtype(x.dtype)
-    w = jnp.ones((c,), acc) if weight is None else weight.astype(acc)
-    b = jnp.zeros((c,), acc) if bias is None else bias.astype(acc)
-    if not training:
-        scale = w * lax.rsqrt(running_var.astype(acc) + eps)
-        shift = b - running_mean.astype(acc) * scale
-        return _affine(x, scale, shift, layout), running_mean, running_var
-    count = math.prod(_per_channel_axes(x.shape, layout))
-    if count == 0:  # nothing to normalise, no statistics to fold in (PyTorch's behaviour)
-        return _affine(x, w, b, layout), running_mean, running_var
-    # Lowered for a TPU, the statistics are whole-array reductions XLA fuses (jspatial/_accel);
-    # everywhere else the chunked loop of ``_bn_train``.
-    kernel = dispatch.kernel_for("bn_train", "tpu", eps, layout)
-    y, mean, var = dispatch.per_target(
-        lambda x, w, b: _bn_train(x, w, b, eps, layout), {"tpu": kernel}, x, w, b
-    )
-    if running_mean is None:
-        return y, None, None
+def _running_stats(running_mean, running_var, mean, var, momentum, count):
+    """``running = (1 - momentum) * running + momentum * batch_stat``, the variance unbiased
+    (``count`` values per channel), in the running statistics' dtypes."""
     unbiased = var * (count / (count - 1))
     new_mean = (1 - momentum) * running_mean + momentum * mean
     new_var = (1 - momentum) * running_var + momentum * unbiased
-    return y, new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)
+    return new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)
 
 
-_batch_norm_static = jax.jit(_batch_norm_core, static_argnums=(5, 6, 7, 8))
-_batch_norm_traced = jax.jit(_batch_norm_core, static_argnums=(5, 7, 8))
+# Compiled once per shape and configuration. A number ``momentum`` is static, so
+# ``1 - momentum`` is folded in double precision as written; an array one
+# (``BatchNorm2d(momentum=None)`` changes it every step) is traced and does not recompile.
+_running_stats_static = jax.jit(_running_stats, static_argnames=("momentum", "count"))
+_running_stats_traced = jax.jit(_running_stats, static_argnames=("count",))
 
 
-def _batch_stats(x, layout="NCHW"):
-    """Per-channel mean and biased variance of ``(N, C, H, W)`` (``(N, H, W, C)`` in
-    ``'NHWC'``), in float32 or wider.
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _bn_train(x, weight, bias, eps, layout="NCHW"):
+    """Training mode: ``(y, mean, var)`` of ``x: (N, C, H, W)`` (``(N, H, W, C)`` in
+    ``'NHWC'``) with ``weight, bias: (C,)`` in float32 or wider; ``var`` is biased.
 
-    A ``fori_loop`` over up to ``_tuning.BN_MAX_CHUNKS`` equal batch chunks
-    (``jspatial._windows.batch_chunks``): ``chunk_stats`` of each chunk, merged into
-    the running total by ``merge_stats`` (Chan's formula).
+    The statistics are a ``fori_loop`` over up to ``_tuning.BN_MAX_CHUNKS`` equal batch
+    chunks (``jspatial._windows.batch_chunks``), ``_stats_step``: ``chunk_stats`` of each
+    chunk, merged into the running total by ``merge_stats`` (Chan's formula). Lowered for
+    a GPU the whole batch is one chunk (``_whole_batch_stats``). The normalisation, its
+    tangent and its backward are ``jspatial._normalise``'s.
     """
-    n, c = x.shape[0], _channels(x.shape, layout)
+    n, c = x.shape[0], channels(x.shape, layout)
     chunks = win.batch_chunks(n, 1, min_rows=1, max_chunks=_tuning.BN_MAX_CHUNKS)
     acc = win.accum_dtype(x.dtype)
+    init = (jnp.zeros((), acc), jnp.zeros((c,), acc), jnp.zeros((c,), acc))
+    loop = partial(
+        lax.fori_loop, 0, chunks, partial(_stats_step, x=x, chunks=chunks, layout=layout)
+    )
+    if chunks > 1 and _tuning.STAGE_GPU:
+        loop = partial(win.for_gpu, loop, partial(_whole_batch_stats, x=x, layout=layout))
+    count, mean, m2 = loop(init)
+    return _normalise.normalise(x, weight, bias, eps, mean, m2 / count, layout)[0]
 
-    def step(i, total):
-        part = win.batch_chunk(x, i, chunks).astype(acc)
-        return merge_stats(total, chunk_stats(part, layout))
 
-    def chunked(x):
-        init = (jnp.zeros((), acc), jnp.zeros((c,), acc), jnp.zeros((c,), acc))
-        count, mean, m2 = lax.fori_loop(0, chunks, step, init)
-        return mean, m2 / count
+_bn_train.defjvp(partial(_normalise.jvp, _bn_train))
+_bn_train_jit = jax.jit(_bn_train, static_argnames=("eps", "layout"))
 
-    def whole(x):  # lowered for a GPU: one chunk (_tuning.GPU_MAX_CHUNKS)
-        count, mean, m2 = chunk_stats(x.astype(acc), layout)
-        return mean, m2 / count
 
-    return chunked(x) if chunks == 1 else win.for_gpu(chunked, whole, x)
+def _stats_step(i, total, *, x, chunks, layout):
+    """The loop's body: batch chunk ``i`` of ``chunks`` (rows ``i::chunks``) folded into the
+    running ``(count, mean, m2)``."""
+    part = win.batch_chunk(x, i, chunks).astype(win.accum_dtype(x.dtype))
+    return merge_stats(total, chunk_stats(part, layout))
+
+
+def _whole_batch_stats(init, *, x, layout):
+    """``(count, mean, m2)`` of the whole batch at once (lowered for a GPU: one chunk,
+    ``_tuning.GPU_MAX_CHUNKS``), typed as the loop's carry ``init``."""
+    count, mean, m2 = chunk_stats(x.astype(init[1].dtype), layout)
+    return jnp.asarray(count, init[0].dtype), mean, m2
 
 
 def chunk_stats(part, layout="NCHW"):
     """``(count, mean, m2)`` per channel of one batch chunk ``(n, C, H, W)`` (``(n, H, W,
     C)`` with ``layout='NHWC'``): the number of values, their mean and the sum of their
     squared deviations from it (two passes over the chunk)."""
-    axes = _reduced(layout)
-    count = math.prod(_per_channel_axes(part.shape, layout))
+    axes = reduced(layout)
+    count = math.prod(per_channel_axes(part.shape, layout))
     mean = jnp.mean(part, axis=axes)
-    return count, mean, jnp.sum(jnp.square(part - _per_channel(mean, layout)), axis=axes)
+    return count, mean, jnp.sum(jnp.square(part - per_channel(mean, layout)), axis=axes)
 
 
 def merge_stats(total, part):
@@ -300,89 +355,6 @@ def merge_stats(total, part):
     mean = mean + delta * (part_count / new_count)
     m2 = m2 + part_m2 + jnp.square(delta) * (count * part_count / new_count)
     return new_count, mean, m2
-
-
-def _affine(x, scale, shift, layout="NCHW"):
-    y = x.astype(scale.dtype) * _per_channel(scale, layout) + _per_channel(shift, layout)
-    return y.astype(x.dtype)
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
-def _bn_train(x, weight, bias, eps, layout="NCHW"):
-    return _bn_train_fwd(x, weight, bias, eps, layout)[0]
-
-
-def _bn_train_fwd(x, weight, bias, eps, layout):
-    return _normalise(x, weight, bias, eps, *_batch_stats(x, layout), layout)
-
-
-def _normalise(x, weight, bias, eps, mean, var, layout="NCHW"):
-    """The forward pass given the batch statistics: ``((y, mean, var), residuals)``.
-    Shared with the accelerator version, which gathers the statistics its own way."""
-    inv_std = lax.rsqrt(var + eps)
-    scale = weight * inv_std
-    y = _affine(x, scale, bias - mean * scale, layout)
-    return (y, mean, var), (x, weight, mean, inv_std)
-
-
-def _bn_tangent(layout, residuals, tangents):
-    """Forward mode: the linearisation of ``(y, mean, var)`` at ``x``, given the residuals.
-
-    Linear in the tangents ``(dx, dweight, dbias)``; ``_bn_train_bwd`` is its transpose.
-    With ``x_hat = (x - mean) * inv_std``::
-
-        dmean = mean(dx)
-        dvar  = 2 * mean((x - mean) * dx)
-        dy    = weight * inv_std * (dx - dmean - x_hat * mean(x_hat * dx))
-                + x_hat * dweight + dbias
-    """
-    x, weight, mean, inv_std = residuals
-    dx, d_weight, d_bias = tangents
-    per_channel, axes = partial(_per_channel, layout=layout), _reduced(layout)
-    centred = x.astype(mean.dtype) - per_channel(mean)
-    x_hat = centred * per_channel(inv_std)
-    dx = dx.astype(mean.dtype)
-    d_mean = jnp.mean(dx, axis=axes)
-    d_var = 2 * jnp.mean(centred * dx, axis=axes)
-    # d x_hat = inv_std * (dx - dmean) - x_hat * inv_std^2 * dvar / 2.
-    projection = jnp.mean(x_hat * dx, axis=axes)
-    d_x_hat = per_channel(inv_std) * (dx - per_channel(d_mean) - x_hat * per_channel(projection))
-    dy = per_channel(weight) * d_x_hat + x_hat * per_channel(d_weight) + per_channel(d_bias)
-    return dy.astype(x.dtype), d_mean, d_var
-
-
-def _bn_jvp(op, eps, layout, primals, tangents):
-    """The JVP of training-mode batch norm ``op`` (this module's ``_bn_train``, or the
-    accelerator's): the outputs, and their tangent as a ``linear_call`` of
-    ``_bn_tangent`` whose transpose is the hand-written ``_bn_train_bwd``."""
-    outputs = op(*primals, eps, layout)
-    residuals = (primals[0], primals[1], outputs[1], lax.rsqrt(outputs[2] + eps))
-    transpose = Fn(_bn_train_bwd, eps, layout)
-    tangent = linear_call(Fn(_bn_tangent, layout), transpose, list(residuals), list(tangents))
-    return outputs, tuple(tangent)
-
-
-def _bn_train_bwd(eps, layout, residuals, cotangents):
-    x, weight, mean, inv_std = residuals
-    g, g_mean, g_var = cotangents
-    acc = mean.dtype
-    count = math.prod(_per_channel_axes(x.shape, layout))
-    per_channel, axes = partial(_per_channel, layout=layout), _reduced(layout)
-    centred = x.astype(acc) - per_channel(mean)
-    x_hat = centred * per_channel(inv_std)
-    g = g.astype(acc)
-    g_bias = jnp.sum(g, axis=axes)
-    g_weight = jnp.sum(g * x_hat, axis=axes)
-    # d/dx of the normalised output: the classic three-term formula.
-    dx = per_channel(weight * inv_std) * (
-        g - per_channel(g_bias / count) - x_hat * per_channel(g_weight / count)
-    )
-    # Plus whatever flows into the returned batch mean and variance themselves.
-    dx = dx + per_channel(g_mean / count) + centred * per_channel(2 * g_var / count)
-    return dx.astype(x.dtype), g_weight, g_bias
-
-
-_bn_train.defjvp(partial(_bn_jvp, _bn_train))
 
 
 def _check(x, running_mean, running_var, weight, bias, op, num_features, ndims, layout):
@@ -404,7 +376,7 @@ def _check(x, running_mean, running_var, weight, bias, op, num_features, ndims, 
             f"{op} expected floating-point input (float32, bfloat16, float16 or float64), "
             f"got {dtype}; convert with x.astype(jnp.float32)"
         )
-    c = _channels(shape, layout)
+    c = channels(shape, layout)
     if num_features is not None and c != num_features:
         raise ValueError(
             f"{op} channel mismatch: expected {num_features} channels, got {c} "

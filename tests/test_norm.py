@@ -320,10 +320,10 @@ def test_momentum_is_traced_not_static():
 
     xs = [make_data((2, 3, 4, 4), seed=s)[0] for s in range(3)]
     rm, rv = jnp.zeros(3), jnp.ones(3)
-    before = norm._batch_norm_traced._cache_size()
+    before = norm._running_stats_traced._cache_size()
     for step, x in enumerate(xs, start=1):
         _, rm, rv = js.batch_norm(x, rm, rv, training=True, momentum=jnp.float32(1 / step))
-    assert norm._batch_norm_traced._cache_size() - before == 1
+    assert norm._running_stats_traced._cache_size() - before == 1
     stacked = np.stack(xs).astype(np.float64)
     assert_close(rm, stacked.mean(axis=(1, 3, 4)).mean(axis=0))
 

@@ -1,4 +1,5 @@
-"""``jspatial.summary``: rows and totals against the calculators, fields against brute force."""
+"""``jspatial.summary`` (``jspatial.layers.summary``): rows and totals against the calculators,
+fields against brute force."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from jspatial.layers import (
     MaxPool2d,
     MaxUnpool2d,
 )
-from jspatial.summary import Summary, SummaryRow, _Field
+from jspatial.layers.summary import Summary, SummaryRow
+from jspatial.shapes.fields import _Field
 from tests.tolerances import fast_jit
 from train import models
 

@@ -102,6 +102,11 @@ TTA_SHIFTS = ((0.5, (0, 0)), (0.25, (-1, -1)), (0.25, (1, 1)))
 TTA_VIEWS = 2 * len(TTA_SHIFTS)  # each shift plain and mirrored: a TTA image costs this many
 
 
+def views_per_image(tta: bool) -> int:
+    """Forward passes one test image costs: :data:`TTA_VIEWS` with TTA, else 1."""
+    return TTA_VIEWS if tta else 1
+
+
 def tta_views(images):
     """The test-time views of airbench's TTA level 2 and their weights.
 

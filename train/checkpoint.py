@@ -54,6 +54,11 @@ TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix of a step being written
 LOOKAHEAD_ITEM = "ema"  # the lookahead average's key in ``state``: kept, old checkpoints read
 
 
+def step_dir(folder: str | Path, step: int) -> Path:
+    """The folder checkpoint ``step`` of ``folder`` is written to (orbax names it so)."""
+    return Path(folder) / str(step)
+
+
 class Checkpointer:
     """Saves and restores ``(model, optimizer, lookahead, meta)`` under ``directory``."""
 
@@ -73,6 +78,10 @@ class Checkpointer:
             read_only=read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def step_dir(self, step: int) -> Path:
+        """The folder of checkpoint ``step``: ``<directory>/<step>``."""
+        return step_dir(self.directory, step)
 
     def latest_step(self) -> int | None:
         """The number of the newest complete checkpoint, or ``None``."""
@@ -96,7 +105,7 @@ class Checkpointer:
             expected = json.loads(record.read_text())
         except (OSError, ValueError) as exc:
             return f"unreadable file record {record.name}: {exc}"
-        actual = _file_digests(self.directory / str(step))
+        actual = _file_digests(self.step_dir(step))
         for name, (size, digest) in expected.items():
             if name not in actual:
                 return f"{name} is missing"
@@ -109,7 +118,7 @@ class Checkpointer:
     def discard(self, step: int) -> None:
         """Deletes checkpoint ``step`` (a damaged one) so that it can be written again."""
         if distributed.is_main():
-            shutil.rmtree(self.directory / str(step), ignore_errors=True)
+            shutil.rmtree(self.step_dir(step), ignore_errors=True)
             self._record_path(step).unlink(missing_ok=True)
         distributed.barrier(f"discard_{step}")
         self.manager.reload()
@@ -118,7 +127,7 @@ class Checkpointer:
         return self.directory / f"{step}.files.json"
 
     def _write_record(self, step: int) -> None:
-        record = {k: list(v) for k, v in _file_digests(self.directory / str(step)).items()}
+        record = {k: list(v) for k, v in _file_digests(self.step_dir(step)).items()}
         path = self._record_path(step)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(record, indent=1))

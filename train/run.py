@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from train import augment, data, distributed, loop, models, report
-from train.checkpoint import Checkpointer
+from train.checkpoint import Checkpointer, step_dir
 from train.config import DTYPES, Config, diff
 
 NAN_EXIT_CODE = 3
@@ -386,7 +386,7 @@ def _resume(run: Run) -> None:
         bad.discard(bad_step)
     if interrupted is not None:
         interrupted.close()
-    report.note(f"resumed from {ckpt.directory / str(step)} (epoch {run.state.epoch0}, step "
+    report.note(f"resumed from {ckpt.step_dir(step)} (epoch {run.state.epoch0}, step "
                 f"{run.steps_before})")  # fmt: skip
 
 
@@ -503,7 +503,7 @@ def train_epoch(run: Run, epoch: int) -> None:
     report.log_epoch(record)
     _save(run, epoch, record)
     if run.interrupt.requested:  # it came during the save: the epoch's checkpoint is written
-        where, path = f"after epoch {epoch + 1}", run.opts.ckpt_dir / str(epoch + 1)
+        where, path = f"after epoch {epoch + 1}", step_dir(run.opts.ckpt_dir, epoch + 1)
         raise Interrupted(_resume_line(run, where, path), 128 + run.interrupt.signum)
 
 
@@ -587,7 +587,7 @@ def _eval_cost(run: Run, epoch: int) -> int:
     ``augment.TTA_VIEWS``)."""
     if epoch < run.n_epochs - 1:
         return len(run.subset)
-    return len(run.test_labels) * (augment.TTA_VIEWS if run.cfg.tta else 1)
+    return len(run.test_labels) * augment.views_per_image(run.cfg.tta)
 
 
 def _evaluate(run: Run, epoch: int, last: bool):
@@ -608,7 +608,7 @@ def _evaluate(run: Run, epoch: int, last: bool):
 
     progress(0)
     run.state.bar.start("eval", f"test {epoch + 1}/{run.n_epochs}", len(labels),
-                        augment.TTA_VIEWS if tta else 1)  # fmt: skip
+                        augment.views_per_image(tta))  # fmt: skip
     test_acc, tta_acc, predictions = loop.evaluate(
         run.model, images, labels, tta, run.mesh, run.cfg.eval_batch, progress,
         run.cfg.data_format,
@@ -669,7 +669,7 @@ def _save_interrupted(run: Run, epoch: int, steps_done: int, metrics, epoch_s: f
     where = f"in epoch {epoch + 1} after step {steps_done} of {run.steps_per_epoch}"
     if steps_done == run.epoch_steps(epoch):
         where = f"after the steps of epoch {epoch + 1}, before its evaluation"
-    raise Interrupted(_resume_line(run, where, ckpt.directory / str(global_step)),
+    raise Interrupted(_resume_line(run, where, ckpt.step_dir(global_step)),
                       128 + run.interrupt.signum)  # fmt: skip
 
 

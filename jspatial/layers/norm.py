@@ -10,7 +10,7 @@ from flax import nnx
 
 from jspatial import _args
 from jspatial.layers.module import Module
-from jspatial.norm import _batch_norm_checked
+from jspatial.norm import batch_norm_args, batch_norm_program
 
 
 class _BatchNorm(Module):
@@ -84,11 +84,16 @@ class _BatchNorm(Module):
         bias = None if self.bias is None else self.bias[...]
         mean = self.running_mean[...] if tracking else None
         var = self.running_var[...] if tracking else None
-        y, new_mean, new_var = _batch_norm_checked(
+        # batch_norm's one validating path, with this layer's name, channels and ranks.
+        a = batch_norm_args(
             x, mean, var, weight, bias, training, momentum, self.eps,
             op=op, num_features=self.num_features, dtype=self.dtype, ndims=self._NDIMS,
             data_format=self.data_format,
         )  # fmt: skip
+        if a.batch_stats:
+            y, new_mean, new_var = a.finish(*batch_norm_program(a)(a.x, a.weight, a.bias))
+        else:
+            y, new_mean, new_var = a.fixed()
         if update:
             # In place, so the update survives ``nnx.jit``: NNX writes changed
             # variables back to the module after the traced call.

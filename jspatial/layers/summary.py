@@ -77,19 +77,18 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from collections.abc import Callable, Sequence
-from fractions import Fraction
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.extend import core as jcore
 
-from jspatial import _args, shapes
+from jspatial import _args
 from jspatial.layers import module as _module
+from jspatial.layers._summary_trace import Recorder, array_leaves, intercepted, torch_name
+from jspatial.layers.pool import Flatten
 
 # --------------------------------------------------------------------------- results
 
@@ -224,16 +223,16 @@ def summary(
     in_shape = tuple(int(s) for s in input_shape)
     dtype = jnp.dtype(dtype)
     graphdef, state = nnx.split(model)
-    recorder = _Recorder()
+    recorder = Recorder(SummaryRow)
 
     def forward(state: Any, x: jax.Array) -> Any:
         copy = nnx.merge(graphdef, state)
         recorder.start(copy, x)
-        with _intercepted(recorder):
+        with intercepted(recorder):
             return copy(x)
 
     out = jax.eval_shape(forward, state, jax.ShapeDtypeStruct(in_shape, dtype))
-    arrays = _array_leaves(out)
+    arrays = array_leaves(out)
     result = Summary(
         rows=recorder.rows,
         input_shape=in_shape,
@@ -255,16 +254,16 @@ def summary(
     return result
 
 
-# ------------------------------------------------------------------------- recording
+# ------------------------------------------------------------------------- checks
 
 
 def _check_layouts(model: nnx.Module, data_format: str) -> None:
     """Every layout-aware layer of ``model`` (but ``Flatten``) runs in ``data_format``."""
     for path, mod in _module.named_modules(model):
         layout = getattr(mod, "data_format", None)
-        if layout is None or layout == data_format or _is(mod, "Flatten"):
+        if layout is None or layout == data_format or isinstance(mod, Flatten):
             continue
-        name = _torch_name(model, path) or type(mod).__name__
+        name = torch_name(model, path) or type(mod).__name__
         raise ValueError(
             f"summary data_format={data_format!r}, but layer {name} ({type(mod).__name__}) "
             f"has data_format={layout!r}: pass the model's layout, and an input_shape in it"
@@ -273,360 +272,6 @@ def _check_layouts(model: nnx.Module, data_format: str) -> None:
 
 def _count(named: Any) -> int:
     return sum(math.prod(var.shape) for _, var in named)
-
-
-def _array_leaves(tree: Any) -> list[Any]:
-    return [leaf for leaf in jax.tree.leaves(tree) if hasattr(leaf, "shape")]
-
-
-@dataclasses.dataclass
-class _Layer:
-    name: str
-    module: Any
-    own_params: list[Any]
-    calls: int = 0
-
-
-class _Recorder:
-    """The leaf layers of the traced copy, their calls, and the field of every tensor seen."""
-
-    def __init__(self) -> None:
-        self.layers: dict[int, _Layer] = {}
-        self.rows: list[SummaryRow] = []
-        self.active: set[int] = set()
-        # (array, field) of the input and of every layer output; holding the arrays
-        # keeps them alive, so that identity (``is``) can find them again.
-        self.tensors: list[tuple[Any, Any]] = []
-        self.counted: set[int] = set()
-
-    def start(self, model: nnx.Module, x: Any) -> None:
-        found = _module.named_modules(model)
-        for path, mod in found:
-            children = [m for p, m in found if len(p) > len(path) and p[: len(path)] == path]
-            inside = {id(v) for c in children for _, v in _module.named_variables(c)}
-            own = [v for _, v in _module.named_variables(mod, nnx.Param) if id(v) not in inside]
-            if not children or own:
-                self.layers[id(mod)] = _Layer(_torch_name(model, path), mod, own)
-            if isinstance(mod, nnx.Sequential):
-                self._record_functions(mod, _torch_name(model, path))
-        self.tensors.append((x, _Field.identity()))
-
-    def _record_functions(self, seq: nnx.Sequential, prefix: str) -> None:
-        """Wraps the plain functions of a Sequential (``nnx.relu``) so that each call is a row.
-
-        Only the traced copy's list is changed; each position gets a layer of its own,
-        named like a module at that index (``features.2``).
-        """
-        for i, fn in enumerate(seq.layers):
-            if isinstance(fn, nnx.Module) or not callable(fn):
-                continue
-            seq.layers[i] = self._recording(
-                fn, _Layer(f"{prefix}.{i}" if prefix else str(i), fn, [])
-            )
-
-    def _recording(self, fn: Callable, layer: _Layer) -> Callable:
-        @functools.wraps(fn)  # the signature too: Sequential passes ``rngs`` if fn takes it
-        def call(*args: Any, **kwargs: Any) -> Any:
-            out = fn(*args, **kwargs)
-            self.leave(fn, layer, args, kwargs, out)
-            return out
-
-        return call
-
-    def enter(self, mod: Any) -> _Layer | None:
-        layer = self.layers.get(id(mod))
-        if layer is None or id(mod) in self.active:
-            return None  # not a leaf of this model, or a subclass's super().__call__
-        self.active.add(id(mod))
-        return layer
-
-    def leave(self, mod: Any, layer: _Layer, args: tuple, kwargs: dict, out: Any) -> None:
-        self.active.discard(id(mod))
-        layer.calls += 1
-        inputs = _array_leaves((args, kwargs))
-        outputs = _array_leaves(out)
-        x = inputs[0] if inputs else None
-        in_shape = tuple(x.shape) if x is not None else ()
-        out_shapes = tuple(tuple(o.shape) for o in outputs)
-        out_shape = out_shapes[0] if out_shapes else ()
-        field = _layer_field(mod, self.field_of(x), in_shape, out_shape)
-        self.tensors.extend((o, field) for o in outputs)
-        params = 0
-        for v in layer.own_params:
-            if id(v) not in self.counted:  # a weight shared with an earlier layer
-                self.counted.add(id(v))
-                params += math.prod(v.shape)
-        spatial = isinstance(field, _Field)
-        self.rows.append(
-            SummaryRow(
-                name=layer.name,
-                type=_type_name(mod),
-                call=layer.calls,
-                input_shape=in_shape,
-                output_shape=out_shape,
-                output_shapes=out_shapes,
-                params=params,
-                macs=_layer_macs(mod, in_shape, bool(layer.own_params), args, kwargs),
-                activation_bytes=sum(shapes.activation_bytes(o.shape, o.dtype) for o in outputs),
-                receptive_field=field.field_value() if spatial else field,
-                jump=field.jump_value() if spatial else None,
-                exact=field.exact if spatial else True,
-            )
-        )
-
-    def field_of(self, x: Any) -> Any:
-        if x is None:
-            return None
-        for array, field in reversed(self.tensors):
-            if array is x:
-                return field
-        # A function ran between two layers: the widest layer output of this shape.
-        best, best_key = None, None
-        for array, field in self.tensors:
-            if tuple(array.shape) == tuple(x.shape):
-                key = _field_key(field)
-                if best_key is None or key >= best_key:
-                    best, best_key = field, key
-        return best
-
-    def uncalled(self) -> dict[str, int]:
-        result = {}
-        for layer in self.layers.values():
-            n = sum(math.prod(v.shape) for v in layer.own_params if id(v) not in self.counted)
-            if layer.calls == 0 and n:
-                result[layer.name] = n
-        return result
-
-
-def _torch_name(model: Any, path: tuple) -> str:
-    """The dotted path PyTorch would print: ``nnx.Sequential``'s ``layers`` is dropped."""
-    parts, node = [], model
-    for key in path:
-        parent = node
-        node = parent[key] if isinstance(key, int) else getattr(parent, key)
-        if isinstance(parent, nnx.Sequential) and key == "layers":
-            continue
-        parts.append(str(key))
-    return ".".join(parts)
-
-
-_ABSENT = object()
-
-
-class _intercepted:  # noqa: N801 (used as a context manager, like a function)
-    """Wraps ``__call__`` of every leaf layer's class for the duration of the trace.
-
-    Python looks ``__call__`` up on the class, so the class is patched; the wrapper
-    passes calls of other instances straight through, and the classes are restored
-    (an inherited ``__call__`` removed again) however the trace ends.
-    """
-
-    def __init__(self, recorder: _Recorder) -> None:
-        self.recorder = recorder
-        self.saved: list[tuple[type, Any]] = []
-
-    def __enter__(self) -> None:
-        classes = list(dict.fromkeys(type(layer.module) for layer in self.recorder.layers.values()))
-        try:
-            for cls in classes:
-                self.saved.append((cls, cls.__dict__.get("__call__", _ABSENT)))
-                cls.__call__ = _wrap(cls.__call__, self.recorder)
-        except BaseException:
-            self.__exit__()
-            raise
-
-    def __exit__(self, *exc: Any) -> None:
-        for cls, original in reversed(self.saved):
-            if original is _ABSENT:
-                del cls.__call__
-            else:
-                cls.__call__ = original
-        self.saved.clear()
-
-
-def _wrap(original: Callable, recorder: _Recorder) -> Callable:
-    @functools.wraps(original)
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        layer = recorder.enter(self)
-        if layer is None:
-            return original(self, *args, **kwargs)
-        try:
-            out = original(self, *args, **kwargs)
-        finally:
-            recorder.active.discard(id(self))
-        recorder.leave(self, layer, args, kwargs, out)
-        return out
-
-    return call
-
-
-# ----------------------------------------------------------------- receptive fields
-
-
-@dataclasses.dataclass(frozen=True)
-class _Field:
-    """Receptive field and jump per axis, in input pixels (``Fraction``: exact arithmetic)."""
-
-    field: tuple[Fraction, Fraction]
-    jump: tuple[Fraction, Fraction]
-    exact: bool
-
-    @staticmethod
-    def identity() -> _Field:
-        one = Fraction(1)
-        return _Field((one, one), (one, one), True)
-
-    def _evenly_spaced(self) -> bool:
-        return all(j.denominator == 1 for j in self.jump)
-
-    def window(self, kernel: Any, stride: Any, dilation: Any = (1, 1)) -> _Field:
-        """Through a conv or pool: ``field += dilation * (k - 1) * jump``, ``jump *= stride``."""
-        field = tuple(
-            f + d * (k - 1) * j for f, k, d, j in zip(self.field, kernel, dilation, self.jump)
-        )
-        jump = tuple(j * s for j, s in zip(self.jump, stride))
-        trivial = tuple(kernel) == (1, 1) and tuple(stride) == (1, 1)
-        return _Field(field, jump, self.exact and (self._evenly_spaced() or trivial))
-
-    def transposed(self, kernel: Any, stride: Any, dilation: Any = (1, 1)) -> _Field:
-        """Through a transposed conv: the widest set of input cells one output cell sees."""
-        field, jump = [], []
-        for f, k, s, d, j in zip(self.field, kernel, stride, dilation, self.jump):
-            g = math.gcd(s, d)
-            taps = -(-k // (s // g))  # taps of one output cell: every (s/g)-th of the k
-            field.append(f + (taps - 1) * Fraction(d, g) * j)
-            jump.append(j / s)
-        return _Field(tuple(field), tuple(jump), self.exact and self._evenly_spaced())
-
-    def adaptive(self, in_hw: Sequence[int], out_hw: Sequence[int]) -> _Field | None:
-        """Through an adaptive pool: bins ``[floor(i*H/O), ceil((i+1)*H/O))``."""
-        if min(out_hw) == 0:
-            return None
-        field, jump, even = [], [], True
-        for f, j, h, o in zip(self.field, self.jump, in_hw, out_hw):
-            widest = max(-(-(i + 1) * h // o) - (i * h) // o for i in range(o))
-            field.append(f + (widest - 1) * j)
-            jump.append(j * Fraction(h, o))
-            even = even and h % o == 0
-        return _Field(tuple(field), tuple(jump), self.exact and self._evenly_spaced() and even)
-
-    def field_value(self) -> tuple[Any, Any]:
-        return _plain(self.field)
-
-    def jump_value(self) -> tuple[Any, Any]:
-        return _plain(self.jump)
-
-
-def _plain(pair: tuple[Fraction, Fraction]) -> tuple[Any, Any]:
-    return tuple(int(v) if v.denominator == 1 else v for v in pair)  # type: ignore[return-value]
-
-
-def _field_key(field: Any) -> tuple:
-    if isinstance(field, _Field):
-        return (1, field.field[0] * field.field[1])
-    return (2, 0) if field == "all" else (0, 0)
-
-
-def _layer_types() -> dict[str, Any]:
-    """The jspatial layer classes, looked up by name (some may not exist in this version)."""
-    from jspatial import layers
-
-    names = (
-        "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
-        "AdaptiveMaxPool2d", "MaxUnpool2d", "GlobalAvgPool2d", "Flatten", "BatchNorm1d",
-        "BatchNorm2d",
-    )  # fmt: skip
-    return {name: getattr(layers, name, ()) for name in names}
-
-
-def _is(mod: Any, *names: str) -> bool:
-    types = _layer_types()
-    return any(types[n] and isinstance(mod, types[n]) for n in names)
-
-
-def _layer_field(mod: Any, field: Any, in_shape: tuple, out_shape: tuple) -> Any:
-    """The field of a layer's output, from that of its input (see the module docstring)."""
-    if _is(mod, "GlobalAvgPool2d") or isinstance(mod, nnx.Linear) or field == "all":
-        return "all"
-    if _is(mod, "Flatten"):
-        return None
-    if not isinstance(field, _Field):
-        return field if in_shape == out_shape else None
-    if _is(mod, "Conv2d", "MaxPool2d"):
-        return field.window(mod.kernel_size, mod.stride, mod.dilation)
-    if _is(mod, "AvgPool2d"):
-        return field.window(mod.kernel_size, mod.stride)
-    if _is(mod, "ConvTranspose2d"):
-        return field.transposed(mod.kernel_size, mod.stride, mod.dilation)
-    if _is(mod, "MaxUnpool2d"):
-        return field.transposed(mod.kernel_size, mod.stride)
-    if _is(mod, "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"):
-        return field.adaptive(_hw(in_shape, mod), _hw(out_shape, mod))
-    # Element-wise layers (BatchNorm, activations, dropout) keep the field; a layer
-    # of unknown kind that changes the shape loses it.
-    return field if in_shape == out_shape else None
-
-
-_NORMS = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm)
-
-
-def _type_name(mod: Any) -> str:
-    """A layer's class name; a function's own name (``relu``, a ``partial``'s function's)."""
-    if isinstance(mod, nnx.Module):
-        return type(mod).__name__
-    fn = mod.func if isinstance(mod, functools.partial) else mod
-    return getattr(fn, "__name__", type(fn).__name__)
-
-
-_PRODUCTS = frozenset({"dot_general", "conv_general_dilated"})
-
-
-def _function_macs(fn: Callable, args: tuple, kwargs: dict) -> int | None:
-    """0 for a function that multiplies no two arrays together (an activation, a reshape).
-
-    Its program is traced again, abstractly, and searched for a matrix product or a
-    convolution, nested programs (``jit``, ``custom_jvp``) included; with one the MACs
-    are not known here (``None``).
-    """
-    todo = [jax.make_jaxpr(fn)(*args, **kwargs).jaxpr]
-    while todo:
-        jaxpr = todo.pop()
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name in _PRODUCTS:
-                return None
-            todo.extend(jcore.jaxprs_in_params(eqn.params))
-    return 0
-
-
-def _layout(mod: Any) -> str:
-    """The layout a jspatial layer runs in (``'NCHW'`` for layers without one)."""
-    return getattr(mod, "data_format", "NCHW")
-
-
-def _hw(shape: tuple, mod: Any) -> tuple:
-    """The ``(H, W)`` of a layer's 3-D or 4-D array in the layer's layout."""
-    return tuple(shape[-2:]) if _layout(mod) == "NCHW" else tuple(shape[-3:-1])
-
-
-def _layer_macs(
-    mod: Any, in_shape: tuple, has_params: bool, args: tuple = (), kwargs: dict | None = None
-) -> int | None:
-    if not isinstance(mod, nnx.Module):
-        return _function_macs(mod, args, kwargs or {})
-    if _is(mod, "Conv2d"):
-        return shapes.conv2d_macs(in_shape, mod.out_channels, mod.kernel_size, mod.stride,
-                                  mod.padding, mod.dilation, mod.groups,
-                                  data_format=_layout(mod))  # fmt: skip
-    if _is(mod, "ConvTranspose2d"):
-        return shapes.conv_transpose2d_macs(
-            in_shape, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
-            mod.output_padding, mod.groups, mod.dilation, data_format=_layout(mod),
-        )  # fmt: skip
-    if isinstance(mod, nnx.Linear):
-        return math.prod(in_shape[:-1]) * mod.in_features * mod.out_features
-    if not has_params or _is(mod, "BatchNorm1d", "BatchNorm2d") or isinstance(mod, _NORMS):
-        return 0
-    return None
 
 
 # ------------------------------------------------------------------------------ table
