@@ -87,9 +87,17 @@ class _UnrolledLax:
 @contextlib.contextmanager
 def unrolled_portable_loops():
     import jspatial._windows
+    import jspatial.adaptive
+    import jspatial.conv_transpose
+    import jspatial.im2col
+    import jspatial.unpool
     import jspatial.winograd
 
-    mods = [jspatial.conv, jspatial.pool, jspatial.norm, jspatial.winograd, jspatial._windows]
+    # Every module whose loops call ``lax.fori_loop`` (most through ``_windows``' drivers).
+    mods = [
+        jspatial.conv, jspatial.conv_transpose, jspatial.im2col, jspatial.winograd,
+        jspatial.pool, jspatial.adaptive, jspatial.unpool, jspatial.norm, jspatial._windows,
+    ]  # fmt: skip
     saved = {m: m.lax for m in mods if hasattr(m, "lax")}
     for m in saved:
         m.lax = _UnrolledLax()
