@@ -72,6 +72,7 @@ def test_the_table_covers_every_public_op_and_layer():
         and getattr(jspatial, n).__module__
         in (
             "jspatial.conv",
+            "jspatial.conv_transpose",
             "jspatial.pool",
             "jspatial.adaptive",
             "jspatial.unpool",

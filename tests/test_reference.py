@@ -18,8 +18,8 @@ import jspatial as js
 from jspatial import reference
 from tests.tolerances import assert_close
 
-OP_MODULES = ("jspatial.conv", "jspatial.pool", "jspatial.adaptive", "jspatial.unpool",
-              "jspatial.pad", "jspatial.norm")  # fmt: skip
+OP_MODULES = ("jspatial.conv", "jspatial.conv_transpose", "jspatial.pool", "jspatial.adaptive",
+              "jspatial.unpool", "jspatial.pad", "jspatial.norm")  # fmt: skip
 OPS = [n for n in js.__all__ if getattr(getattr(js, n), "__module__", "") in OP_MODULES]
 
 
