@@ -141,3 +141,7 @@ GPU_UNROLL_SCATTER = 1
 # train step it moves more: 14.9 GB vs 14.0 on a T4, 18.1 vs 14.0 on an H100, whose
 # compile fuses im2col's window copies into the products.
 GPU_IM2COL_MAX_DEPTH = 1 << 30
+
+# The layout the GPU convolution kernels (jspatial._accel.gpu.conv) run in, per caller
+# layout (data_format): each its own, so that no layer transposes its activations.
+GPU_CONV_LAYOUT = {"NCHW": "NCHW", "NHWC": "NHWC"}

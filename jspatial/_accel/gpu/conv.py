@@ -2,20 +2,25 @@
 
 The portable ``jspatial.conv`` copies one window of the input per tap and multiplies it,
 ``y += window(x, t) @ w[t]``; on a GPU every copy is a round trip to HBM. These kernels
-run the same loop inside one program, channels-last (``NHWC``, the layout tensor cores
-want), on the input flattened to rows ``(N * H * W, C)``. A program owns a tile of
-``BM`` output pixels x ``BO`` output channels, held in registers::
+run the same loop inside one program, in the caller's layout (``kernel_layout``), on the
+images flattened to a matrix: channels last (``NHWC``) rows of pixels ``(N * H * W, C)``,
+channels first (``NCHW``, torch's) rows of channels ``(N * C, H * W)``. A program owns a
+tile of ``BM`` output pixels x ``BO`` output channels, held in registers::
 
-    acc = 0                                               # (BM, BO), float32
-    for k in channel chunks of BK:                        # a loop in the kernel
-        for t in range(kh * kw):                          # the taps, unrolled
-            rows = source pixel of every output pixel for tap t    # zeros off the image
-            acc += x[rows, k] @ w[t, k, cols]            # (BM, BK) @ (BK, BO)
-    y[pixels, cols] = acc
+    acc = 0                                      # (BM, BO) NHWC, (BO, BM) NCHW; float32
+    for k in channel chunks of BK:               # a loop in the kernel
+        for t in range(kh * kw):                 # the taps, unrolled
+            src = source pixel of every output pixel for tap t     # zeros off the image
+            acc += x[src, k] @ w[t, k, cols]     # NHWC: (BM, BK) @ (BK, BO)
+            acc += w[t, cols, k] @ x[k, src]     # NCHW: (BO, BK) @ (BK, BM)
+    y[pixels, cols] = acc                        # (NCHW: y[cols, pixels])
 
-Each tap's tile is a masked gather load of the shifted rows; the nine taps of a 3x3 read
-overlapping rows, which the L1/L2 caches serve, so the input crosses HBM about once per
-pass and the output is written once. No padded copy and no window copy is ever made.
+In NCHW this is the transposed product, ``y[n, :, pixels] = W_t @ x_shifted``, whose
+tiles run along the pixels, the contiguous axis there: no layer transposes its
+activations in either layout. Each tap's tile is a masked gather load of the shifted
+pixels; the nine taps of a 3x3 read overlapping pixels, which the L1/L2 caches serve, so
+the input crosses HBM about once per pass and the output is written once, in place (no
+padded copy, no window copy, no spare row cut off afterwards).
 
 The backward pass is the same loop transposed:
 
@@ -26,10 +31,11 @@ The backward pass is the same loop transposed:
   a stride, the input pixels split into ``s_h * s_w`` phases (``iy % s``); each phase has
   its own static set of taps, so a program works on the pixels of one phase and runs only
   the taps that reach them (no multiply by zeros);
-- weight gradient: ``dw[t] += window(x, t).T @ g`` (``conv_weight_grad_tap``), a program
-  per ``(BC, BO)`` tile of ``(C_in, C_out)`` and group of taps, every tap of the group
+- weight gradient: ``dw[t] += g.T @ window(x, t)`` (``conv_weight_grad_tap``), a program
+  per ``(BO, BC)`` tile of ``(C_out, C_in)`` and group of taps, every tap of the group
   accumulated in registers while the program walks its share of the output pixels in
-  chunks of ``BP`` (split-K over ``splits`` programs; XLA sums the float32 partials).
+  chunks of ``BP`` (split-K over ``splits`` programs, whose float32 partials XLA sums);
+  the result is laid out ``(C_out, C_in, taps)``, the weight's own order.
 
 Supported (``supports``): ungrouped; any stride, kernel size and dilation; any zero
 padding (none, 'same', or more). Other convolutions (groups) take the portable loop.
@@ -41,22 +47,27 @@ Tiles, grid and arithmetic intensity (float32):
   next power of two >= 16), contraction chunks of ``BK = 32`` channels (16 for 3, masked
   beyond ``C``) looped over inside the kernel, 4 warps, 1 stage; grid ``(C_out tiles,
   pixel tiles, phases)``, the channel tiles of one pixel tile launched side by side so
-  that they share its rows in L2. Per tap and chunk a program loads ``BM*BK + BK*BO`` values for
-  ``2*BM*BK*BO`` FLOPs: 21 FLOP/byte from cache at ``BM = 128`` (16 at 64). From HBM the
-  pass moves ``x`` once and ``y`` once: ``2*taps*C_in*C_out / (4*(C_in + C_out))``
-  FLOP/byte at stride 1, 144 for a 3x3 64->64 layer. airbench94's forward at batch 512:
-  3844 programs for 24->64 @31, 900 for 64->64 @15, 4 x 196 for 256->256 @7 and
-  4 x 72 (``BM = 64``) for 256->256 @3; at batch 128 that last one is 4 x 36 (``BM = 32``),
-  for an H100's 132 SMs.
-- weight gradient: ``BC = 32`` input channels (16 for 3) x ``BO = 64`` output channels,
-  up to ``9`` taps per program (``taps * BC * BO`` float32 accumulators, 72 KiB over 8
-  warps), pixel chunks of ``BP = 64`` (2 stages: 90 KB of tiles in shared memory); grid
-  ``(C_out tiles, C_in tiles, tap groups, splits)`` with ``splits`` chosen to give about
-  ``SMS`` programs (one wave: the accumulators fill an SM's registers). Per chunk a
-  program loads ``BP*BO`` gradient values and ``taps*BP*BC`` input values for
-  ``2*taps*BP*BC*BO`` FLOPs: 26 FLOP/byte from cache for a 3x3. The partial sums are
-  ``splits * taps * C_in * C_out`` floats: 10 MB for airbench94's 24->64 @31 layer
-  (131 splits) next to 173 MB of ``x`` and ``g``, 12 MB for 256->256 @3 (5 splits).
+  that they share its pixels in L2. The pixel tiles run over ``(N, H_out, W_out)``
+  flattened, so small images (7x7, 3x3) fill whole tiles in both layouts. Per tap and
+  chunk a program loads ``BM*BK + BK*BO`` values for ``2*BM*BK*BO`` FLOPs: 21 FLOP/byte
+  from cache at ``BM = 128`` (16 at 64). From HBM the pass moves ``x`` once and ``y``
+  once: ``2*taps*C_in*C_out / (4*(C_in + C_out))`` FLOP/byte at stride 1, 144 for a 3x3
+  64->64 layer. airbench94's forward at batch 512: 3844 programs for 24->64 @31, 900 for
+  64->64 @15, 4 x 196 for 256->256 @7 and 4 x 72 (``BM = 64``) for 256->256 @3; at batch
+  128 that last one is 4 x 36 (``BM = 32``), for an H100's 132 SMs.
+- weight gradient (``_dw_plan``): ``BC = 32`` input channels (16 for 3) x ``BO = 64``
+  output channels, up to ``9`` taps per program (``taps * BC * BO`` float32
+  accumulators, 72 KiB over 8 warps), pixel chunks of ``BP = 64`` (2 stages: 90 KB of
+  tiles in shared memory); grid ``(C_out tiles, C_in tiles, tap groups, splits)``, aiming
+  at ``SMS`` programs (one wave) with the partial sums (``splits * taps * C_in * C_out``
+  floats, written and read again) at most ``DW_PARTIALS`` of the bytes of ``x`` and ``g``:
+  where the pixels are too few to split that far, the taps are split into groups
+  instead (3 groups of 3, or 9 of 1). Per chunk a program loads ``BP*BO`` gradient values
+  and ``group*BP*BC`` input values for ``2*group*BP*BC*BO`` FLOPs: 26 FLOP/byte from
+  cache for a group of 9, 19 for 3. airbench94 at batch 512: 24->64 @31 one group, 131
+  splits (9.7 MB of partials next to 173 MB of ``x`` and ``g``); 64->64 @15 3 groups, 22
+  splits (3.2 MB next to 59 MB); at batch 128 the core suite's 128->256 @8 and 256->256
+  @8 take 9 groups of one tap and a single split: no partials, no reduction pass.
 
 Every ``pl.pallas_call`` carries a ``pl.CostEstimate``: the FLOPs of the grid as run
 (padded tiles included) and the HBM bytes of one read of every input and one write of the
@@ -84,6 +95,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from jspatial import _tuning
 from jspatial import _windows as win
 from jspatial._linear import defbilinear
 
@@ -108,19 +120,17 @@ def _params(num_warps: int, num_stages: int):
 
 
 def _gather(ref, rows, cols, mask):
-    """``ref[rows[:, None], cols[None, :]]`` where ``mask``, zeros elsewhere."""
-    idx = (rows[:, None], cols[None, :])
+    """``ref[rows, cols]`` (index arrays broadcast to one 2-D shape) where ``mask``, else 0."""
     if hasattr(_plgpu, "load"):
-        return _plgpu.load(ref.at[idx], mask=mask, other=0)
-    return pl.load(ref, idx, mask=mask, other=0)  # pragma: no cover - older jax
+        return _plgpu.load(ref.at[rows, cols], mask=mask, other=0)
+    return pl.load(ref, (rows, cols), mask=mask, other=0)  # pragma: no cover - older jax
 
 
 def _scatter(ref, rows, cols, value, mask):
-    """``ref[rows[:, None], cols[None, :]] = value`` where ``mask``."""
-    idx = (rows[:, None], cols[None, :])
+    """``ref[rows, cols] = value`` where ``mask``."""
     if hasattr(_plgpu, "store"):
-        return _plgpu.store(ref.at[idx], value, mask=mask)
-    return pl.store(ref, idx, value, mask=mask)  # pragma: no cover - older jax
+        return _plgpu.store(ref.at[rows, cols], value, mask=mask)
+    return pl.store(ref, (rows, cols), value, mask=mask)  # pragma: no cover - older jax
 
 
 # ----------------------------------------------------------------------------- tiles
@@ -133,6 +143,7 @@ DW_ACC_BYTES = 72 * 2**10  # the weight gradient's float32 accumulators per prog
 # (BP, BO) gradient tile: an A100 gives a program at most 163 KiB (a 7x7 layer with 16-wide
 # tiles asked for 200 KiB when all 49 taps shared one program).
 DW_SMEM_BYTES = 128 * 2**10
+DW_PARTIALS = 0.125  # the weight gradient's partial sums, at most this share of x and g
 
 
 def _tile(n: int, most: int) -> int:
@@ -156,6 +167,44 @@ def supports(geom: win.Geometry, groups: int) -> bool:
     return groups == 1 and all(p >= 0 for pad in geom.padding for p in pad)
 
 
+# ----------------------------------------------------------------------------- layouts
+#
+# A batch of images is flattened for the kernels to a matrix: channels last (``NHWC``)
+# to ``(N * H * W, C)``, one row a pixel; channels first (``NCHW``) to ``(N * C, H * W)``,
+# one row a channel of one image. A tile of pixels x channels is then a gather of either
+# matrix, ``(pixels, channels)`` in NHWC and ``(channels, pixels)`` in NCHW: the memory
+# order of each layout, so that a tile's loads run along contiguous addresses (128 bytes
+# of channels per pixel in NHWC, a run of pixels per channel in NCHW).
+
+
+def _image_tile(ref, b, pixel, inside, chans, k, hw, cl):
+    """Channels ``chans`` of pixels ``pixel`` (flat within image ``b``), zeros where not
+    ``inside`` or beyond ``k`` channels: ``(pixels, chans)`` if ``cl``, else transposed."""
+    if cl:
+        rows = b * hw + pixel
+        return _gather(ref, rows[:, None], chans[None, :], inside[:, None] & (chans < k)[None, :])
+    rows = b[None, :] * k + chans[:, None]
+    return _gather(ref, rows, pixel[None, :], (chans < k)[:, None] & inside[None, :])
+
+
+def _put_image_tile(ref, b, pixel, live, chans, k, hw, value, cl):
+    """``_image_tile``'s transpose: ``value`` stored where ``live`` and ``chans < k``.
+
+    Every lane left out aims past the end of the array (row ``N * H * W`` in NHWC, column
+    ``H * W`` in NCHW, or the channel row past the last): the GPU skips it, and interpret
+    mode, which stores every lane of a masked store (the old value where masked), drops
+    out-of-bounds updates, so no dead lane can race a live one.
+    """
+    ok = chans < k
+    if cl:
+        rows = jnp.where(live, b * hw + pixel, ref.shape[0])
+        _scatter(ref, rows[:, None], chans[None, :], value, live[:, None] & ok[None, :])
+    else:
+        rows = jnp.where(ok[:, None], b[None, :] * k + chans[:, None], ref.shape[0])
+        cols = jnp.where(live, pixel, hw)
+        _scatter(ref, rows, cols[None, :], value, ok[:, None] & live[None, :])
+
+
 # ----------------------------------------------------------------------------- the tap kernel
 
 
@@ -171,21 +220,29 @@ class _Phase(NamedTuple):
     taps: tuple[tuple[int, int, int], ...]
 
 
-def taps_forward(x, w_taps, out_hw, phases, *, step=(1, 1), out_step=(1, 1), interpret=False):
+def taps_forward(
+    x, w_taps, out_hw, phases, *, step=(1, 1), out_step=(1, 1), layout="NHWC", interpret=False
+):
     """``y[pixel] = sum over taps of x[source(pixel, tap)] @ w_taps[tap]``, on-chip.
 
     Args:
-        x: ``(N, H, W, K)``, the source (the input, or the output gradient).
-        w_taps: ``(taps, K, O)``, one matrix per tap.
+        x: ``(N, H, W, K)``, the source (the input, or the output gradient); in
+            ``layout='NCHW'``, ``(N, K, H, W)``.
+        w_taps: ``(taps, K, O)``, one matrix per tap; in NCHW ``(taps, O, K)``, each
+            tap's matrix transposed (the left factor of ``W_t @ x``).
         out_hw: ``(H_out, W_out)`` of the result.
         phases: the ``_Phase``s, covering every output pixel once.
         step: ``a`` of ``_Phase``, per axis; out_step: ``S``.
+        layout: ``'NHWC'`` or ``'NCHW'``, of ``x`` and of the result.
 
     Returns:
-        ``(N, H_out, W_out, O)`` in ``x``'s dtype, accumulated in float32.
+        ``(N, H_out, W_out, O)`` (NCHW: ``(N, O, H_out, W_out)``) in ``x``'s dtype,
+        accumulated in float32.
     """
-    n, hs, ws, k = x.shape
-    taps, _, o = w_taps.shape
+    cl = layout == "NHWC"
+    n, hs, ws, k = x.shape if cl else (x.shape[0], *x.shape[2:], x.shape[1])
+    taps = w_taps.shape[0]
+    o = w_taps.shape[2 if cl else 1]
     ho, wo = out_hw
     (a_h, a_w), (s_h, s_w) = step, out_step
     hq, wq = _cdiv(ho, s_h), _cdiv(wo, s_w)  # the largest phase
@@ -196,7 +253,8 @@ def taps_forward(x, w_taps, out_hw, phases, *, step=(1, 1), out_step=(1, 1), int
     tiles = lambda bm: _cdiv(m, bm) * (op // bo) * len(phases)  # noqa: E731
     bm = next((bm for bm in (BM, BM // 2) if tiles(bm) >= 2 * SMS), BM // 4)
     # Zero rows and columns make every weight tile whole: no mask on the weight loads.
-    w_pad = jnp.pad(w_taps.astype(x.dtype), ((0, 0), (0, kp - k), (0, op - o)))
+    pads = ((0, 0), (0, kp - k), (0, op - o)) if cl else ((0, 0), (0, op - o), (0, kp - k))
+    w_pad = jnp.pad(w_taps.astype(x.dtype), pads)
 
     def kernel(x_ref, w_ref, y_ref):
         pix = pl.program_id(1) * bm + jnp.arange(bm)
@@ -207,25 +265,28 @@ def taps_forward(x, w_taps, out_hw, phases, *, step=(1, 1), out_step=(1, 1), int
         def phase(ph: _Phase):
             oy, ox = qy * s_h + ph.start[0], qx * s_w + ph.start[1]
             live = (pix < m) & (oy < ho) & (ox < wo)
-            sources = []  # per tap: the source row of every output pixel, and where it is real
+            sources = []  # per tap: the source pixel of every output pixel, and where it is real
             for _, di, dj in ph.taps:
                 r, c = qy * a_h + di, qx * a_w + dj
                 inside = live & (r >= 0) & (r < hs) & (c >= 0) & (c < ws)
-                sources.append((jnp.where(inside, (b * hs + r) * ws + c, 0), inside))
+                sources.append((jnp.where(inside, r * ws + c, 0), inside))
 
             def chunk(j, acc):  # channels [j * bk, (j + 1) * bk) of every tap
                 chans = j * bk + jnp.arange(bk)
                 for (t, _, _), (src, inside) in zip(ph.taps, sources, strict=True):
-                    tile = _gather(x_ref, src, chans, inside[:, None] & (chans < k)[None, :])
-                    w_tile = w_ref[t, pl.ds(j * bk, bk), :]
-                    acc += jnp.dot(tile, w_tile, preferred_element_type=jnp.float32)
+                    tile = _image_tile(x_ref, b, src, inside, chans, k, hs * ws, cl)
+                    if cl:  # (BM, BK) @ (BK, BO)
+                        w_tile = w_ref[t, pl.ds(j * bk, bk), :]
+                        acc += jnp.dot(tile, w_tile, preferred_element_type=jnp.float32)
+                    else:  # (BO, BK) @ (BK, BM)
+                        w_tile = w_ref[t, :, pl.ds(j * bk, bk)]
+                        acc += jnp.dot(w_tile, tile, preferred_element_type=jnp.float32)
                 return acc
 
-            acc = lax.fori_loop(0, kp // bk, chunk, jnp.zeros((bm, bo), jnp.float32))
-            # Dead lanes (past the last pixel or the phase) aim at the spare row: interpret
-            # mode stores them too (their old value), which must not race a live lane.
-            dst = jnp.where(live, (b * ho + oy) * wo + ox, n * ho * wo)
-            _scatter(y_ref, dst, cols, acc.astype(y_ref.dtype), live[:, None] & (cols < o)[None, :])
+            zeros = jnp.zeros((bm, bo) if cl else (bo, bm), jnp.float32)
+            acc = lax.fori_loop(0, kp // bk, chunk, zeros)
+            dst = jnp.where(live, oy * wo + ox, 0)
+            _put_image_tile(y_ref, b, dst, live, cols, o, ho * wo, acc.astype(y_ref.dtype), cl)
 
         if len(phases) == 1:
             phase(phases[0])
@@ -239,52 +300,83 @@ def taps_forward(x, w_taps, out_hw, phases, *, step=(1, 1), out_step=(1, 1), int
         transcendentals=0,
         bytes_accessed=x.dtype.itemsize * (x.size + w_pad.size + n * ho * wo * o),
     )
+    # Gathered from and scattered into whole, as flat matrices (see "layouts" above).
+    x_mat = x.reshape(n * hs * ws, k) if cl else x.reshape(n * k, hs * ws)
+    y_mat = (n * ho * wo, o) if cl else (n * o, ho * wo)
+    w_block = (taps, kp, bo) if cl else (taps, bo, kp)
     y = pl.pallas_call(
         kernel,
         grid=grid,
         in_specs=[
-            pl.BlockSpec((n * hs * ws, k), lambda j, i, p: (0, 0)),  # gathered from, whole
-            pl.BlockSpec((taps, kp, bo), lambda j, i, p: (0, 0, j)),
+            pl.BlockSpec(x_mat.shape, lambda j, i, p: (0, 0)),
+            pl.BlockSpec(
+                w_block, (lambda j, i, p: (0, 0, j)) if cl else (lambda j, i, p: (0, j, 0))
+            ),
         ],
-        # Scattered into, whole, with one spare row (cut off below; in NCHW, XLA fuses
-        # the cut into the layout transpose that follows).
-        out_specs=pl.BlockSpec((n * ho * wo + 1, o), lambda j, i, p: (0, 0)),
-        out_shape=jax.ShapeDtypeStruct((n * ho * wo + 1, o), x.dtype),
+        out_specs=pl.BlockSpec(y_mat, lambda j, i, p: (0, 0)),
+        out_shape=jax.ShapeDtypeStruct(y_mat, x.dtype),
         cost_estimate=cost,
         # One stage: prefetching the next chunk would hold every tap's tiles twice in
         # shared memory, 184 KB for a 64 -> 24 input gradient, more than an A100 has.
         compiler_params=_params(num_warps=4, num_stages=1),
         interpret=interpret,
-    )(x.reshape(n * hs * ws, k), w_pad)
-    return y[: n * ho * wo].reshape(n, ho, wo, o)
+    )(x_mat, w_pad)
+    return y.reshape((n, ho, wo, o) if cl else (n, o, ho, wo))
 
 
-def taps_weight_grad(x, g, geom: win.Geometry, *, interpret=False):
-    """``dw[t] = sum over pixels of window(x, t).T @ g`` for every tap ``t``.
+def _dw_plan(taps: int, c: int, o: int, m: int, io_bytes: int) -> tuple[int, ...]:
+    """The weight gradient's tiles and grid: ``(bc, bo, group, tap groups, splits, chunks
+    per split)``.
 
-    Args:
-        x: ``(N, H, W, C_in)``, the forward input.
-        g: ``(N, H_out, W_out, C_out)``, the output gradient.
-
-    Returns:
-        ``(taps, C_in, C_out)`` in float32.
+    ``splits`` programs share the pixels of one ``(C_in, C_out, taps)`` tile, each writing
+    float32 partial sums that a separate pass adds: at most ``DW_PARTIALS`` times the bytes
+    of ``x`` and ``g``. Within that budget the grid aims at ``SMS`` programs (one wave),
+    first with all the taps a program can hold in one group, then with fewer taps per
+    group (more groups: each tile of ``g`` is read from cache once per group).
     """
-    n, h, w, c = x.shape
-    ho, wo, o = g.shape[1:]
-    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
-    top, left = geom.padding[0][0], geom.padding[1][0]
-    taps, m = kh * kw, n * ho * wo
     bc, bo = _tile(c, BC), _tile(o, BO)
     ct, ot = _cdiv(c, bc), _cdiv(o, bo)
     smem_taps = (DW_SMEM_BYTES - 4 * BP * bo) // (4 * BP * bc)
-    group = max(1, min(taps, DW_ACC_BYTES // (4 * bc * bo), smem_taps))  # taps per program
-    tg = _cdiv(taps, group)
+    most = max(1, min(taps, DW_ACC_BYTES // (4 * bc * bo), smem_taps))  # taps per program
     chunks = _cdiv(m, BP)
-    # One wave: about SMS programs (each fills an SM's registers with its accumulators),
-    # so that the float32 partial sums stay a small fraction of the traffic.
-    per_split = _cdiv(chunks, max(1, _cdiv(SMS, ot * ct * tg)))
+    cap = max(1, int(DW_PARTIALS * io_bytes) // (4 * taps * ct * bc * ot * bo))
+    # Tap groups of equal size (a program whose group runs past the last tap multiplies
+    # zeros): group sizes that waste under a tenth of the products, largest first.
+    sizes = [g for g in range(most, 0, -1) if (_cdiv(taps, g) * g - taps) * 10 < taps]
+    for group in sizes:
+        tg = _cdiv(taps, group)
+        want = min(chunks, _cdiv(SMS, ot * ct * tg))  # splits for one wave
+        if want <= cap:
+            break
+    per_split = _cdiv(chunks, min(want, cap))
     splits = _cdiv(chunks, per_split)
-    nt = (((0,), (0,)), ((), ()))  # contract the pixel axis of both: window.T @ g
+    return bc, bo, group, tg, splits, per_split
+
+
+def taps_weight_grad(x, g, geom: win.Geometry, *, layout="NHWC", interpret=False):
+    """``dw[t] = sum over pixels of window(x, t).T @ g`` for every tap ``t``.
+
+    Args:
+        x: ``(N, H, W, C_in)``, the forward input (NCHW: ``(N, C_in, H, W)``).
+        g: ``(N, H_out, W_out, C_out)``, the output gradient (NCHW: ``(N, C_out, H_out,
+            W_out)``).
+        layout: ``'NHWC'`` or ``'NCHW'``, of ``x`` and ``g``.
+
+    Returns:
+        ``(C_out, C_in, taps)`` in float32: the weight's layout, taps flattened.
+    """
+    cl = layout == "NHWC"
+    n, h, w, c = x.shape if cl else (x.shape[0], *x.shape[2:], x.shape[1])
+    ho, wo, o = g.shape[1:] if cl else (*g.shape[2:], g.shape[1])
+    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+    top, left = geom.padding[0][0], geom.padding[1][0]
+    taps, m = kh * kw, n * ho * wo
+    io_bytes = x.dtype.itemsize * (x.size + g.size)
+    bc, bo, group, tg, splits, per_split = _dw_plan(taps, c, o, m, io_bytes)
+    ct, ot, chunks = _cdiv(c, bc), _cdiv(o, bo), _cdiv(m, BP)
+    # g.T @ window contracts the pixel axis of both tiles: axis 0 in NHWC, axis 1 in NCHW.
+    nt = (((0,), (0,)), ((), ())) if cl else (((1,), (1,)), ((), ()))
+    # g.T @ window, (BO, BC) per tap: the tiles of the weight's own (C_out, C_in, taps).
 
     def kernel(x_ref, g_ref, dw_ref):
         ochan = pl.program_id(0) * bo + jnp.arange(bo)
@@ -298,45 +390,49 @@ def taps_weight_grad(x, g, geom: win.Geometry, *, interpret=False):
             live = pix < m
             b, q = pix // (ho * wo), pix % (ho * wo)
             oy, ox = q // wo, q % wo
-            gt = _gather(g_ref, jnp.where(live, pix, 0), ochan, live[:, None] & (ochan < o))
+            gt = _image_tile(g_ref, b, jnp.where(live, q, 0), live, ochan, o, ho * wo, cl)
             new = []
             for u, acc in enumerate(accs):
                 t = first_tap + u  # the tap, from the program id: (i, j) = divmod(t, kw)
                 r, s = oy * sh + (t // kw) * dh - top, ox * sw + (t % kw) * dw - left
                 inside = live & (t < taps) & (r >= 0) & (r < h) & (s >= 0) & (s < w)
-                src = jnp.where(inside, (b * h + r) * w + s, 0)
-                xt = _gather(x_ref, src, ichan, inside[:, None] & (ichan < c)[None, :])
-                new.append(acc + lax.dot_general(xt, gt, nt, preferred_element_type=jnp.float32))
+                src = jnp.where(inside, r * w + s, 0)
+                xt = _image_tile(x_ref, b, src, inside, ichan, c, h * w, cl)
+                new.append(acc + lax.dot_general(gt, xt, nt, preferred_element_type=jnp.float32))
             return tuple(new)
 
-        zeros = tuple(jnp.zeros((bc, bo), jnp.float32) for _ in range(group))
+        zeros = tuple(jnp.zeros((bo, bc), jnp.float32) for _ in range(group))
         last = jnp.minimum(per_split, chunks - first_chunk)
         accs = lax.fori_loop(0, last, chunk, zeros)
         for u, acc in enumerate(accs):
-            dw_ref[0, u] = acc
+            dw_ref[0, :, :, u] = acc
 
     grid = (ot, ct, tg, splits)
     cost = pl.CostEstimate(
         flops=2 * BP * bc * bo * group * per_split * math.prod(grid),
         transcendentals=0,
-        bytes_accessed=x.dtype.itemsize * (x.size + g.size)
-        + 4 * splits * tg * group * ct * bc * ot * bo,
+        bytes_accessed=io_bytes + 4 * splits * tg * group * ct * bc * ot * bo,
     )
+    x_mat = x.reshape(n * h * w, c) if cl else x.reshape(n * c, h * w)
+    g_mat = g.astype(x.dtype).reshape((m, o) if cl else (n * o, ho * wo))
     parts = pl.pallas_call(
         kernel,
         grid=grid,
         in_specs=[
-            pl.BlockSpec((n * h * w, c), lambda j, i, u, s: (0, 0)),
-            pl.BlockSpec((m, o), lambda j, i, u, s: (0, 0)),
+            pl.BlockSpec(x_mat.shape, lambda j, i, u, s: (0, 0)),
+            pl.BlockSpec(g_mat.shape, lambda j, i, u, s: (0, 0)),
         ],
-        out_specs=pl.BlockSpec((1, group, bc, bo), lambda j, i, u, s: (s, u, i, j)),
-        out_shape=jax.ShapeDtypeStruct((splits, tg * group, ct * bc, ot * bo), jnp.float32),
+        # Taps last: summed over the splits (or not, with one), the partials are the
+        # weight gradient in the weight's own layout, (C_out, C_in, kh * kw).
+        out_specs=pl.BlockSpec((1, bo, bc, group), lambda j, i, u, s: (s, j, i, u)),
+        out_shape=jax.ShapeDtypeStruct((splits, ot * bo, ct * bc, tg * group), jnp.float32),
         cost_estimate=cost,
         # Two stages: the next pixel chunk's tiles (90 KB at most) load during the products.
         compiler_params=_params(num_warps=8, num_stages=2),
         interpret=interpret,
-    )(x.reshape(n * h * w, c), g.reshape(m, o).astype(x.dtype))
-    return jnp.sum(parts, axis=0)[:taps, :c, :o]
+    )(x_mat, g_mat)
+    dw = parts[0] if splits == 1 else jnp.sum(parts, axis=0)
+    return dw[:o, :c, :taps]
 
 
 # ----------------------------------------------------------------------------- the passes
@@ -369,10 +465,24 @@ def _input_grad_phases(geom: win.Geometry) -> tuple[_Phase, ...]:
     return tuple(phases)
 
 
+def kernel_layout(layout: str) -> str:
+    """The layout the kernels run in for a caller's ``layout`` (``_tuning.GPU_CONV_LAYOUT``):
+    its own, or channels last with the activations transposed in and out."""
+    return _tuning.GPU_CONV_LAYOUT.get(layout, "NHWC")
+
+
+def _to_kernel(x, geom):
+    return win.to_nhwc(x, geom.layout) if kernel_layout(geom.layout) != geom.layout else x
+
+
+def _from_kernel(y, geom):
+    return win.from_nhwc(y, geom.layout) if kernel_layout(geom.layout) != geom.layout else y
+
+
 def conv2d(x, weight, geom: win.Geometry, *, interpret: bool = False):
     """Ungrouped convolution, in and out in ``geom.layout``, through the GPU kernels
-    (``supports``). The kernels run channels-last: NCHW arrays are transposed in and out,
-    NHWC ones go in as they are.
+    (``supports``), which run in ``kernel_layout(geom.layout)``: the caller's own layout,
+    or NHWC with NCHW arrays transposed in and out.
 
     Args:
         x: ``(N, C_in, H, W)``, or ``(N, H, W, C_in)`` where ``geom.layout`` is NHWC.
@@ -398,27 +508,37 @@ def _fwd(x, weight, geom, interpret):
     o = weight.shape[0]
     if x.shape[0] == 0:
         return jnp.zeros(win.image_shape(0, o, geom.out_hw, geom.layout), x.dtype), (x, weight)
-    w_taps = jnp.transpose(weight, (2, 3, 1, 0)).reshape(geom.taps, -1, o)  # (taps, C, O)
+    kl = kernel_layout(geom.layout)
+    # Tap t's matrix: (C, O) channels last, transposed (O, C) channels first.
+    if kl == "NHWC":
+        w_taps = jnp.transpose(weight, (2, 3, 1, 0)).reshape(geom.taps, -1, o)
+    else:
+        w_taps = jnp.transpose(weight, (2, 3, 0, 1)).reshape(geom.taps, o, -1)
     y = taps_forward(
-        win.to_nhwc(x, geom.layout), w_taps, geom.out_hw, _forward_phases(geom),
-        step=geom.stride, interpret=interpret,
+        _to_kernel(x, geom), w_taps, geom.out_hw, _forward_phases(geom),
+        step=geom.stride, layout=kl, interpret=interpret,
     )  # fmt: skip
-    return win.from_nhwc(y, geom.layout), (x, weight)
+    return _from_kernel(y, geom), (x, weight)
 
 
 def _bwd(geom, interpret, residuals, g):
     x, weight = residuals
-    o, c, kh, kw = weight.shape
+    o, c = weight.shape[:2]
     if x.shape[0] == 0:
         return jnp.zeros_like(x), jnp.zeros_like(weight)
-    xt, gt = win.to_nhwc(x, geom.layout), win.to_nhwc(g.astype(x.dtype), geom.layout)
-    w_t = jnp.transpose(weight, (2, 3, 0, 1)).reshape(geom.taps, o, c)  # tap t's w[t].T
+    kl = kernel_layout(geom.layout)
+    xt, gt = _to_kernel(x, geom), _to_kernel(g.astype(x.dtype), geom)
+    # The input gradient's tap t multiplies by w[t].T: (O, C) channels last, (C, O) first.
+    if kl == "NHWC":
+        w_t = jnp.transpose(weight, (2, 3, 0, 1)).reshape(geom.taps, o, c)
+    else:
+        w_t = jnp.transpose(weight, (2, 3, 1, 0)).reshape(geom.taps, c, o)
     dx = taps_forward(
-        gt, w_t, geom.in_hw, _input_grad_phases(geom), out_step=geom.stride, interpret=interpret
-    )
-    dw = taps_weight_grad(xt, gt, geom, interpret=interpret)  # (taps, C, O)
-    dw = jnp.transpose(dw.reshape(kh, kw, c, o), (3, 2, 0, 1))
-    return win.from_nhwc(dx, geom.layout), dw.astype(weight.dtype)
+        gt, w_t, geom.in_hw, _input_grad_phases(geom), out_step=geom.stride, layout=kl,
+        interpret=interpret,
+    )  # fmt: skip
+    dw = taps_weight_grad(xt, gt, geom, layout=kl, interpret=interpret).reshape(weight.shape)
+    return _from_kernel(dx, geom), dw.astype(weight.dtype)
 
 
 defbilinear(_conv2d, _bwd)  # forward mode: conv2d(dx, w) + conv2d(x, dw); reverse: _bwd
