@@ -118,20 +118,26 @@ def _max_pool2d_checked(
         x, kernel_size, stride, padding, dilation, ceil_mode, op, integers=True,
         data_format=data_format,
     )  # fmt: skip
-    return _max_pool2d(x, geom, _args.check_bool(return_indices, op, "return_indices"))
+    # The GPU's compute capability is read here, outside the cached trace (dispatch).
+    gpu = dispatch.gpu_target() if _tuning.STAGE_GPU else None
+    return _max_pool2d(x, geom, _args.check_bool(return_indices, op, "return_indices"), gpu)
 
 
 # Compiled once per shape and configuration, so eager calls do not re-trace the loops.
-@partial(jax.jit, static_argnums=(1, 2))
-def _max_pool2d(x, geom, return_indices):
+@partial(jax.jit, static_argnums=(1, 2, 3))
+def _max_pool2d(x, geom, return_indices, gpu=None):
     if not return_indices:
-        # Lowered for a TPU, non-overlapping windows run as a Pallas kernel (jspatial/_accel);
+        # Lowered for a TPU, non-overlapping windows run as a Pallas kernel (jspatial/_accel),
+        # and for a GPU whose convolutions run NCHW, the same loop on the N * C planes;
         # everywhere else this is the tap loop below.
         def portable(x):
             return win.from_nhwc(_max_pool_nhwc(win.to_nhwc(x, geom.layout), geom)[0], geom.layout)
 
-        kernel = dispatch.kernel_for("max_pool2d", "tpu", geom)
-        return dispatch.per_target(portable, {"tpu": kernel}, x)
+        kernels = {
+            "tpu": dispatch.kernel_for("max_pool2d", "tpu", geom),
+            "cuda": dispatch.kernel_for("max_pool2d", "cuda", geom, gpu=gpu),
+        }
+        return dispatch.per_target(portable, kernels, x)
     y, arg = _max_pool_nhwc(win.to_nhwc(x, geom.layout), geom)
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
     row0 = np.arange(geom.out_hw[0]) * sh - geom.padding[0][0]

@@ -10,7 +10,10 @@ op             TPU (``tpu/``, Pallas TPU)                    NVIDIA GPU, compute
 =============  ============================================  ==============================
 conv2d         ``tpu.conv``: ungrouped, stride 1, padding     ``gpu.conv``: the geometries
                at most 'same'                                 of ``gpu.conv.supports``
-max_pool2d     ``tpu.pool``: non-overlapping windows          (the portable loop)
+max_pool2d     ``tpu.pool``: non-overlapping windows          NCHW beside NCHW convolution
+                                                             kernels: the portable loop on
+                                                             the ``N * C`` planes
+                                                             (``gpu.pool``)
 batch norm     ``tpu.norm``: fused whole-array statistics     (the portable loop)
 =============  ============================================  ==============================
 
@@ -19,8 +22,8 @@ this op, with this geometry, for this target?" with a function or ``None``, and
 ``per_target(portable, kernels, *args)`` builds the program: one branch per target
 that has a kernel, the portable version everywhere else. A kernel takes and returns
 the op's arrays in the op's layout (``geom.layout``, the caller's ``data_format``):
-the TPU kernels run ``(H, W, C, N)`` inside and the GPU ones ``NHWC``, so in
-``data_format='NHWC'`` the GPU convolution has no transpose around it at all.
+the TPU kernels run ``(H, W, C, N)`` inside; the GPU ones run in the caller's layout
+(``_tuning.GPU_CONV_LAYOUT``), so on a GPU no convolution transposes its activations.
 
 The choice must follow the compile target, not the host: a program traced on a CPU
 may be lowered for a TPU or a GPU. ``lax.platform_dependent`` stages every branch and
@@ -122,7 +125,19 @@ def kernel_for(op: str, target: str, *static, gpu=None):
     if triton and op == "conv2d" and (kernels := _gpu_conv()) and kernels.supports(*static):
         geom = static[0]
         return lambda x, w: kernels.conv2d(x, w, geom)
+    # Beside NCHW convolution kernels, max pooling runs on the N * C planes as they lie.
+    if triton and op == "max_pool2d" and static[0].layout == "NCHW" and _nchw_conv_kernels():
+        from jspatial._accel.gpu import pool
+
+        geom = static[0]
+        return lambda x: pool.max_pool2d_planes(x, geom)
     return None
+
+
+def _nchw_conv_kernels() -> bool:
+    """Whether the GPU convolution kernels run NCHW callers in NCHW (no transposes)."""
+    kernels = _gpu_conv()
+    return kernels is not None and kernels.kernel_layout("NCHW") == "NCHW"
 
 
 def _gpu_conv():

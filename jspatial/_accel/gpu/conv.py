@@ -20,7 +20,11 @@ tiles run along the pixels, the contiguous axis there: no layer transposes its
 activations in either layout. Each tap's tile is a masked gather load of the shifted
 pixels; the nine taps of a 3x3 read overlapping pixels, which the L1/L2 caches serve, so
 the input crosses HBM about once per pass and the output is written once, in place (no
-padded copy, no window copy, no spare row cut off afterwards).
+padded copy, no window copy, no spare row cut off afterwards). The weight is read as it
+lies, ``(C_out, C_in * kh * kw)``: each tap's ``(BK, BO)`` tile is a masked gather from
+it (the taps of one chunk share its cache lines), so no relayout precedes a kernel, and
+the weight gradient comes out in that same order. Forward and backward are then one and
+two kernels (three where the weight gradient's partial sums need adding).
 
 The backward pass is the same loop transposed:
 
@@ -221,15 +225,25 @@ class _Phase(NamedTuple):
 
 
 def taps_forward(
-    x, w_taps, out_hw, phases, *, step=(1, 1), out_step=(1, 1), layout="NHWC", interpret=False
+    x,
+    weight,
+    out_hw,
+    phases,
+    *,
+    step=(1, 1),
+    out_step=(1, 1),
+    transposed=False,
+    layout="NHWC",
+    interpret=False,
 ):
-    """``y[pixel] = sum over taps of x[source(pixel, tap)] @ w_taps[tap]``, on-chip.
+    """``y[pixel] = sum over taps t of x[source(pixel, t)] @ W_t``, on-chip.
 
     Args:
         x: ``(N, H, W, K)``, the source (the input, or the output gradient); in
             ``layout='NCHW'``, ``(N, K, H, W)``.
-        w_taps: ``(taps, K, O)``, one matrix per tap; in NCHW ``(taps, O, K)``, each
-            tap's matrix transposed (the left factor of ``W_t @ x``).
+        weight: ``(C_out, C_in, kh, kw)``, read as it is: ``W_t = weight[:, :, t].T``,
+            ``(K, O) = (C_in, C_out)``; with ``transposed``, ``W_t = weight[:, :, t]``,
+            ``(K, O) = (C_out, C_in)`` (the input gradient).
         out_hw: ``(H_out, W_out)`` of the result.
         phases: the ``_Phase``s, covering every output pixel once.
         step: ``a`` of ``_Phase``, per axis; out_step: ``S``.
@@ -241,8 +255,8 @@ def taps_forward(
     """
     cl = layout == "NHWC"
     n, hs, ws, k = x.shape if cl else (x.shape[0], *x.shape[2:], x.shape[1])
-    taps = w_taps.shape[0]
-    o = w_taps.shape[2 if cl else 1]
+    taps = weight.shape[2] * weight.shape[3]
+    o = weight.shape[1 if transposed else 0]
     ho, wo = out_hw
     (a_h, a_w), (s_h, s_w) = step, out_step
     hq, wq = _cdiv(ho, s_h), _cdiv(wo, s_w)  # the largest phase
@@ -252,15 +266,22 @@ def taps_forward(
     # Smaller pixel tiles where the large ones would leave SMs idle (deep, small layers).
     tiles = lambda bm: _cdiv(m, bm) * (op // bo) * len(phases)  # noqa: E731
     bm = next((bm for bm in (BM, BM // 2) if tiles(bm) >= 2 * SMS), BM // 4)
-    # Zero rows and columns make every weight tile whole: no mask on the weight loads.
-    pads = ((0, 0), (0, kp - k), (0, op - o)) if cl else ((0, 0), (0, op - o), (0, kp - k))
-    w_pad = jnp.pad(w_taps.astype(x.dtype), pads)
+    # The weight as the matrix (C_out, C_in * taps) it is in memory: W_t[kk, oo] sits at
+    # row oo, column kk * taps + t (transposed: row kk, column oo * taps + t). Each tap's
+    # tile is a masked gather from it (the taps of one chunk share its cache lines), so
+    # no relayout of the weight precedes the kernel.
+    w_mat = weight.astype(x.dtype).reshape(weight.shape[0], -1)
 
     def kernel(x_ref, w_ref, y_ref):
         pix = pl.program_id(1) * bm + jnp.arange(bm)
         b, q = pix // (hq * wq), pix % (hq * wq)
         qy, qx = q // wq, q % wq
         cols = pl.program_id(0) * bo + jnp.arange(bo)
+
+        def w_index(chans):  # W_t's tile of chunk chans, at t = 0: (BK, BO) NHWC, (BO, BK) NCHW
+            kk, oo = (chans[:, None], cols[None, :]) if cl else (chans[None, :], cols[:, None])
+            ok = (kk < k) & (oo < o)
+            return ((kk, oo * taps) if transposed else (oo, kk * taps)), ok
 
         def phase(ph: _Phase):
             oy, ox = qy * s_h + ph.start[0], qx * s_w + ph.start[1]
@@ -273,13 +294,13 @@ def taps_forward(
 
             def chunk(j, acc):  # channels [j * bk, (j + 1) * bk) of every tap
                 chans = j * bk + jnp.arange(bk)
+                (w_rows, w_cols), w_ok = w_index(chans)
                 for (t, _, _), (src, inside) in zip(ph.taps, sources, strict=True):
                     tile = _image_tile(x_ref, b, src, inside, chans, k, hs * ws, cl)
+                    w_tile = _gather(w_ref, w_rows, w_cols + t, w_ok)
                     if cl:  # (BM, BK) @ (BK, BO)
-                        w_tile = w_ref[t, pl.ds(j * bk, bk), :]
                         acc += jnp.dot(tile, w_tile, preferred_element_type=jnp.float32)
                     else:  # (BO, BK) @ (BK, BM)
-                        w_tile = w_ref[t, :, pl.ds(j * bk, bk)]
                         acc += jnp.dot(w_tile, tile, preferred_element_type=jnp.float32)
                 return acc
 
@@ -298,20 +319,17 @@ def taps_forward(
     cost = pl.CostEstimate(
         flops=2 * bm * bk * bo * runs * grid[0] * grid[1],
         transcendentals=0,
-        bytes_accessed=x.dtype.itemsize * (x.size + w_pad.size + n * ho * wo * o),
+        bytes_accessed=x.dtype.itemsize * (x.size + w_mat.size + n * ho * wo * o),
     )
     # Gathered from and scattered into whole, as flat matrices (see "layouts" above).
     x_mat = x.reshape(n * hs * ws, k) if cl else x.reshape(n * k, hs * ws)
     y_mat = (n * ho * wo, o) if cl else (n * o, ho * wo)
-    w_block = (taps, kp, bo) if cl else (taps, bo, kp)
     y = pl.pallas_call(
         kernel,
         grid=grid,
         in_specs=[
             pl.BlockSpec(x_mat.shape, lambda j, i, p: (0, 0)),
-            pl.BlockSpec(
-                w_block, (lambda j, i, p: (0, 0, j)) if cl else (lambda j, i, p: (0, j, 0))
-            ),
+            pl.BlockSpec(w_mat.shape, lambda j, i, p: (0, 0)),
         ],
         out_specs=pl.BlockSpec(y_mat, lambda j, i, p: (0, 0)),
         out_shape=jax.ShapeDtypeStruct(y_mat, x.dtype),
@@ -320,7 +338,7 @@ def taps_forward(
         # shared memory, 184 KB for a 64 -> 24 input gradient, more than an A100 has.
         compiler_params=_params(num_warps=4, num_stages=1),
         interpret=interpret,
-    )(x_mat, w_pad)
+    )(x_mat, w_mat)
     return y.reshape((n, ho, wo, o) if cl else (n, o, ho, wo))
 
 
@@ -509,13 +527,8 @@ def _fwd(x, weight, geom, interpret):
     if x.shape[0] == 0:
         return jnp.zeros(win.image_shape(0, o, geom.out_hw, geom.layout), x.dtype), (x, weight)
     kl = kernel_layout(geom.layout)
-    # Tap t's matrix: (C, O) channels last, transposed (O, C) channels first.
-    if kl == "NHWC":
-        w_taps = jnp.transpose(weight, (2, 3, 1, 0)).reshape(geom.taps, -1, o)
-    else:
-        w_taps = jnp.transpose(weight, (2, 3, 0, 1)).reshape(geom.taps, o, -1)
     y = taps_forward(
-        _to_kernel(x, geom), w_taps, geom.out_hw, _forward_phases(geom),
+        _to_kernel(x, geom), weight, geom.out_hw, _forward_phases(geom),
         step=geom.stride, layout=kl, interpret=interpret,
     )  # fmt: skip
     return _from_kernel(y, geom), (x, weight)
@@ -528,14 +541,9 @@ def _bwd(geom, interpret, residuals, g):
         return jnp.zeros_like(x), jnp.zeros_like(weight)
     kl = kernel_layout(geom.layout)
     xt, gt = _to_kernel(x, geom), _to_kernel(g.astype(x.dtype), geom)
-    # The input gradient's tap t multiplies by w[t].T: (O, C) channels last, (C, O) first.
-    if kl == "NHWC":
-        w_t = jnp.transpose(weight, (2, 3, 0, 1)).reshape(geom.taps, o, c)
-    else:
-        w_t = jnp.transpose(weight, (2, 3, 1, 0)).reshape(geom.taps, c, o)
     dx = taps_forward(
-        gt, w_t, geom.in_hw, _input_grad_phases(geom), out_step=geom.stride, layout=kl,
-        interpret=interpret,
+        gt, weight, geom.in_hw, _input_grad_phases(geom), out_step=geom.stride,
+        transposed=True, layout=kl, interpret=interpret,
     )  # fmt: skip
     dw = taps_weight_grad(xt, gt, geom, layout=kl, interpret=interpret).reshape(weight.shape)
     return _from_kernel(dx, geom), dw.astype(weight.dtype)
