@@ -292,11 +292,17 @@ def airbench_suite(batch=512, data_format="NCHW"):
 
 def suite_cases(suite: str, quick: bool, data_format: str = "NCHW"):
     if suite == "core":
-        if data_format != "NCHW":
-            raise ValueError("the core suite is NCHW only; --data-format NHWC runs airbench, step")
         batch = 16 if quick else 128
         cases = [(f"{n}, batch {batch}", *rest) for n, *rest in accel.op_suite(batch)]
-        return cases + first_layers(batch_lenet=16 if quick else 64)["core"]
+        if data_format == "NHWC":  # the convolutions, channels last on both sides
+            cases = [
+                (name, *_conv(1, data_format=data_format), _image(xs[0], xs[1], xs[2:], "NHWC"), ws)
+                for name, _, _, xs, ws in cases
+                if name.startswith("conv ")
+            ]
+        return (
+            cases + first_layers(batch_lenet=16 if quick else 64, data_format=data_format)["core"]
+        )
     batch = 32 if quick else 512
     return (
         airbench_suite(batch, data_format)
@@ -608,7 +614,7 @@ def main(argv=None) -> None:
     parser.add_argument("--render", default="", help="only re-render this results JSON")
     parser.add_argument(
         "--data-format", choices=["NCHW", "NHWC"], default="NCHW",
-        help="jspatial's layout (and XLA's, per op) for the airbench and step suites",
+        help="jspatial's layout (and XLA's, per op); core in NHWC: its convolutions",
     )  # fmt: skip
     args = parser.parse_args(argv)
 

@@ -10,7 +10,10 @@ op             TPU (``tpu/``, Pallas TPU)                    NVIDIA GPU, compute
 =============  ============================================  ==============================
 conv2d         ``tpu.conv``: ungrouped, stride 1, padding     ``gpu.conv``: the geometries
                at most 'same'                                 of ``gpu.conv.supports``
-max_pool2d     ``tpu.pool``: non-overlapping windows          (the portable loop)
+max_pool2d     ``tpu.pool``: non-overlapping windows          NCHW beside NCHW convolution
+                                                             kernels: the portable loop on
+                                                             the ``N * C`` planes
+                                                             (``gpu.pool``)
 batch norm     ``tpu.norm``: fused whole-array statistics     (the portable loop)
 =============  ============================================  ==============================
 
@@ -19,8 +22,8 @@ this op, with this geometry, for this target?" with a function or ``None``, and
 ``per_target(portable, kernels, *args)`` builds the program: one branch per target
 that has a kernel, the portable version everywhere else. A kernel takes and returns
 the op's arrays in the op's layout (``geom.layout``, the caller's ``data_format``):
-the TPU kernels run ``(H, W, C, N)`` inside and the GPU ones ``NHWC``, so in
-``data_format='NHWC'`` the GPU convolution has no transpose around it at all.
+the TPU kernels run ``(H, W, C, N)`` inside; the GPU ones run in the caller's layout
+(``_tuning.GPU_CONV_LAYOUT``), so on a GPU no convolution transposes its activations.
 
 The choice must follow the compile target, not the host: a program traced on a CPU
 may be lowered for a TPU or a GPU. ``lax.platform_dependent`` stages every branch and
@@ -99,13 +102,15 @@ def _mesh_devices() -> list:
         return []
 
 
-def kernel_for(op: str, target: str, *static, gpu=None):
+def kernel_for(op: str, target: str, *static, gpu=None, portable=None):
     """The on-chip version of ``op`` for ``target`` (``'tpu'`` or ``'cuda'``), or ``None``.
 
     ``static`` is the op's static description: ``(geom, groups)`` for ``'conv2d'``,
-    ``(geom,)`` for ``'max_pool2d'``, ``(eps, layout)`` for ``'bn_train'``. ``gpu`` is the
-    compute capability of a ``'cuda'`` target (``gpu_target()``). The function returned
-    takes the op's array arguments, as the portable version does.
+    ``(geom, return_indices)`` for ``'max_pool2d'``, ``(eps, layout)`` for ``'bn_train'``.
+    ``gpu`` is the compute capability of a ``'cuda'`` target (``gpu_target()``);
+    ``portable`` the op's portable version, for a kernel that runs it on other shapes
+    (max pooling on a GPU, on planes). The function returned takes the op's array
+    arguments, as the portable version does.
     """
     if target == "tpu" and STAGE_TPU:
         from jspatial._accel.tpu import conv, norm, pool
@@ -123,7 +128,20 @@ def kernel_for(op: str, target: str, *static, gpu=None):
     if triton and op == "conv2d" and (kernels := _gpu_conv()) and kernels.supports(*static):
         geom = static[0]
         return lambda x, w: kernels.conv2d(x, w, geom)
+    # Beside NCHW convolution kernels, max pooling runs on the N * C planes as they lie.
+    if triton and op == "max_pool2d" and portable is not None and _nchw_conv_kernels():
+        from jspatial._accel.gpu import pool
+
+        geom, return_indices = static
+        if geom.layout == "NCHW" and not return_indices:
+            return functools.partial(pool.max_pool2d_planes, portable, geom)
     return None
+
+
+def _nchw_conv_kernels() -> bool:
+    """Whether the GPU convolution kernels run NCHW callers in NCHW (no transposes)."""
+    kernels = _gpu_conv()
+    return kernels is not None and kernels.kernel_layout("NCHW") == "NCHW"
 
 
 def _gpu_conv():
@@ -159,7 +177,7 @@ def _program(op, portable, on_chip, cuda_portable, gpu, static_items):
     kernels = {}
     if on_chip:
         kernels = {"tpu": kernel_for(op, "tpu", *args)}
-        kernels["cuda"] = kernel_for(op, "cuda", *args, gpu=gpu)
+        kernels["cuda"] = kernel_for(op, "cuda", *args, gpu=gpu, portable=portable)
     if kernels.get("cuda") is None and _tuning.STAGE_GPU and cuda_portable is not None:
         kernels["cuda"] = functools.partial(cuda_portable, **static)
     fn = functools.partial(portable, **static)
