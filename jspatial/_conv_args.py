@@ -71,6 +71,17 @@ def output(y, bias, layout, dtype):
     return y.astype(dtype)
 
 
+def _arrays(x, weight, bias, op, data_format):
+    """Both convolutions' arrays checked, in this order: the layout, the rank (an
+    unbatched input gains a batch axis), the input, the weight, the bias."""
+    data_format = _args.check_data_format(data_format, op)
+    x, unbatched = _args.batched(x, op, data_format)
+    x = _args.check_input(x, op, integers=True, data_format=data_format)
+    weight = _args.check_operand(weight, x, op, "weight")
+    bias = _args.check_bias(bias, op, x)
+    return data_format, x, weight, bias, unbatched
+
+
 def conv2d_args(
     x, weight, bias, stride, padding, dilation, groups, *, op, algorithm="auto", dtype=None,
     padding_mode="zeros", data_format="NCHW",
@@ -81,11 +92,7 @@ def conv2d_args(
     Non-zero padding modes pad with ``jspatial.pad`` (on the spatial axes of
     ``data_format``) and then convolve unpadded, as torch does.
     """
-    data_format = _args.check_data_format(data_format, op)
-    x, unbatched = _args.batched(x, op, data_format)
-    x = _args.check_input(x, op, integers=True, data_format=data_format)
-    weight = _args.check_operand(weight, x, op, "weight")
-    bias = _args.check_bias(bias, op, x)
+    data_format, x, weight, bias, unbatched = _arrays(x, weight, bias, op, data_format)
     geom, groups = _conv_geometry(
         x, weight, bias, stride, padding, dilation, groups, op, data_format
     )
@@ -184,11 +191,7 @@ def conv_transpose2d_args(
 ) -> ConvArgs:  # fmt: skip
     """``conv_transpose2d``'s arguments checked, with errors attributed to ``op`` (the
     layer's path too), before the cast to ``dtype``."""
-    data_format = _args.check_data_format(data_format, op)
-    x, unbatched = _args.batched(x, op, data_format)
-    x = _args.check_input(x, op, integers=True, data_format=data_format)
-    weight = _args.check_operand(weight, x, op, "weight")
-    bias = _args.check_bias(bias, op, x)
+    data_format, x, weight, bias, unbatched = _arrays(x, weight, bias, op, data_format)
     geom, groups = _conv_transpose_geometry(
         x, weight, bias, stride, padding, output_padding, groups, dilation, op, data_format
     )
