@@ -71,7 +71,8 @@ def identifier(dotted: str, obj: object) -> str:
 
 def companions(obj: object) -> list[str]:
     """The public classes defined next to a public function that ``jspatial`` does not
-    export: the types it returns (``Summary``, ``SummaryRow``), documented after it."""
+    export: the types it returns (``Summary``, ``SummaryRow``), documented after it. The
+    ``*Args`` records of the ops' checking entries (``MaxPool2dArgs`` ...) are internal."""
     if not inspect.isfunction(obj):
         return []
     module = sys.modules[obj.__module__]
@@ -81,6 +82,7 @@ def companions(obj: object) -> list[str]:
         for name, value in vars(module).items()
         if inspect.isclass(value)
         and not name.startswith("_")
+        and not name.endswith("Args")
         and value.__module__ == module.__name__
         and id(value) not in exported
     ]

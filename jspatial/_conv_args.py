@@ -124,7 +124,7 @@ def _check_weight_shape(weight, op, layout):
 
 def _conv_geometry(x, weight, bias, stride, padding, dilation, groups, op, data_format="NCHW"):
     """Validate ``conv2d``'s shapes and hyper-parameters; return the window geometry and
-    ``groups``. ``x``, ``weight`` and ``bias`` are arrays already (``_conv2d_checked``)."""
+    ``groups``. ``x``, ``weight`` and ``bias`` are arrays already (``conv2d_args``)."""
     w_shape = _check_weight_shape(weight, op, "(out_channels, in_channels // groups, kh, kw)")
     c_in = x.shape[_args.channel_axis(data_format)]
     h, w = _args.spatial_shape(x.shape, data_format)

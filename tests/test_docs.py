@@ -57,10 +57,12 @@ def test_each_public_name_gets_one_block_that_is_not_its_module(hooks):
             # A function is documented as the function: never as the module of the same name.
             assert documented.is_module == (group == "modules"), (dotted, target)
     # The colliding names, and the classes summary returns, each once.
-    for target in ("jspatial.pad.pad", "jspatial.steps.steps", "jspatial.summary.summary",
-                   "jspatial.summary.Summary", "jspatial.summary.SummaryRow"):  # fmt: skip
+    for target in ("jspatial.pad.pad", "jspatial.steps.steps", "jspatial.summary",
+                   "jspatial.layers.summary.Summary",
+                   "jspatial.layers.summary.SummaryRow"):  # fmt: skip
         assert every.count(target) == 1, target
     assert "jspatial.pad" not in every and "jspatial.steps" not in every
+    assert not [t for t in every if t.endswith("Args")]  # the checking entries' records
 
 
 def test_site_builds_with_each_name_once_and_the_notebook_executed(hooks, tmp_path):

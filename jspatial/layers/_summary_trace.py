@@ -53,7 +53,7 @@ class _Layer:
 class Recorder:
     """The leaf layers of the traced copy, their calls, and the field of every tensor seen.
 
-    Each call that returns appends a ``row_type`` (``jspatial.summary.SummaryRow``) to
+    Each call that returns appends a ``row_type`` (``jspatial.layers.summary.SummaryRow``) to
     ``rows``.
     """
 
