@@ -27,9 +27,11 @@ The backward pass is the same loop transposed:
 - weight gradient: ``dW += g[h, w] @ concat(tile).T`` for every pixel and block of
   images, the ``(C_out, kh*kw*C)`` sum staying on-chip for the whole grid.
 
-Supported: ungrouped, stride 1, any kernel and dilation, padding that keeps the
-output the size of the input (``'same'``, e.g. 3x3 with padding 1). Other
-convolutions take the portable loop.
+Supported: ungrouped, stride 1, any kernel and dilation. The kernel itself computes an
+output the size of the input (``'same'``, e.g. 3x3 with padding 1); a convolution with
+less padding than that (``'valid'``, the whitening layer's) runs as the 'same' one,
+cropped (``same_size``, ``conv2d_cropped``). Other convolutions (groups, strides, more
+padding than 'same') take the portable loop.
 
 Cost: ``2 N C_out C_in H W kh kw`` FLOPs per kernel, like any direct
 convolution; HBM traffic is one read of the input and one write of the output
