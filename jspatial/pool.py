@@ -19,8 +19,9 @@ gradient of the cells it won. The backward of both pools is one loop,
 that won, plus where its window starts, is PyTorch's ``return_indices``
 (``h * W + w``), which ``jspatial.unpool.max_unpool2d`` writes values back to.
 
-A call runs ``max_pool2d_args`` (every check, before anything is traced), then the
-program of those arguments (``MaxPool2dArgs.program``): the custom-JVP op ``_max_pool``,
+A call runs ``max_pool2d_args`` (every check, before anything is traced,
+``jspatial._pool_args``), then the program of those arguments (``max_pool2d_program``):
+the custom-JVP op ``_max_pool``,
 whose loop ``_max_pool_loop`` calls ``max_pool_tap`` once per tap.
 
 The loop bodies (``max_pool_tap``, ``max_pool_start``, ``avg_pool_tap``,
@@ -31,7 +32,6 @@ The loop bodies (``max_pool_tap``, ``max_pool_start``, ``avg_pool_tap``,
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,35 +43,8 @@ from jspatial import _windows as win
 from jspatial._accel import dispatch
 from jspatial._args import IntOrPair
 from jspatial._linear import Fn, float0_zeros, linear_call, linear_jvp
-from jspatial.shapes import output_hw
+from jspatial._pool_args import AvgPool2dArgs, MaxPool2dArgs, avg_pool2d_args, max_pool2d_args
 from jspatial.unpool import flat_indices
-
-
-class MaxPool2dArgs(NamedTuple):
-    """``max_pool2d``'s arguments, checked (``max_pool2d_args``)."""
-
-    x: Any  # (N, C, H, W), or (N, H, W, C) in geom.layout 'NHWC'; unbatched input gets N = 1
-    geom: win.Geometry
-    return_indices: bool
-    unbatched: bool  # the input was (C, H, W): every result loses its batch axis again
-
-    def program(self):
-        """The function of ``x`` that runs the op: the loop, or a TPU kernel where one applies."""
-        static = dict(geom=self.geom, return_indices=self.return_indices)
-        return dispatch.program("max_pool2d", _max_pool_jit, **static)
-
-
-class AvgPool2dArgs(NamedTuple):
-    """``avg_pool2d``'s arguments, checked (``avg_pool2d_args``)."""
-
-    x: Any
-    geom: win.Geometry
-    divisor: tuple[bool, float | None]  # (count_include_pad, divisor_override)
-    unbatched: bool
-
-    def program(self):
-        """The function of ``x`` that runs the op."""
-        return partial(_avg_pool_jit, geom=self.geom, divisor=self.divisor)
 
 
 def max_pool2d(
@@ -131,22 +104,7 @@ def max_pool2d(
         x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
         op="max_pool2d", data_format=data_format,
     )  # fmt: skip
-    return _args.unbatch(a.program()(a.x), a.unbatched)
-
-
-def max_pool2d_args(
-    x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, *, op,
-    data_format="NCHW",
-) -> MaxPool2dArgs:  # fmt: skip
-    """Every check of ``max_pool2d``, errors attributed to ``op`` (the layer's ``"MaxPool2d"``)."""
-    data_format = _args.check_data_format(data_format, op)
-    x, unbatched = _args.batched(x, op, data_format)
-    x, geom = _pool_geometry(
-        x, kernel_size, stride, padding, dilation, ceil_mode, op, integers=True,
-        data_format=data_format,
-    )  # fmt: skip
-    indices = _args.check_bool(return_indices, op, "return_indices")
-    return MaxPool2dArgs(x, geom, indices, unbatched)
+    return _args.unbatch(max_pool2d_program(a)(a.x), a.unbatched)
 
 
 def avg_pool2d(
@@ -195,42 +153,19 @@ def avg_pool2d(
         x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
         op="avg_pool2d", data_format=data_format,
     )  # fmt: skip
-    return _args.unbatch(a.program()(a.x), a.unbatched)
+    return _args.unbatch(avg_pool2d_program(a)(a.x), a.unbatched)
 
 
-def avg_pool2d_args(
-    x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, *, op,
-    data_format="NCHW",
-) -> AvgPool2dArgs:  # fmt: skip
-    """Every check of ``avg_pool2d``, errors attributed to ``op`` (the layer's ``"AvgPool2d"``)."""
-    data_format = _args.check_data_format(data_format, op)
-    x, unbatched = _args.batched(x, op, data_format)
-    x, geom = _pool_geometry(
-        x, kernel_size, stride, padding, 1, ceil_mode, op, data_format=data_format
-    )
-    include = _args.check_bool(count_include_pad, op, "count_include_pad")
-    divisor = (include, _args.check_divisor_override(divisor_override, op))
-    return AvgPool2dArgs(x, geom, divisor, unbatched)
+def max_pool2d_program(a: MaxPool2dArgs):
+    """The function of ``x`` that runs the checked max pooling ``a``: the loop
+    (``_max_pool``, compiled once per shape and geometry), or a kernel where one applies."""
+    static = dict(geom=a.geom, return_indices=a.return_indices)
+    return dispatch.program("max_pool2d", _max_pool_jit, **static)
 
 
-def _pool_geometry(
-    x, kernel_size, stride, padding, dilation, ceil_mode, op, integers=False, data_format="NCHW"
-):
-    """Validate pooling arguments: the input as an array, and the window geometry.
-
-    ``integers``: the op takes integer input too (max pooling, as PyTorch's);
-    ``data_format``: the layout of ``x`` (the geometry's ``layout``).
-    """
-    data_format = _args.check_data_format(data_format, op)
-    x = _args.check_input(x, op, integers=integers, data_format=data_format)
-    kernel, strides, pads, dil = _args.pool_params(kernel_size, stride, padding, dilation, op)
-    ceil_mode = _args.check_bool(ceil_mode, op, "ceil_mode")
-    hw = _args.spatial_shape(x.shape, data_format)
-    padded = (hw[0] + 2 * pads[0], hw[1] + 2 * pads[1])
-    _args.check_fits(hw, padded, kernel, dil, op)
-    out_hw = output_hw(hw, kernel, strides, pads, dil, ceil_mode)
-    pads = ((pads[0],) * 2, (pads[1],) * 2)
-    return x, win.Geometry(hw, out_hw, kernel, strides, dil, pads, layout=data_format)
+def avg_pool2d_program(a: AvgPool2dArgs):
+    """The function of ``x`` that runs the checked average pooling ``a``."""
+    return partial(_avg_pool_jit, geom=a.geom, divisor=a.divisor)
 
 
 def _unroll(taps):

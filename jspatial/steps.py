@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from jspatial import _args, _conv_args, conv, conv_transpose, pool
+from jspatial import _args, _conv_args, _pool_args, conv, conv_transpose, pool
 from jspatial import _windows as win
 
 
@@ -332,7 +332,7 @@ def _conv_transpose_loop(x, w, bias, geom, groups):
 def _max_pool2d_steps(
     x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, data_format="NCHW"
 ):
-    a = pool.max_pool2d_args(
+    a = _pool_args.max_pool2d_args(
         x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
         op="max_pool2d", data_format=data_format,
     )  # fmt: skip
@@ -351,7 +351,7 @@ def _avg_pool2d_steps(
     x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
     data_format="NCHW",
 ):  # fmt: skip
-    a = pool.avg_pool2d_args(
+    a = _pool_args.avg_pool2d_args(
         x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
         op="avg_pool2d", data_format=data_format,
     )  # fmt: skip

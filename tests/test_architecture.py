@@ -49,8 +49,9 @@ def _inside(name: str, rooms: tuple[str, ...]) -> bool:
 
 FLOOR = ("jspatial._args", "jspatial._tuning", "jspatial._linear")
 OPS = ("jspatial.conv", "jspatial.conv_transpose", "jspatial.im2col", "jspatial.winograd",
-       "jspatial._conv_args", "jspatial.pool", "jspatial.adaptive", "jspatial.unpool",
-       "jspatial.norm", "jspatial._normalise", "jspatial.pad", "jspatial.shapes")  # fmt: skip
+       "jspatial._conv_args", "jspatial._pool_args", "jspatial.pool", "jspatial.adaptive",
+       "jspatial.unpool", "jspatial.norm", "jspatial._normalise", "jspatial.pad",
+       "jspatial.shapes")  # fmt: skip
 ABOVE_OPS = ("jspatial.layers", "jspatial.steps", "jspatial.reference")
 SUMMARY = ("jspatial.layers.summary", "jspatial.layers._summary_trace")
 
@@ -143,10 +144,10 @@ def test_no_import_cycle():
 
 
 def test_no_file_of_the_package_is_longer_than_a_sitting():
-    # About 400 lines: what a reader takes in at one go. The two a little over hold one
-    # concept each (max and average pooling; the adaptive pools).
+    # About 400 lines: what a reader takes in at one go (the adaptive pools, 423, the
+    # longest).
     lengths = {m: len(p.read_text(encoding="utf-8").splitlines()) for m, p in MODULES.items()}
-    assert {m: n for m, n in lengths.items() if n > 460} == {}
+    assert {m: n for m, n in lengths.items() if n > 430} == {}
 
 
 @pytest.mark.parametrize("module", list(MODULES))

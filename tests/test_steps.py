@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jspatial as js
-from jspatial import conv, norm, pool
+from jspatial import _pool_args, conv, norm, pool
 from tests.tolerances import assert_close
 
 KEY = jax.random.key(0)
@@ -94,7 +94,7 @@ def test_max_pool2d_steps_end_at_the_output_and_its_indices(kwargs):
     assert all(s.weight is None for s in run)
     # The record of winning taps, turned into flat input positions, is the op's indices.
     args = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, **kwargs}
-    k = pool._pool_geometry(x, **args, op="max_pool2d")[1]
+    k = _pool_args._pool_geometry(x, **args, op="max_pool2d")[1]
     arg = np.asarray(run[-1].argmax, np.int64)
     oy, ox = np.arange(y.shape[2])[:, None], np.arange(y.shape[3])[None, :]
     rows = oy * k.stride[0] - k.padding[0][0] + arg // k.kernel[1] * k.dilation[0]

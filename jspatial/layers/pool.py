@@ -2,7 +2,7 @@
 
 Each one validates its hyper-parameters at construction (a typo fails where it
 is written, not at the first batch) and calls the matching op's checks
-(``jspatial.pool.max_pool2d_args`` ...) with its own name, so errors read
+(``jspatial._pool_args.max_pool2d_args`` ...) with its own name, so errors read
 ``MaxPool2d expected 4D input ...``, then the program those checks chose.
 
 Every layer takes a keyword-only ``data_format``: ``'NCHW'`` (PyTorch's, the default)
@@ -21,9 +21,10 @@ import jax
 
 from jspatial import _args
 from jspatial._args import IntOrPair, OutputSize
+from jspatial._pool_args import avg_pool2d_args, max_pool2d_args
 from jspatial.adaptive import adaptive_pool2d_args, global_avg_pool2d_args
 from jspatial.layers.module import Module
-from jspatial.pool import avg_pool2d_args, max_pool2d_args
+from jspatial.pool import avg_pool2d_program, max_pool2d_program
 from jspatial.unpool import _unpool_params, max_unpool2d_args
 
 
@@ -93,7 +94,7 @@ class MaxPool2d(Module):
             x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
             self.return_indices, op=type(self).__name__, data_format=self.data_format,
         )  # fmt: skip
-        return _args.unbatch(a.program()(a.x), a.unbatched)
+        return _args.unbatch(max_pool2d_program(a)(a.x), a.unbatched)
 
     def extra_repr(self) -> str:
         return _pool_repr(
@@ -162,7 +163,7 @@ class AvgPool2d(Module):
             self.count_include_pad, self.divisor_override, op=type(self).__name__,
             data_format=self.data_format,
         )  # fmt: skip
-        return _args.unbatch(a.program()(a.x), a.unbatched)
+        return _args.unbatch(avg_pool2d_program(a)(a.x), a.unbatched)
 
     def extra_repr(self) -> str:
         return _pool_repr(
