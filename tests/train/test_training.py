@@ -250,8 +250,8 @@ def test_set_overrides_settings_and_rejects_unknown_ones(capsys):
     cfg = args.config
     assert (cfg.translate, cfg.flip, cfg.lr, cfg.model) == (0, False, 3.0, "airbench94")
     assert cifar10.parse_args(["--no-tta"]).config.tta is False
-    assert cifar10.parse_args(["--set", "data_format=NCHW"]).config.data_format == "NCHW"
-    assert cifar10.parse_args([]).config.data_format == "NHWC"
+    assert cifar10.parse_args(["--set", "data_format=NHWC"]).config.data_format == "NHWC"
+    assert cifar10.parse_args([]).config.data_format == "NCHW"
     adamw = cifar10.parse_args(["--model", "simple_cnn", "--optimizer", "adamw"]).config
     assert (adamw.lr, adamw.weight_decay) == (2e-3, 5e-4)
     for bad, message in [("nonsense=1", "unknown setting 'nonsense'"),
@@ -273,10 +273,10 @@ def test_settings_saved_under_an_earlier_name_are_read():
 
 
 def test_runs_saved_before_the_layout_setting_resume_in_nchw():
-    """The default layout became NHWC after runs had saved configs without the setting:
-    those resume in the NCHW they ran in; a saved setting is kept as saved."""
+    """Runs saved configs before the layout setting existed: those resume in the NCHW they
+    ran in; a saved setting is kept as saved."""
     saved = config.make_config("airbench94").to_dict()
-    assert saved.pop("data_format") == "NHWC"
+    assert saved.pop("data_format") == "NCHW"
     assert config.Config.from_dict(saved).data_format == "NCHW"
     assert config.Config.from_dict({**saved, "data_format": "NHWC"}).data_format == "NHWC"
 
