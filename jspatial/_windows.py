@@ -232,34 +232,6 @@ def batch_chunks(n: int, rows_per_image: int, min_rows=None, max_chunks=None) ->
     )
 
 
-def over_batch_chunks(body, chunks: int, inputs, outputs, carry=()):
-    """``for i in range(chunks)``: run ``body`` on rows ``i::chunks`` of every input.
-
-    ``body(chunk_inputs, carry) -> (chunk_outputs, carry)``; each chunk output is written
-    into rows ``i::chunks`` of the matching full-size array in ``outputs`` (zeros to start).
-    A loop over batch chunks bounds an op's temporaries (windows, transformed tiles,
-    gradient buffers) to a chunk's worth, while each chunk's matrix products stay large.
-    Lowered for a GPU, the whole batch is one chunk (``_tuning.GPU_MAX_CHUNKS``).
-    """
-
-    def step(i, state):
-        outs, carry = state
-        results, carry = body([batch_chunk(a, i, chunks) for a in inputs], carry)
-        outs = tuple(set_batch_chunk(o, i, r, chunks) for o, r in zip(outs, results, strict=True))
-        return outs, carry
-
-    def chunked(inputs, outputs, carry):
-        return lax.fori_loop(0, chunks, step, (tuple(outputs), carry))
-
-    def whole(inputs, outputs, carry):
-        results, carry = body(list(inputs), carry)
-        return tuple(r.astype(o.dtype) for o, r in zip(outputs, results, strict=True)), carry
-
-    if chunks == 1:
-        return chunked(inputs, outputs, carry)
-    return for_gpu(chunked, whole, list(inputs), list(outputs), carry)
-
-
 def tap_loop(taps: int, body, init, unroll=1, gpu_unroll=None):
     """``lax.fori_loop(0, taps, body, init, unroll=unroll)``, unrolled otherwise for a GPU.
 
@@ -297,8 +269,7 @@ def chunk_loop_fn(chunks: int, loop):
 
     ``loop(i, carry, *, chunks)`` runs batch chunk ``i`` of ``chunks`` (rows ``i::chunks``,
     ``batch_chunk``) and writes its results into ``carry`` (``set_batch_chunk``). Lowered
-    for a GPU the whole batch is one chunk (``_tuning.GPU_MAX_CHUNKS``), as in
-    ``over_batch_chunks``.
+    for a GPU the whole batch is one chunk (``_tuning.GPU_MAX_CHUNKS``).
     """
     cpu = partial(lax.fori_loop, 0, chunks, partial(loop, chunks=chunks))
     if chunks == 1 or not _tuning.STAGE_GPU:

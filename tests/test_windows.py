@@ -27,17 +27,20 @@ def test_batch_chunks(n, rows_per_image, expected):
     assert n % k == 0
 
 
-def test_over_batch_chunks_visits_every_row_once_with_strided_chunks():
+def test_chunk_loop_visits_every_row_once_with_strided_chunks():
     x = jnp.arange(12.0).reshape(6, 2)
     seen = []
 
-    def body(inputs, count):
-        (xc,) = inputs
+    def loop(i, carry, *, chunks):
+        (times10, sums), count = carry
+        xc = win.batch_chunk(x, i, chunks)
         seen.append(xc.shape)
-        return (xc * 10, xc.sum(axis=1)), count + xc.shape[0]
+        times10 = win.set_batch_chunk(times10, i, xc * 10, chunks)
+        sums = win.set_batch_chunk(sums, i, xc.sum(axis=1), chunks)
+        return (times10, sums), count + xc.shape[0]
 
     outs = (jnp.zeros((6, 2)), jnp.zeros((6,)))
-    (times10, sums), count = win.over_batch_chunks(body, 3, [x], outs, jnp.zeros((), jnp.int32))
+    (times10, sums), count = win.chunk_loop_fn(3, loop)((outs, jnp.zeros((), jnp.int32)))
     assert seen == [(2, 2)]  # traced once: one loop body, each chunk 6 / 3 rows
     np.testing.assert_array_equal(times10, x * 10)
     np.testing.assert_array_equal(sums, x.sum(axis=1))
