@@ -209,6 +209,20 @@ def batch_chunk(x, i, chunks: int):
     )
 
 
+def overwritten(shape, dtype, after):
+    """What a chunk loop's carry of ``shape`` starts as when the loop writes every row of
+    it (each chunk its own rows, ``set_batch_chunk``): never read, so any value will do.
+
+    Zeros would do, but XLA merges the zero-filled buffers of one shape into one, filled
+    before a train step's first layer and copied into each loop, alive up to the last
+    layer's backward pass. Filled instead with the first element of ``after``, the loop's
+    own input, the buffer is made only when the loop is reached.
+    """
+    if after.size == 0:
+        return jnp.zeros(shape, dtype)
+    return jnp.broadcast_to(after.reshape(-1)[0].astype(dtype), shape)
+
+
 def set_batch_chunk(x, i, value, chunks: int):
     """``x`` with rows ``i::chunks`` replaced by ``value``."""
     n = x.shape[0]

@@ -131,7 +131,7 @@ def _conv_transpose_bwd(geom, groups, residuals, g):
     dw = jnp.zeros(w_taps.shape, win.accum_dtype(x.dtype))
     loop = partial(_forward_loop, x=g, w_taps=w_taps, geom=geom, g=x)
     chunks = win.conv_chunks(x.shape[0], geom.in_hw)
-    dx, dw = win.chunk_loop_fn(chunks, loop)((jnp.zeros_like(x), dw))
+    dx, dw = win.chunk_loop_fn(chunks, loop)((win.overwritten(x.shape, x.dtype, g), dw))
     return dx, win.weight_from_taps(dw, geom.kernel).astype(weight.dtype)
 
 

@@ -98,7 +98,7 @@ def _im2col_bwd(geom, groups, residuals, g):
     dw = jnp.zeros(w.shape, acc)
     loop = partial(_backward_loop, x=x, g=g, w=w, geom=geom)
     chunks = win.conv_chunks(n, geom.out_hw)
-    dx, dw = win.chunk_loop_fn(chunks, loop)((jnp.zeros_like(x), dw))
+    dx, dw = win.chunk_loop_fn(chunks, loop)((win.overwritten(x.shape, x.dtype, g), dw))
     dw = win.weight_from_taps(dw.reshape(geom.taps, 1, c, -1), geom.kernel)
     return dx, dw.astype(weight.dtype)
 

@@ -214,7 +214,7 @@ def _bwd(geom, groups, residuals, g):
     du = jnp.zeros(u.shape, acc)
     loop = partial(_backward_loop, x=x, g=g, u=u, geom=geom)
     chunks = _chunks(x.shape[0], _tile_geometry(geom))
-    dx, du = win.chunk_loop_fn(chunks, loop)((jnp.zeros_like(x), du))
+    dx, du = win.chunk_loop_fn(chunks, loop)((win.overwritten(x.shape, x.dtype, g), du))
     dw = _weight_transform_transpose(du, weight.shape[0], weight.shape[1])
     return dx, dw.astype(weight.dtype)
 
