@@ -6,11 +6,12 @@ CPU (eager, channels_last; ``bench.train_torch``). One step = forward, backward,
 Nesterov SGD update and BatchNorm statistics on a random batch. The three are timed
 interleaved in one process (min of the repeats); the first jitted step is timed on its
 own, and its excess over a steady step is the compile time. Peak RSS is measured for
-each in a fresh subprocess.
+each in a fresh subprocess, and for the JAX ones the compiled step's scratch memory
+(XLA's temporaries, most of that peak).
 
     python -m bench.train_step                  # batch 512, writes bench/out/train_step.md
     python -m bench.train_step --batch 256 --repeats 3
-    python -m bench.train_step --data-format NCHW   # the jspatial model's layers channels second
+    python -m bench.train_step --data-format NHWC   # the jspatial model's layers channels last
 
 ``--data-format`` is the layout of the jspatial model's layers (and so of its input batch,
 made NHWC once, outside the timed step); the default is the recipe's
@@ -150,6 +151,15 @@ def torch_runner(n: int, device: str = "cpu"):
     return step, time.perf_counter() - start
 
 
+def xla_temp_mb(kind: str, n: int, data_format: str = "NCHW") -> float:
+    """The compiled step's scratch memory (XLA's ``memory_analysis``, its temporaries: the
+    activations kept for the backward pass and every buffer in flight), compiled, not run."""
+    model, optimizer, step = build(kind, data_format)
+    x, y = batch(n, data_format if kind == "jspatial" else "NCHW")
+    compiled = step.lower(model, optimizer, x, y).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
 def runner(kind: str, n: int, data_format: str = "NCHW"):
     return torch_runner(n) if kind == "torch" else jax_runner(kind, n, data_format)
 
@@ -210,6 +220,10 @@ def main(argv=None) -> None:
     rss = {
         k: (None if args.no_rss else peak_rss_mb(k, args.batch, args.data_format)) for k in kinds
     }
+    temp = {
+        k: (None if args.no_rss or k == "torch" else xla_temp_mb(k, args.batch, args.data_format))
+        for k in kinds
+    }
 
     best = {k: min(v) for k, v in times.items()}
     lines = [
@@ -221,8 +235,8 @@ def main(argv=None) -> None:
         f"interleaved steps; jspatial layers in {args.data_format}.",
         "",
         "| implementation | step s | images/s | vs Flax built-ins | vs PyTorch | "
-        "first step s | compile s (first - steady) | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "first step s | compile s (first - steady) | peak RSS MB | XLA temp MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind in kinds:
 
@@ -230,9 +244,11 @@ def main(argv=None) -> None:
             return f"{best[other] / best[kind]:.2f}x" if other in best else "-"
 
         mb = "-" if rss[kind] is None else f"{rss[kind]:.0f}"
+        tmp = "-" if temp[kind] is None else f"{temp[kind]:.0f}"
         lines.append(
             f"| {kind} | {best[kind]:.3f} | {args.batch / best[kind]:.0f} | {vs('flax')} | "
-            f"{vs('torch')} | {compile_s[kind]:.1f} | {compile_s[kind] - best[kind]:.1f} | {mb} |"
+            f"{vs('torch')} | {compile_s[kind]:.1f} | {compile_s[kind] - best[kind]:.1f} | "
+            f"{mb} | {tmp} |"
         )
     write_report("\n".join(lines), args.out)
 
