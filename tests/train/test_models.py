@@ -176,3 +176,28 @@ def test_nhwc_model_matches_nchw_model_with_the_same_parameters(name):
     models.init_whitening(nchw, x)
     models.init_whitening(nhwc, x)
     assert_close(nhwc(models.model_input(x, "NHWC")), nchw(x))
+
+
+def test_gelu_values_are_jax_s_and_its_derivative_torch_s(x64):
+    # gelu's hand-written derivative must be GELU's, in value (jax.nn.gelu's, bit for
+    # bit: only the backward pass is new) and in gradient (torch's GELU, and float64
+    # autodiff of jax.nn.gelu), over the range where the derivative bends and saturates.
+    torch = pytest.importorskip("torch")
+    x = np.linspace(-9.0, 9.0, 2001, dtype=np.float32)
+    np.testing.assert_array_equal(models.gelu(x), jax.nn.gelu(x, approximate=False))
+
+    dx = jax.grad(lambda v: models.gelu(v).sum())(x)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.gelu(xt).sum().backward()
+    assert_close(dx, xt.grad.numpy())
+    exact = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x.astype(np.float64))
+    assert_close(dx, exact)
+    assert abs(float(dx[0])) < 1e-7 and abs(float(dx[-1]) - 1.0) < 1e-7  # saturated tails
+    # Forward mode and second derivatives go through the same rule.
+    _, tangent = jax.jvp(models.gelu, (x,), (np.ones_like(x),))
+    np.testing.assert_array_equal(tangent, dx)
+    d2 = jax.vmap(jax.grad(jax.grad(models.gelu)))(x[:5].astype(np.float64))
+    exact2 = jax.vmap(jax.grad(jax.grad(lambda v: jax.nn.gelu(v, approximate=False))))(
+        x[:5].astype(np.float64)
+    )
+    assert_close(d2, exact2, jnp.float64)
