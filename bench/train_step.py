@@ -1,7 +1,8 @@
 """Train-step benchmark: the default CIFAR-10 model (airbench94) built three ways.
 
 (a) jspatial layers (``train.models.Airbench94``), (b) the same architecture on Flax
-NNX built-ins (``nnx.Conv``, ``nnx.max_pool``, ``nnx.BatchNorm``, NHWC), (c) PyTorch
+NNX built-ins (``nnx.Conv``, ``nnx.max_pool``, ``nnx.BatchNorm``, NHWC; the recipe's own
+``train.models.gelu``, so that the two differ in their layers alone), (c) PyTorch
 CPU (eager, channels_last; ``bench.train_torch``). One step = forward, backward,
 Nesterov SGD update and BatchNorm statistics on a random batch. The three are timed
 interleaved in one process (min of the repeats); the first jitted step is timed on its
@@ -37,6 +38,7 @@ from flax import nnx
 
 from bench.ops import interleaved, machine, write_report
 from train.config import Config
+from train.models import gelu
 
 WIDTHS = (64, 256, 256)
 
@@ -54,8 +56,8 @@ class FlaxGroup(nnx.Module):
 
     def __call__(self, x):
         x = nnx.max_pool(self.conv1(x), (2, 2), (2, 2))
-        x = jax.nn.gelu(self.norm1(x), approximate=False)
-        return jax.nn.gelu(self.norm2(self.conv2(x)), approximate=False)
+        x = gelu(self.norm1(x))
+        return gelu(self.norm2(self.conv2(x)))
 
 
 class FlaxAirbench(nnx.Module):
@@ -68,7 +70,7 @@ class FlaxAirbench(nnx.Module):
         self.head = nnx.Linear(WIDTHS[-1], 10, use_bias=False, rngs=rngs)
 
     def __call__(self, x):  # x: NCHW like the others; the transpose is part of the model
-        x = jax.nn.gelu(self.whiten(jnp.transpose(x, (0, 2, 3, 1))), approximate=False)
+        x = gelu(self.whiten(jnp.transpose(x, (0, 2, 3, 1))))
         for group in self.groups:
             x = group(x)
         x = nnx.max_pool(x, (3, 3), (3, 3))
