@@ -95,3 +95,25 @@ def test_report_writes_markdown_and_json_with_every_result(tmp_path):
     assert data["train_step"]["ms"]["flax"] == 10.0 and data["finished"] is False
     assert data["skipped"] == ["model: conv 24->64 @31"] and data["wall_s"] == 12.0
     assert data["section_s"] == {"train": 4.0, "core": 8.0}
+
+
+def test_device_check_passes_the_op_and_flags_a_wrong_one_or_nan(capsys):
+    # bench.device_check's comparison on the CPU: jspatial's conv2d against XLA's passes;
+    # an op off by 1% (far beyond TF32 rounding) and one that returns NaN are flagged.
+    import jax
+    import jax.numpy as jnp
+
+    from bench import device_check as dc
+
+    x = jax.random.normal(jax.random.key(0), (2, 3, 6, 5))
+    w = jax.random.normal(jax.random.key(1), (4, 3, 3, 2))
+    b = jnp.arange(4.0)
+    ref = lambda x, w, b: dc._conv_ref(x, w, b, (2, 1), (1, 0), (1, 2), 1, "NCHW")  # noqa: E731
+    ours = lambda x, w, b: dc._conv_ours(x, w, b, ((2, 1), (1, 0), (1, 2), 1), "NCHW")  # noqa: E731
+    errors = []
+    dc.check("conv", ours, ref, (x, w, b), errors)
+    dc.check("off", lambda x, w, b: 1.01 * ref(x, w, b), ref, (x, w, b), errors)
+    dc.check("nan", lambda x, w, b: ref(x, w, b) * jnp.nan, ref, (x, w, b), errors)
+    assert errors == ["off", "nan"]
+    out = capsys.readouterr().out
+    assert "ok  conv" in out and "BAD off" in out and "BAD nan" in out
