@@ -7,7 +7,7 @@ TRAIN_STAMP := $(VENV)/.installed-train
 DOCS_STAMP := $(VENV)/.docs-installed
 DIST ?= dist
 
-.PHONY: test test-samples train bench bench-accel bench-device bench-device-venv bench-gpu lint format install clean notebook wheel docs
+.PHONY: test test-samples train bench bench-accel bench-device bench-device-check bench-device-venv bench-gpu lint format install clean notebook wheel docs
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -86,6 +86,11 @@ bench-accel: $(TPU_STAMP)
 # the same in .venv-gpu, built from PyPI, on a GPU machine with network.
 bench-device:
 	PYTHONPATH=. $(PYTHON) -m bench.device $(ARGS)
+
+# On the same machine, before timing: what the GPU computes, op by op, against XLA's
+# primitives on the CPU (~2 minutes); exits 1 if a case is off.
+bench-device-check:
+	PYTHONPATH=. $(PYTHON) -m bench.device_check $(ARGS)
 
 GPU_VENV := .venv-gpu
 GPU_STAMP := $(GPU_VENV)/.installed

@@ -12,7 +12,7 @@ case passes below ``TOL``; NaN never does. Inputs are random normal, never zeros
 the airbench94 train step (``bench.accel.train_step_fn``) runs three steps on each device
 from the same parameters and batch, and the losses are compared.
 
-    PYTHONPATH=. python3 -m bench.device_check            # ~1-2 minutes, compiles included
+    PYTHONPATH=. python3 -m bench.device_check     # or make bench-device-check; ~2 minutes
     PYTHONPATH=. python3 -m bench.device_check --quick    # fewer cases (any backend)
 
 Exits 1 if any case fails, so a device script can stop on it.
