@@ -31,6 +31,7 @@ import numpy as np
 from jax import lax
 
 import jspatial as js
+from bench.ops import _xla_batch_norm
 
 TOL = 2e-3  # TF32 products: ~3e-4 relative; BatchNorm's and pooling's paths are float32
 HIGHEST = lax.Precision.HIGHEST
@@ -59,15 +60,6 @@ def _pool_ref(x, k, s, fmt, kind):
     if kind == "max":
         return lax.reduce_window(x, -jnp.inf, lax.max, win, st, "VALID")
     return lax.reduce_window(x, 0.0, lax.add, win, st, "VALID") / (k * k)
-
-
-def _bn_ref(x, w, b, fmt):
-    axes = (0, 2, 3) if fmt == "NCHW" else (0, 1, 2)
-    shape = (1, -1, 1, 1) if fmt == "NCHW" else (1, 1, 1, -1)
-    mean, var = x.mean(axes), x.var(axes)
-    return (x - mean.reshape(shape)) * lax.rsqrt(var.reshape(shape) + 1e-5) * w.reshape(
-        shape
-    ) + b.reshape(shape)
 
 
 def conv_cases(quick: bool):
@@ -155,9 +147,8 @@ def main(argv=None) -> int:
             ref = partial(_pool_ref, k=k, s=k, fmt=fmt, kind=kind)
             check(f"{kind}_pool2d {k}x{k} @31 {fmt}", ours, ref, (x,), errors)
         x, w, b = normal(to((64, 256, 7, 7))), normal((256,)), normal((256,))
-        ours = partial(_bn_ours, fmt=fmt)
-        check(f"batch_norm train 256ch @7 {fmt}", ours, partial(_bn_ref, fmt=fmt), (x, w, b),
-              errors)  # fmt: skip
+        ours, ref = partial(_bn_ours, fmt=fmt), partial(_xla_batch_norm, data_format=fmt)
+        check(f"batch_norm train 256ch @7 {fmt}", ours, ref, (x, w, b), errors)
     if not args.no_step:
         gpu, cpu = train_step_losses(dev), train_step_losses(jax.devices("cpu")[0])
         rel = max(abs(a - b) / abs(b) for a, b in zip(gpu, cpu))

@@ -4,10 +4,10 @@ For the airbench94 layers at batch 512, times ``conv2d``'s forward, its input gr
 alone, its weight gradient alone (``jax.grad`` with respect to one argument: XLA drops
 the other pass) and forward+backward, for jspatial's GPU path as dispatched (the Pallas
 Triton tap kernels where ``jspatial._accel.gpu.conv.supports``), for the portable loops
-with the GPU settings (``--portable``: ``supports`` answers no), and for XLA's own
-convolution (cuDNN). Each variant runs in its own process, so no cached program is
-shared. Times: the minimum over 20 samples of the mean of 5 back-to-back calls, after a
-compiling call.
+with the GPU settings (``supports`` made to answer no), and for XLA's own convolution
+(cuDNN). Each variant runs in its own process, so no cached program is shared. Times:
+``bench.device.measure`` after a compiling call, the four passes of a layer interleaved,
+the minimum over 20 samples of back-to-back calls lasting about 20 ms each.
 
     PYTHONPATH=. python3 -m bench.device_conv_passes          # all variants, ~3 minutes
 """
@@ -18,7 +18,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from functools import partial
 
 LAYERS = [  # (name, x NCHW shape, weight shape)
@@ -29,26 +28,13 @@ LAYERS = [  # (name, x NCHW shape, weight shape)
 VARIANTS = ("triton", "portable", "xla")
 
 
-def _time(fn, *args) -> float:
-    import jax
-
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(20):
-        start = time.perf_counter()
-        for _ in range(5):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - start) / 5)
-    return best * 1e3
-
-
 def child(variant: str, fmt: str) -> list[dict]:
     import jax
     import jax.numpy as jnp
     from jax import lax
 
     import jspatial as js
+    from bench.device import jax_loop, measure
 
     if variant == "portable":
         from jspatial._accel.gpu import conv as gconv
@@ -79,8 +65,11 @@ def child(variant: str, fmt: str) -> list[dict]:
             "dw": jax.jit(jax.grad(loss, argnums=1)),
             "f+b": jax.jit(jax.value_and_grad(loss, argnums=(0, 1))),
         }
+        for f in fns.values():
+            jax.block_until_ready(f(x, w))  # compile
+        ms = measure({k: jax_loop(f, x, w) for k, f in fns.items()}, repeats=20, sample_s=0.02)
         row = {"layer": name, "variant": variant, "layout": fmt}
-        row.update({k: round(_time(f, x, w), 3) for k, f in fns.items()})
+        row.update({k: round(v, 3) for k, v in ms.items()})
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
